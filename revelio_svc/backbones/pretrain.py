@@ -1,0 +1,178 @@
+"""`revelio pretrain`: train the default pixel-space backbone on procedural shapes, on a CPU.
+
+Training images are drawn fresh every step from the shapes generator (seed `pretrain.seed`, disjoint
+from the evaluation seed), so the model never sees an evaluation image. A constant learning rate after
+warm-up means stopping at step N equals a run configured with `pretrain.steps=N`; checkpoints make a
+killed run resume where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import Config, to_dict
+from ..data.shapes import ShapesDataset
+from .unet2d import build_unet, default_scheduler
+
+CKPT = "checkpoint.pt"
+
+
+def _batch(ds: ShapesDataset, step: int, batch_size: int, hflip: bool, gen: torch.Generator) -> torch.Tensor:
+    start = step * batch_size
+    imgs = np.stack([ds.image(start + j) for j in range(batch_size)])
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if hflip:
+        flip = torch.rand(batch_size, generator=gen) < 0.5
+        x[flip] = x[flip].flip(-1)
+    return x
+
+
+def sample_grid(model, n: int = 16, steps: int = 50, seed: int = 0) -> np.ndarray:
+    """DDIM samples as one uint8 grid image (a quick look at what the model learned)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+    sched.set_timesteps(steps)
+    size = int(model.config.sample_size)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, size, size, generator=g)
+    model.eval()
+    with torch.inference_mode():
+        for t in sched.timesteps:
+            eps = model(x, t).sample
+            x = sched.step(eps, t, x).prev_sample
+    imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    side = int(math.ceil(math.sqrt(n)))
+    grid = np.zeros((side * size, side * size, 3), np.uint8)
+    for i, im in enumerate(imgs):
+        r, c = divmod(i, side)
+        grid[r * size:(r + 1) * size, c * size:(c + 1) * size] = im
+    return grid
+
+
+def save_backbone(model, out_dir: Path, dtype: str, card: dict | None = None) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = copy.deepcopy(model).to(torch.float16 if dtype == "float16" else torch.float32)
+    m.save_pretrained(out_dir, safe_serialization=True)
+    default_scheduler().save_pretrained(out_dir)
+    if card is not None:
+        (out_dir / "training.json").write_text(json.dumps(card, indent=2))
+    return out_dir
+
+
+def pretrain(cfg: Config, log_mlflow: bool = True) -> Path:
+    pc = cfg.pretrain
+    if pc.num_threads:
+        torch.set_num_threads(pc.num_threads)
+    out = Path(pc.output)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = ShapesDataset(n=10**9, image_size=cfg.data.image_size, seed=pc.seed)
+    torch.manual_seed(pc.seed)
+    model = build_unet(pc, cfg.data.image_size)
+    ema = copy.deepcopy(model).requires_grad_(False) if pc.ema_decay > 0 else None
+    opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
+    sched = default_scheduler()
+    alphas = sched.alphas_cumprod.float()
+    gen = torch.Generator().manual_seed(pc.seed)
+    step, losses = 0, []
+    ckpt = out / CKPT
+    if ckpt.is_file():
+        # our own checkpoint; weights_only refuses anything but tensors and plain containers
+        state = torch.load(ckpt, weights_only=True)
+        if state.get("arch") != _arch(pc):
+            raise RuntimeError(f"{ckpt} was written by a different pretrain config; use another pretrain.output")
+        model.load_state_dict(state["model"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step, losses = int(state["step"]), list(state["losses"])
+        print(f"resuming pretrain from step {step}")
+
+    def lr_at(s: int) -> float:
+        return pc.lr * min(1.0, (s + 1) / max(pc.warmup_steps, 1))
+
+    mlflow = None
+    if log_mlflow:
+        import mlflow as _mlflow
+        mlflow = _mlflow
+    n_params = sum(p.numel() for p in model.parameters())
+    if mlflow:
+        mlflow.log_metric("n_params", n_params)
+    model.train()
+    bar = tqdm(total=pc.steps, initial=step, desc="pretrain", unit="step")
+    t0, seen0 = time.perf_counter(), step
+    while step < pc.steps:
+        x0 = _batch(ds, step, pc.batch_size, pc.hflip, gen)
+        t = torch.randint(0, 1000, (pc.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = F.mse_loss(model(xt, t).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if pc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), pc.grad_clip)
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - pc.ema_decay)
+        step += 1
+        losses.append(float(loss))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if mlflow and (step % 10 == 0 or step == pc.steps):
+            mlflow.log_metric("loss", float(np.mean(losses[-10:])), step=step)
+            mlflow.log_metric("images_per_s", (step - seen0) * pc.batch_size / (time.perf_counter() - t0), step=step)
+        if step % pc.checkpoint_every == 0 or step == pc.steps:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                        "opt": opt.state_dict(), "gen": gen.get_state(), "step": step, "losses": losses,
+                        "arch": _arch(pc)}, tmp)
+            tmp.replace(ckpt)
+            save_backbone(ema if ema is not None else model, out / f"step-{step:06d}", pc.save_dtype,
+                          {"step": step, "loss_last50": float(np.mean(losses[-50:]))})
+        if mlflow and pc.sample_every and step % pc.sample_every == 0:
+            grid = sample_grid(ema if ema is not None else model, n=16, steps=25)
+            mlflow.log_image(grid, f"samples/step-{step:06d}.png")
+            model.train()
+    bar.close()
+    final = ema if ema is not None else model
+    card = {"steps": pc.steps, "final_loss_last50": float(np.mean(losses[-50:])), "n_params": n_params,
+            "pretrain": to_dict(pc), "data": {"source": "shapes", "seed": pc.seed, "image_size": cfg.data.image_size}}
+    path = save_backbone(final, out / "final", pc.save_dtype, card)
+    if mlflow:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        sm = np.convolve(losses, np.ones(25) / 25, mode="valid") if len(losses) > 25 else losses
+        ax.plot(sm)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("noise-prediction MSE (25-step mean)")
+        ax.set_title("pretrain loss")
+        fig.tight_layout()
+        mlflow.log_figure(fig, "loss_curve.png")
+        plt.close(fig)
+        mlflow.log_image(sample_grid(final, n=16, steps=25), "samples/final.png")
+        mlflow.log_artifacts(str(path), "backbone")
+        mlflow.log_metric("final_loss", card["final_loss_last50"])
+    return path
+
+
+def _arch(pc) -> str:
+    return json.dumps({"c": list(pc.block_out_channels), "l": pc.layers_per_block, "g": pc.norm_num_groups,
+                       "a": pc.attention_mid_block, "b": pc.batch_size, "lr": pc.lr, "seed": pc.seed,
+                       "w": pc.warmup_steps, "ema": pc.ema_decay}, sort_keys=True)

@@ -1,0 +1,92 @@
+"""Pixel-space DDPM backbone: diffusers `UNet2DModel` + `DDPMScheduler` (the embedded default)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+
+from ..config import BackboneConfig, PretrainConfig
+from .base import BackboneAdapter, Conditioning, resolve_device, resolve_dtype, seeded_noise
+from .hub import resolve_local, unavailable
+
+
+def build_unet(cfg: PretrainConfig, sample_size: int) -> UNet2DModel:
+    """The default backbone's architecture, built from the pretrain config."""
+    n = len(cfg.block_out_channels)
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        norm_num_groups=cfg.norm_num_groups,
+        down_block_types=("DownBlock2D",) * n,
+        up_block_types=("UpBlock2D",) * n,
+        add_attention=cfg.attention_mid_block,
+    )
+
+
+def default_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+
+
+class UNet2DAdapter(BackboneAdapter):
+    def __init__(self, cfg: BackboneConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        path = resolve_local(cfg.id)
+        src = str(path) if path is not None else cfg.id
+        kw = {"revision": cfg.revision} if cfg.revision and path is None else {}
+        try:
+            model = UNet2DModel.from_pretrained(src, **kw)
+        except Exception as e:  # diffusers raises OSError/EnvironmentError/HTTP errors
+            if path is not None:
+                raise
+            try:
+                model = UNet2DModel.from_pretrained(src, subfolder="unet", **kw)
+            except Exception:
+                raise unavailable(cfg.id, e) from e
+        if cfg.init == "random":
+            torch.manual_seed(cfg.init_seed)
+            model = UNet2DModel.from_config(model.config)
+        self.model = model.to(self.device, self.dtype).eval()
+        try:
+            self.scheduler = DDPMScheduler.from_pretrained(src, **kw) if path is not None and (
+                path / "scheduler_config.json").is_file() else default_scheduler()
+        except Exception:
+            self.scheduler = default_scheduler()
+        self.resolution = cfg.resolution or int(self.model.config.sample_size)
+        self._alphas = self.scheduler.alphas_cumprod.to(torch.float32)
+
+    @property
+    def backbone_id(self) -> str:
+        return self.cfg.id
+
+    def hook_points(self) -> list[str]:
+        n_down = len(self.model.down_blocks)
+        n_up = len(self.model.up_blocks)
+        return ([f"down_blocks.{i}" for i in range(n_down)] + ["mid_block"]
+                + [f"up_blocks.{i}" for i in range(n_up)])
+
+    def encode(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if x.shape[-1] != self.resolution or x.shape[-2] != self.resolution:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return x.to(self.device)
+
+    def add_noise(self, x0: torch.Tensor, t: int, image_ids: Sequence[str], seed: int) -> torch.Tensor:
+        noise = seeded_noise(x0.shape[1:], seed, image_ids, t).to(x0.device)
+        a = self._alphas[t]
+        return (a.sqrt() * x0.float() + (1 - a).sqrt() * noise)
+
+    def conditioning(self, batch_size: int, class_names=None, captions=None) -> Conditioning:
+        return Conditioning({})  # unconditional
+
+    def denoise_forward(self, x_t: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
+        ts = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        return self.model(x_t.to(self.dtype), ts, **cond.kwargs).sample

@@ -1,0 +1,47 @@
+"""Command implementations behind the CLI; each takes the loaded config and parsed args."""
+from __future__ import annotations
+
+import argparse
+
+from .config import Config
+
+
+def pretrain(cfg: Config, args: argparse.Namespace) -> int:
+    from .backbones.pretrain import pretrain as run_pretrain
+    from .tracking import stage_run
+
+    with stage_run(cfg, "pretrain", ("pretrain", "data"), tags={"backbone": "unet2d", "dataset": "shapes"},
+                   description="Train the default pixel-space UNet2DModel on procedural shapes"):
+        path = run_pretrain(cfg)
+    print(f"backbone written to {path}")
+    return 0
+
+
+def extract(cfg: Config, args: argparse.Namespace) -> int:
+    from .features.extract import extract as run_extract
+    from .tracking import log_json, stage_run
+
+    if getattr(args, "no_mlflow", False):
+        res = run_extract(cfg)
+    else:
+        import mlflow
+
+        tags = {"backbone": cfg.backbone.id, "dataset": cfg.data.id or cfg.data.source,
+                "hook_points": ",".join(cfg.extract.hook_points),
+                "timesteps": ",".join(map(str, cfg.extract.timesteps))}
+        with stage_run(cfg, "extract", ("data", "backbone", "extract"), tags=tags,
+                       description="Capture hook-point activations into a feature store"):
+            res = run_extract(cfg)
+            from .features.store import open_store
+            store = open_store(res.store_uri)
+            mlflow.set_tag("store_uri", res.store_uri)
+            mlflow.set_tag("config_hash", res.config_hash)
+            mlflow.log_param("dataset_fingerprint", store.config["dataset"]["fingerprint"])
+            mlflow.log_metrics({"images_per_s": res.images_per_s, "n_images": res.n_images,
+                                "n_rows": res.n_rows, "skipped_images": len(res.skipped)})
+            log_json(store.manifest, "manifest.json", "feature_store")
+            if res.skipped:
+                log_json(res.skipped, "skipped_images.json", "feature_store")
+    print(f"feature store: {res.store_uri} ({res.n_rows} rows, {len(res.skipped)} skipped, "
+          f"{res.images_per_s:.0f} images·t/s)")
+    return 0

@@ -1,0 +1,421 @@
+"""Typed configuration: YAML files → frozen dataclasses, with `--set a.b=c` overrides.
+
+Every option is validated where it is declared (`__post_init__`), and unknown keys or
+invalid values fail with a message naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class DataConfig:
+    source: Literal["shapes", "digits", "hf", "imagefolder"] = "shapes"
+    id: str = ""  # Hugging Face dataset id (source=hf) or folder path (source=imagefolder)
+    split: str = "train"  # split of a Hugging Face dataset / imagefolder
+    image_column: str = "image"
+    label_column: str = "label"
+    caption_column: str = ""  # needed by prompt_mode=caption
+    n_images: int = 2000  # 0 = every image of the split
+    image_size: int = 32
+    seed: int = 0  # seeds procedural data and the train/test assignment
+    test_fraction: float = 0.25
+    max_pixels: int = 50_000_000  # larger images are skipped, not decoded (decompression bombs)
+
+    def __post_init__(self) -> None:
+        _check(self.n_images >= 0, "data.n_images", f"must be >= 0, got {self.n_images}")
+        _check(8 <= self.image_size <= 4096, "data.image_size", f"must be in [8, 4096], got {self.image_size}")
+        _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
+        _check(self.max_pixels > 0, "data.max_pixels", "must be > 0")
+        if self.source in ("hf", "imagefolder"):
+            _check(bool(self.id), "data.id", f"is required when data.source={self.source!r}"
+                   + (" (a Hugging Face dataset id such as 'timm/oxford-iiit-pet')" if self.source == "hf"
+                      else " (a folder with one sub-folder per class)"))
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    kind: Literal["unet2d", "sd", "sdxl", "dit"] = "unet2d"
+    # diffusers model id, local directory, or a model shipped with the project ("builtin:shapes-unet")
+    id: str = "builtin:shapes-unet"
+    revision: str = ""
+    init: Literal["pretrained", "random"] = "pretrained"  # random = same architecture, fresh weights (control)
+    init_seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    prompt_mode: Literal["empty", "generic", "class", "caption"] = "empty"
+    generic_prompt: str = "a photo"
+    class_template: str = "a photo of a {}"
+    resolution: int = 0  # 0 = the model's native resolution
+
+    def __post_init__(self) -> None:
+        _check(bool(self.id), "backbone.id", "must name a model id, a local directory or builtin:shapes-unet")
+        _check(self.resolution >= 0, "backbone.resolution", "must be >= 0")
+        _check("{}" in self.class_template, "backbone.class_template", "must contain '{}' for the class name")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    hook_points: tuple[str, ...] = ("down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1")
+    timesteps: tuple[int, ...] = (10, 100, 250)
+    pooling: tuple[Literal["mean", "max", "tokens"], ...] = ("mean", "max", "tokens")
+    # token maps are large: keep them only at these hook points / timesteps (empty = everywhere)
+    token_hook_points: tuple[str, ...] = ()
+    token_timesteps: tuple[int, ...] = ()
+    dtype: Literal["float32", "float16"] = "float32"
+    batch_size: int = 64
+    shard_size: int = 512  # dataset indices per shard
+    noise_seed: int = 0
+    store: str = ""  # "" = features/<config hash> under the project's output dir; or a path / s3:// URI
+    num_threads: int = 0  # 0 = torch default
+
+    def poolings_for(self, hook_point: str, timestep: int) -> tuple[str, ...]:
+        keep_tokens = ((not self.token_hook_points or hook_point in self.token_hook_points)
+                       and (not self.token_timesteps or timestep in self.token_timesteps))
+        return tuple(p for p in self.pooling if p != "tokens" or keep_tokens)
+
+    def __post_init__(self) -> None:
+        _check(len(self.hook_points) > 0, "extract.hook_points", "needs at least one hook point")
+        _check(len(set(self.hook_points)) == len(self.hook_points), "extract.hook_points", "has duplicates")
+        _check(len(self.timesteps) > 0, "extract.timesteps", "needs at least one timestep")
+        _check(len(set(self.timesteps)) == len(self.timesteps), "extract.timesteps", "has duplicates")
+        for t in self.timesteps:
+            _check(0 <= t <= 999, "extract.timesteps", f"each must be in [0, 999], got {t}")
+        _check(len(self.pooling) > 0, "extract.pooling", "needs at least one of mean, max, tokens")
+        for h in self.token_hook_points:
+            _check(h in self.hook_points, "extract.token_hook_points",
+                   f"{h!r} is not among extract.hook_points ({', '.join(self.hook_points)})")
+        for t in self.token_timesteps:
+            _check(t in self.timesteps, "extract.token_timesteps",
+                   f"{t} is not among extract.timesteps ({', '.join(map(str, self.timesteps))})")
+        _check(self.batch_size > 0, "extract.batch_size", "must be > 0")
+        _check(self.shard_size > 0, "extract.shard_size", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    block_out_channels: tuple[int, ...] = (32, 64, 128, 256)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    attention_mid_block: bool = True
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.99  # 0 = no EMA
+    hflip: bool = True
+    seed: int = 1000  # the training images are drawn from this shapes seed, disjoint from evaluation data
+    num_threads: int = 0
+    checkpoint_every: int = 250
+    sample_every: int = 500
+    output: str = "outputs/pretrain"
+    save_dtype: Literal["float32", "float16"] = "float16"
+
+    def __post_init__(self) -> None:
+        _check(len(self.block_out_channels) >= 2, "pretrain.block_out_channels", "needs at least two levels")
+        for c in self.block_out_channels:
+            _check(c % self.norm_num_groups == 0, "pretrain.block_out_channels",
+                   f"each must be divisible by norm_num_groups={self.norm_num_groups}, got {c}")
+        _check(self.steps > 0, "pretrain.steps", "must be > 0")
+        _check(self.batch_size > 0, "pretrain.batch_size", "must be > 0")
+        _check(self.lr > 0, "pretrain.lr", "must be > 0")
+        _check(0 <= self.ema_decay < 1, "pretrain.ema_decay", "must be in [0, 1)")
+        _check(self.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    variant: Literal["topk", "batchtopk"] = "topk"
+    hook_point: str = "up_blocks.1"
+    timestep: int = 10
+    input: Literal["pooled", "tokens"] = "tokens"
+    pooling: Literal["mean", "max"] = "mean"  # which pooled features (input=pooled)
+    expansion: int = 8
+    k: int = 32
+    relu: bool = True
+    normalize: Literal["none", "standard", "scalar"] = "scalar"
+    lr: float = 0.0  # 0 = scaled with the number of latents
+    warmup_steps: int = 100
+    steps: int = 2000
+    batch_size: int = 2048
+    auxk_coef: float = 1.0 / 32
+    k_aux: int = 0  # 0 = d_in // 2
+    dead_window: int = 400_000  # a latent is dead when it has not fired in this many samples
+    latent_pooling: Literal["max", "mean"] = "max"  # token latents → image vector
+    store: str = ""  # feature store to train on; "" = the store `extract` writes for this config
+    output: str = ""  # "" = <output_dir>/sae/<config hash>
+    seed: int = 0
+    checkpoint_every: int = 500
+    eval_every: int = 250
+    heldout_fraction: float = 0.1
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.expansion >= 1, "sae.expansion", "must be >= 1")
+        _check(self.k >= 1, "sae.k", "must be >= 1")
+        _check(self.steps > 0, "sae.steps", "must be > 0")
+        _check(self.batch_size > 0, "sae.batch_size", "must be > 0")
+        _check(self.lr >= 0, "sae.lr", "must be >= 0")
+        _check(self.auxk_coef >= 0, "sae.auxk_coef", "must be >= 0")
+        _check(0 < self.heldout_fraction < 1, "sae.heldout_fraction", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    kind: Literal["linear", "diffc"] = "linear"
+    input: Literal["features", "sae"] = "features"
+    hook_point: str = "up_blocks.1"
+    timestep: int = 10
+    pooling: Literal["mean", "max"] = "mean"
+    concept: str = "shape"  # which label to predict (datasets with one label: "label")
+    C: float = 1.0  # inverse L2 strength of the linear probe
+    max_iter: int = 1000
+    shots: tuple[str, ...] = ("1", "5", "10", "all")
+    seeds: int = 3
+    # Diff-C
+    width: int = 64
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.1
+    batch_size: int = 64
+    controls: bool = True
+    store: str = ""  # "" = the store `extract` writes for this config
+    sae: str = ""  # SAE directory or registry URI for input=sae; "" = the SAE `train-sae` writes for this config
+
+    def __post_init__(self) -> None:
+        _check(self.C > 0, "probe.C", "must be > 0")
+        for s in self.shots:
+            _check(s == "all" or (s.isdigit() and int(s) > 0), "probe.shots",
+                   f"each must be a positive integer or 'all', got {s!r}")
+        _check(self.seeds >= 1, "probe.seeds", "must be >= 1")
+        _check(self.width >= 1, "probe.width", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    target: Literal["sae", "probe"] = "sae"
+    n_trials: int = 8
+    metric: str = "fvu"
+    direction: Literal["minimize", "maximize"] = "minimize"
+    storage: str = ""  # "" = sqlite:///optuna.db; any Optuna RDB URL
+    study_name: str = "revelio"
+    pruner: Literal["median", "none"] = "median"
+    timeout_s: float = 0.0
+    search_space: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(self.n_trials >= 1, "tune.n_trials", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tracking_uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+    registry_uri: str = ""
+    experiment: str = "revelio"
+    artifact_location: str = ""
+    system_metrics: bool = False
+    register: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output_dir: str = "outputs"
+    force: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# --------------------------------------------------------------------------- conversion
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [to_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def config_hash(obj: Any, n: int = 12) -> str:
+    """Stable short hash of a config section (or any JSON-able value)."""
+    blob = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is tuple:
+        args = get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        item_t = args[0] if args else Any
+        return tuple(_coerce(v, item_t, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key {where}{unknown[0]}; known keys{' of ' + prefix if prefix else ''}: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        # __post_init__ of a nested section names the key without the parent prefix
+        raise e
+
+
+def _parse_scalar(text: str) -> Any:
+    """Values in --set are YAML scalars or flow lists: 10, 1e-3, true, [10, 100], up_blocks.1."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    out = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. sae.k=32)")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        node = out
+        cls: Any = Config
+        for i, p in enumerate(parts):
+            hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+            if dataclasses.is_dataclass(cls) and p not in hints:
+                known = ", ".join(sorted(hints))
+                where = ".".join(parts[:i]) or "the top level"
+                raise ConfigError(f"unknown key {key}: {where} has no {p!r}; known keys: {known}")
+            if i == len(parts) - 1:
+                node[p] = _parse_scalar(raw)
+            else:
+                node = node.setdefault(p, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {key}: {'.'.join(parts[:i + 1])} is not a section")
+                cls = hints.get(p, dict)
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config (or the defaults) and apply `key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        data = loaded
+    data = apply_overrides(data, list(overrides))
+    return from_dict(Config, data)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """dataclasses.replace for nested sections: replace(cfg, **{"sae.k": 16})."""
+    nested: dict[str, dict[str, Any]] = {}
+    flat: dict[str, Any] = {}
+    for k, v in changes.items():
+        head, _, rest = k.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = v
+        else:
+            flat[k] = v
+    for head, sub in nested.items():
+        flat[head] = replace(getattr(cfg, head), **sub)
+    return dataclasses.replace(cfg, **flat)

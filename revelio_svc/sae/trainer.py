@@ -1,0 +1,519 @@
+"""SAE training: exact sparse gradients, Adam, AuxK, checkpoints that resume bit for bit.
+
+The training step (`SparseStep`) computes the gradient of
+
+    L = ‖x̂ − x_n‖² / ‖x_n − mean(x_n)‖²                                    (batch FVU, normalised space)
+      + auxk_coef · ‖ê − r‖² / ‖r − mean(r)‖²,   r = x_n − x̂ (no gradient)   (AuxK, dead latents only)
+
+by hand instead of by autograd, and it is the exact gradient (`loss_autograd` computes the same
+objective with autograd; tests compare the two). It is cheap because TopK makes it sparse:
+
+- the decoder reads only the selected rows (`embedding_bag` with per-sample weights);
+- ∂L/∂W_dec and ∂L/∂W_enc are non-zero only in the rows of selected latents, and each of those rows is
+  a sum over the samples that selected it: they are scattered row by row (`index_add_`), never formed
+  by the dense (n_latents × B) · (B × d_in) products autograd would run;
+- ∂L/∂(selected activation) is one dot product per kept entry;
+- ∂L/∂b_pre through the encoder is −(∂L/∂b_enc) · W_enc, one vector-matrix product;
+- the pre-activations are computed into a reused buffer and never kept for a backward pass.
+
+The optimiser is plain Adam (torch's fused CPU/GPU kernel) over every parameter: untouched rows still
+get their momentum update, so the result is the same as dense Adam — no lazy/approximate update.
+After each step the decoder rows are renormalised to unit norm; before it, each decoder row's gradient
+loses its component parallel to the row.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import Config, ConfigError, SAEConfig, config_hash, to_dict
+from ..features.store import FeatureStore, diff_configs, open_store
+from .base import SparseAutoencoder, build_sae, load_sae
+from .batchtopk import BatchTopKSAEConfig
+from .data import ActivationStream, NonFiniteInputError, eval_vectors, feature_set_for, plan_split
+from .metrics import ReconstructionStats, dead_frac
+from .topk import TopKSAEConfig
+
+TRAINER_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+
+
+class TrainingError(RuntimeError):
+    """Training stopped; the message names the step and the cause."""
+
+
+# --------------------------------------------------------------------------- schedule
+def default_lr(n_latents: int) -> float:
+    """2e-4 at 16384 latents, scaled by 1/sqrt(n_latents / 16384) (Gao et al. 2024)."""
+    return 2e-4 / math.sqrt(n_latents / 16384)
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int, total_steps: int, decay_frac: float = 0.2) -> float:
+    """Linear warm-up over `warmup_steps`, constant, then linear decay to 0 over the last `decay_frac`."""
+    w = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    start = int(total_steps * (1.0 - decay_frac))
+    d = 1.0 if step < start or decay_frac <= 0 else max(0.0, (total_steps - step) / max(1, total_steps - start))
+    return base_lr * w * d
+
+
+# --------------------------------------------------------------------------- sparse kernels
+def offsets_from_rows(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Start of each row's entries in a COO list whose rows are non-decreasing."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    return torch.cumsum(counts, 0) - counts
+
+
+def gather_dot(G: torch.Tensor, rows: torch.Tensor, W: torch.Tensor, cols: torch.Tensor,
+               offsets: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
+    """out[e] = ⟨G[rows[e]], W[cols[e]]⟩ for every kept entry e (rows non-decreasing)."""
+    if cols.numel() == 0:
+        return torch.zeros(0, dtype=G.dtype)
+    if offsets is not None and W.device.type == "cpu":
+        try:  # the kernel embedding_bag's own backward uses for per_sample_weights
+            return torch.ops.aten._embedding_bag_per_sample_weights_backward(G, W, cols, offsets, rows, 0, -1)
+        except (RuntimeError, AttributeError):  # pragma: no cover - other torch builds
+            pass
+    out = torch.empty(cols.numel(), dtype=G.dtype)
+    for s in range(0, cols.numel(), chunk):
+        c, r = cols[s:s + chunk], rows[s:s + chunk]
+        out[s:s + chunk] = (W.index_select(0, c) * G.index_select(0, r)).sum(1)
+    return out
+
+
+def scatter_rows_(out: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, src: torch.Tensor,
+                  rows: torch.Tensor, buf: torch.Tensor) -> None:
+    """out[cols[e]] += weights[e] · src[rows[e]] for every entry, in chunks of len(buf) (no big temporaries)."""
+    chunk = buf.shape[0]
+    for s in range(0, cols.numel(), chunk):
+        r = rows[s:s + chunk]
+        b = buf[:r.numel()]
+        torch.index_select(src, 0, r, out=b)
+        b.mul_(weights[s:s + chunk].unsqueeze(1))
+        out.index_add_(0, cols[s:s + chunk], b)
+
+
+# --------------------------------------------------------------------------- the step
+@dataclass
+class StepStats:
+    loss: float
+    auxk_loss: float
+    l0: float
+    n_dead: int
+
+
+class NonFiniteLossError(ArithmeticError):
+    pass
+
+
+class SparseStep:
+    """One exact optimisation step of an SAE on a normalised batch (see the module docstring)."""
+
+    def __init__(self, sae: SparseAutoencoder, lr: float, *, auxk_coef: float = 1.0 / 32, k_aux: int = 0,
+                 dead_window: int = 400_000, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 chunk: int = 4096, fused: bool | None = None):
+        self.sae = sae
+        self.auxk_coef = float(auxk_coef)
+        self.k_aux = int(k_aux) if k_aux > 0 else max(1, sae.d_in // 2)
+        self.dead_window = int(dead_window)
+        self.params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_pre]
+        if fused is None:
+            fused = True
+        try:
+            self.opt = torch.optim.Adam(self.params, lr=lr, betas=betas, eps=eps, fused=fused)
+        except (RuntimeError, ValueError):  # pragma: no cover - builds without the fused kernel
+            self.opt = torch.optim.Adam(self.params, lr=lr, betas=betas, eps=eps)
+        for p in self.params:
+            p.grad = torch.zeros_like(p)
+        self.since_fired = torch.zeros(sae.n_latents, dtype=torch.int64)
+        self.samples_seen = 0
+        self._pre = torch.empty(0)
+        self._buf = torch.empty(chunk, sae.d_in)
+        self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ state
+    def dead_mask(self) -> torch.Tensor:
+        """Latents that have not fired in the last `dead_window` training samples."""
+        return self.since_fired >= self.dead_window
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"opt": self.opt.state_dict(), "since_fired": self.since_fired.clone(),
+                "samples_seen": self.samples_seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.opt.load_state_dict(state["opt"])
+        self.since_fired.copy_(state["since_fired"])
+        self.samples_seen = int(state["samples_seen"])
+        for p in self.params:  # load_state_dict does not touch .grad, but keep the buffers dense and zero
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    def _fixed(self, n_rows: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (n_rows, k)
+        if key not in self._cache:
+            self._cache[key] = (torch.arange(n_rows).repeat_interleave(k), torch.arange(0, n_rows * k, k))
+        return self._cache[key]
+
+    # ------------------------------------------------------------------ gradients
+    @torch.no_grad()
+    def compute_grads(self, xn: torch.Tensor) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        """Fill every parameter's .grad with ∂L/∂p (decoder gradient already projected); returns
+        (loss, auxk_loss, fired latent ids, kept activations)."""
+        sae = self.sae
+        relu = sae.config.relu
+        B = xn.shape[0]
+        W_enc, b_enc, W_dec, b_pre = sae.W_enc, sae.b_enc, sae.W_dec, sae.b_pre
+        xc = xn - b_pre
+        if self._pre.shape != (B, sae.n_latents):
+            self._pre = torch.empty(B, sae.n_latents)
+        pre = torch.addmm(b_enc, xc, W_enc.t(), out=self._pre)
+        rows, cols, v = sae.select_train(pre)
+        a = sae.activation(v)
+        if rows.numel() == B * sae.k and sae.config.variant == "topk":
+            offsets = self._fixed(B, sae.k)[1]
+        else:
+            offsets = offsets_from_rows(rows, B)
+        xhat = F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=a) + b_pre
+        e = xhat - xn
+        den = ((xn - xn.mean(0)) ** 2).sum().clamp_min(1e-30)
+        loss = (e * e).sum() / den
+        G = e * (2.0 / den)  # ∂L/∂x̂
+
+        for p in self.params:
+            p.grad.zero_()
+        b_pre.grad.copy_(G.sum(0))
+        ga = gather_dot(G, rows, W_dec, cols, offsets)
+        gv = ga * (v > 0) if relu else ga
+        scatter_rows_(W_dec.grad, cols, a, G, rows, self._buf)
+        enc_rows, enc_cols, enc_g = [rows], [cols], [gv]
+
+        aux = torch.zeros(())
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        if self.auxk_coef > 0 and n_dead > 0:
+            dead_idx = torch.nonzero(dead).squeeze(1)
+            ka = min(self.k_aux, n_dead)
+            va, ia = pre.index_select(1, dead_idx).topk(ka, dim=1)
+            rows_a, offs_a = self._fixed(B, ka)
+            cols_a = dead_idx[ia].reshape(-1)
+            va = va.reshape(-1)
+            aa = sae.activation(va)
+            ehat = F.embedding_bag(cols_a, W_dec, offs_a, mode="sum", per_sample_weights=aa)
+            r = e.neg_()  # x_n − x̂ (e is not needed any more)
+            den_a = ((r - r.mean(0)) ** 2).sum().clamp_min(1e-30)
+            diff = ehat.sub_(r)
+            aux = (diff * diff).sum() / den_a
+            Ga = diff.mul_(2.0 * self.auxk_coef / den_a)
+            ga_a = gather_dot(Ga, rows_a, W_dec, cols_a, offs_a)
+            gv_a = ga_a * (va > 0) if relu else ga_a
+            scatter_rows_(W_dec.grad, cols_a, aa, Ga, rows_a, self._buf)
+            enc_rows.append(rows_a)
+            enc_cols.append(cols_a)
+            enc_g.append(gv_a)
+
+        er = torch.cat(enc_rows) if len(enc_rows) > 1 else rows
+        ec = torch.cat(enc_cols) if len(enc_cols) > 1 else cols
+        eg = torch.cat(enc_g) if len(enc_g) > 1 else gv
+        b_enc.grad.index_add_(0, ec, eg)
+        scatter_rows_(W_enc.grad, ec, eg, xc, er, self._buf)
+        b_pre.grad.sub_(torch.mv(W_enc.t(), b_enc.grad))
+        sae.remove_parallel_decoder_grad_()
+        fired = cols[a != 0]
+        return float(loss), float(aux), fired, a
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, xn: torch.Tensor, lr: float) -> StepStats:
+        B = xn.shape[0]
+        loss, aux, fired, kept = self.compute_grads(xn)
+        if not (math.isfinite(loss) and math.isfinite(aux)):
+            raise NonFiniteLossError(f"the loss is {loss} (auxk_loss {aux})")
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.step()
+        self.sae.normalize_decoder_()
+        self.since_fired.add_(B)
+        self.since_fired[fired] = 0
+        self.samples_seen += B
+        self.sae.observe_training_batch(kept)
+        n_dead = int(self.dead_mask().sum())
+        return StepStats(loss, aux, fired.numel() / B, n_dead)
+
+
+def loss_autograd(sae: SparseAutoencoder, xn: torch.Tensor, dead_mask: torch.Tensor | None = None,
+                  auxk_coef: float = 1.0 / 32, k_aux: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training objective with autograd (reference for `SparseStep`): returns (loss, auxk_loss)."""
+    from .metrics import normalized_mse
+
+    k_aux = k_aux if k_aux > 0 else max(1, sae.d_in // 2)
+    B = xn.shape[0]
+    pre = sae.pre_activations(xn)
+    rows, cols, _ = sae.select_train(pre.detach())
+    a = sae.activation(pre[rows, cols])
+    xhat = torch.zeros(B, sae.d_in).index_add(0, rows, a[:, None] * sae.W_dec[cols]) + sae.b_pre
+    loss = normalized_mse(xn, xhat)
+    aux = torch.zeros(())
+    if dead_mask is not None and auxk_coef > 0 and bool(dead_mask.any()):
+        dead_idx = torch.nonzero(dead_mask).squeeze(1)
+        ka = min(k_aux, dead_idx.numel())
+        va, ia = pre[:, dead_idx].topk(ka, dim=1)
+        ehat = (sae.activation(va)[..., None] * sae.W_dec[dead_idx[ia]]).sum(1)
+        aux = normalized_mse((xn - xhat).detach(), ehat)
+    return loss + auxk_coef * aux, aux
+
+
+# --------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(sae: SparseAutoencoder, x: np.ndarray | torch.Tensor, dead: torch.Tensor | None = None,
+             k_aux: int = 0, batch: int = 4096) -> dict[str, float]:
+    """Held-out metrics of the inference path: fvu, explained_variance, l0, l2_ratio (input space) and
+    auxk_loss (normalised space, for the given dead-latent mask; 0 when none is dead)."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    stats = ReconstructionStats(sae.d_in)
+    k_aux = k_aux if k_aux > 0 else max(1, sae.d_in // 2)
+    dead_idx = torch.nonzero(dead).squeeze(1) if dead is not None and bool(dead.any()) else None
+    a_sse, a_n, a_s, a_s2 = 0.0, 0, torch.zeros(sae.d_in, dtype=torch.float64), 0.0
+    for s in range(0, x.shape[0], batch):
+        xb = x[s:s + batch]
+        xn = sae.normalize(xb)
+        pre = sae.pre_activations(xn)
+        vals, idx = sae.select(pre)
+        xhat_n = F.embedding_bag(idx, sae.W_dec, per_sample_weights=vals, mode="sum") + sae.b_pre
+        stats.update(xb, sae.denormalize(xhat_n), (vals != 0).sum(1))
+        if dead_idx is not None:
+            ka = min(k_aux, dead_idx.numel())
+            va, ia = pre.index_select(1, dead_idx).topk(ka, dim=1)
+            ehat = F.embedding_bag(dead_idx[ia], sae.W_dec, per_sample_weights=sae.activation(va), mode="sum")
+            r = (xn - xhat_n).double()
+            a_sse += float(((ehat.double() - r) ** 2).sum())
+            a_n += r.shape[0]
+            a_s += r.sum(0)
+            a_s2 += float((r ** 2).sum())
+    out = stats.result()
+    var = a_s2 - float((a_s ** 2).sum()) / max(a_n, 1)
+    out["auxk_loss"] = a_sse / var if dead_idx is not None and var > 0 else 0.0
+    return out
+
+
+# --------------------------------------------------------------------------- the training run
+@dataclass
+class TrainResult:
+    output_dir: str
+    sae: SparseAutoencoder
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    lr: float = 0.0
+    steps: int = 0
+    resumed_from: int = 0
+    store_uri: str = ""
+    feature_set: str = ""
+    n_train_vectors: int = 0
+    n_eval_vectors: int = 0
+    skipped: bool = False  # the output was complete already; nothing was trained
+
+
+def resolve_store_uri(cfg: Config) -> str:
+    if cfg.sae.store:
+        return cfg.sae.store
+    from ..features.extract import store_uri_for  # loads the dataset description (no backbone)
+    return store_uri_for(cfg)
+
+
+def training_key(sc: SAEConfig, store: FeatureStore, buffer_vectors: int) -> dict[str, Any]:
+    """Everything the trained weights depend on (not where files go, nor how often they are written)."""
+    d = to_dict(sc)
+    for k in ("output", "checkpoint_every", "eval_every", "num_threads", "store"):
+        d.pop(k, None)
+    return {"sae": d, "store_config_hash": store.manifest.get("config_hash", ""),
+            "buffer_vectors": int(buffer_vectors), "trainer_version": TRAINER_VERSION}
+
+
+def make_sae_config(sc: SAEConfig, d_in: int, store: FeatureStore):
+    n_latents = d_in * sc.expansion
+    if sc.k > n_latents:
+        raise ConfigError(f"sae.k: {sc.k} is more than the {n_latents} latents (d_in {d_in} × expansion {sc.expansion})")
+    conf = store.config or {}
+    backbone = conf.get("backbone", {}) if isinstance(conf.get("backbone"), dict) else {}
+    kw = dict(d_in=d_in, n_latents=n_latents, k=sc.k, relu=sc.relu, normalize=sc.normalize,
+              hook_point=sc.hook_point, timestep=sc.timestep, backbone=str(backbone.get("id", "")),
+              backbone_init=str(backbone.get("init", "")),
+              dataset_fingerprint=str((conf.get("dataset") or {}).get("fingerprint", "")),
+              store_config_hash=str(store.manifest.get("config_hash", "")), input=sc.input,
+              pooling=sc.pooling if sc.input == "pooled" else "", latent_pooling=sc.latent_pooling)
+    return BatchTopKSAEConfig(**kw) if sc.variant == "batchtopk" else TopKSAEConfig(**kw)
+
+
+def default_output_dir(cfg: Config, key: dict[str, Any]) -> Path:
+    return Path(cfg.output_dir) / "sae" / config_hash(key)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _mlflow_active():
+    if "mlflow" not in sys.modules:
+        return None
+    import mlflow
+    return mlflow if mlflow.active_run() is not None else None
+
+
+def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: str | os.PathLike | None = None,
+              buffer_mb: float = 512.0, max_eval_vectors: int = 65536, init_samples: int = 65536,
+              on_step: Callable[[int, StepStats], None] | None = None, progress: bool = True) -> TrainResult:
+    """Train the SAE `cfg.sae` describes on its feature store; resumes from a checkpoint in the output dir.
+
+    Output directory: `output`, else `cfg.sae.output`, else `<cfg.output_dir>/sae/<hash of training_key>`.
+    It ends up holding sae.safetensors + config.json (the model) and metrics.json (final metrics, history).
+    A complete output is returned as is unless `cfg.force`.
+    """
+    sc = cfg.sae
+    if sc.num_threads:
+        torch.set_num_threads(sc.num_threads)
+    if store is None:
+        store = resolve_store_uri(cfg)
+    if not isinstance(store, FeatureStore):
+        store = open_store(store)
+    try:
+        fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling)
+    except KeyError as e:
+        raise ConfigError(f"sae.hook_point/sae.timestep/sae.input: {e.args[0]}") from e
+    d_in = fset.dim
+    buffer_vectors = max(sc.batch_size, int(buffer_mb * 2**20 / (4 * d_in)))
+    key = training_key(sc, store, buffer_vectors)
+    out = Path(output) if output else Path(sc.output) if sc.output else default_output_dir(cfg, key)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_FILE
+    metrics_path = out / METRICS_FILE
+
+    if cfg.force:
+        for f in (ckpt_path, metrics_path):
+            f.unlink(missing_ok=True)
+    elif metrics_path.is_file():
+        done = json.loads(metrics_path.read_text())
+        if done.get("complete") and done.get("training_key") == key:
+            return TrainResult(str(out), load_sae(out), done["metrics"], done.get("history", []), done.get("lr", 0.0),
+                               done.get("steps", sc.steps), sc.steps, store.uri, fset.key,
+                               done.get("n_train_vectors", 0), done.get("n_eval_vectors", 0), skipped=True)
+        if done.get("complete"):
+            raise TrainingError(_key_mismatch(out, done.get("training_key"), key))
+
+    plan = plan_split(fset, sc.heldout_fraction, sc.seed)
+    stream = ActivationStream(fset, plan, sc.batch_size, sc.seed, buffer_vectors)
+    sae = build_sae(make_sae_config(sc, d_in, store), seed=sc.seed)
+    lr = sc.lr if sc.lr > 0 else default_lr(sae.n_latents)
+    engine = SparseStep(sae, lr, auxk_coef=sc.auxk_coef, k_aux=sc.k_aux, dead_window=sc.dead_window)
+    step, history = 0, []
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, weights_only=True)
+        saved_key = json.loads(state["training_key"])
+        if saved_key != key:
+            raise TrainingError(_key_mismatch(out, saved_key, key))
+        sae.load_state_dict(state["model"])
+        engine.load_state_dict(state["engine"])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+        history = json.loads(state["history"])
+    else:
+        try:
+            sample = stream.sample(init_samples)
+        except NonFiniteInputError as e:
+            raise TrainingError(f"step 0: training stopped: {e}") from e
+        sae.init_from_data(torch.from_numpy(sample))
+    resumed_from = step
+    try:
+        ev = eval_vectors(fset, plan, max_eval_vectors, sc.seed)
+    except NonFiniteInputError as e:
+        raise TrainingError(f"step {step}: training stopped: {e}") from e
+
+    mlflow = _mlflow_active()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=sc.steps, initial=step, desc="train-sae", unit="step")
+    batches = stream.batches(step * sc.batch_size)
+    t_train, n_interval, aux_sum, loss_sum, n_steps_interval = 0.0, 0, 0.0, 0.0, 0
+    metrics: dict[str, float] = history[-1] if history else {}
+    while step < sc.steps:
+        try:
+            x = next(batches)
+        except NonFiniteInputError as e:
+            raise TrainingError(f"step {step}: training stopped: {e}") from e
+        t0 = time.perf_counter()
+        xn = sae.normalize(torch.from_numpy(x))
+        try:
+            st = engine.step(xn, lr_at(step, lr, sc.warmup_steps, sc.steps))
+        except NonFiniteLossError as e:
+            raise TrainingError(
+                f"step {step}: training stopped: {e}. The inputs of this batch are finite, so the optimisation "
+                f"diverged: lower sae.lr (now {lr:g}) or use sae.normalize=scalar/standard "
+                f"(now {sc.normalize}).") from e
+        t_train += time.perf_counter() - t0
+        step += 1
+        n_interval += x.shape[0]
+        n_steps_interval += 1
+        aux_sum += st.auxk_loss
+        loss_sum += st.loss
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{st.loss:.4f}", dead=st.n_dead)
+        if step % sc.eval_every == 0 or step == sc.steps:
+            metrics = evaluate(sae, ev, engine.dead_mask(), engine.k_aux)
+            metrics["dead_frac"] = dead_frac(engine.since_fired, sc.dead_window, engine.samples_seen)
+            metrics["samples_per_s"] = n_interval / t_train if t_train > 0 else 0.0
+            metrics["train_loss"] = loss_sum / max(n_steps_interval, 1)
+            metrics["train_auxk_loss"] = aux_sum / max(n_steps_interval, 1)
+            metrics["step"] = step
+            history.append(dict(metrics))
+            if mlflow is not None:
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "step"}, step=step)
+            t_train, n_interval, aux_sum, loss_sum, n_steps_interval = 0.0, 0, 0.0, 0.0, 0
+        if step % sc.checkpoint_every == 0 and step < sc.steps:
+            _atomic_torch_save({"step": step, "model": sae.state_dict(), "engine": engine.state_dict(),
+                                "torch_rng": torch.get_rng_state(), "history": json.dumps(history),
+                                "training_key": json.dumps(key)}, ckpt_path)
+        if on_step is not None:
+            on_step(step, st)
+    if bar is not None:
+        bar.close()
+
+    sae.eval()
+    sae.save(out)
+    final = {k: v for k, v in metrics.items() if k != "step"}
+    _atomic_write_text(metrics_path, json.dumps(
+        {"complete": True, "metrics": final, "history": history, "lr": lr, "steps": sc.steps,
+         "training_key": key, "store_uri": store.uri, "feature_set": fset.key,
+         "n_train_vectors": stream.n_vectors, "n_eval_vectors": int(len(ev)),
+         "heldout": "store test rows" if not plan.heldout_fallback else
+         f"{sc.heldout_fraction:g} of the train images (the store has no test rows)"}, indent=2, default=float))
+    ckpt_path.unlink(missing_ok=True)
+    return TrainResult(str(out), sae, final, history, lr, sc.steps, resumed_from, store.uri, fset.key,
+                       stream.n_vectors, int(len(ev)))
+
+
+def _key_mismatch(out: Path, saved: Any, key: dict[str, Any]) -> str:
+    diffs = diff_configs(saved, key)
+    return (f"the SAE output directory {out} holds a run with another training configuration "
+            f"({'; '.join(diffs[:6]) or 'unknown differences'}); use another sae.output, leave it empty "
+            f"(a directory named by the config hash), or set force=true to start over")
