@@ -30,8 +30,7 @@ def bench(kind: str, folder: Path, device: str, dtype: str, batch: int, iters: i
     from revelio_svc.config import BackboneConfig
     from tests.backbones import tiny_models as tm
 
-    backbone_kind = "dit" if kind.startswith("dit") else kind
-    a = load_backbone(BackboneConfig(kind=backbone_kind, id=str(folder), device=device, dtype=dtype,
+    a = load_backbone(BackboneConfig(kind=kind, id=str(folder), device=device, dtype=dtype,
                                      resolution=resolution))
     names = a.hook_points()
     imgs = tm.images(batch, size=a.resolution, seed=0)
@@ -74,8 +73,9 @@ def main() -> int:
           f"batch {args.batch}, {args.iters} iterations, {args.resolution} px")
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("sd", "sdxl", "dit"):
-            folder = tm._BUILDERS[kind](Path(tmp) / kind)
+        builders = {"sd": tm.build_sd, "sdxl": tm.build_sdxl, "dit": tm.build_dit}
+        for kind, build in builders.items():
+            folder = build(Path(tmp) / kind)
             fast = bench(kind, folder, args.device, "bfloat16", args.batch, args.iters, args.resolution)
             ref = bench(kind, folder, args.device, "float32", args.batch, 1, args.resolution)
             # bf16 features must point the same way as fp32 ones (cosine per image and hook point)

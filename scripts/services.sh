@@ -115,6 +115,8 @@ port_free() {
   "$PY" - "$1" <<'EOF'
 import socket, sys
 s = socket.socket()
+# as the servers do: connections of the last run in TIME_WAIT must not make the port look taken
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("127.0.0.1", int(sys.argv[1])))
 except OSError:
@@ -251,7 +253,7 @@ EOF
     choose_port PG_PORT "${REVELIO_PG_PORT:-}"
     local t0=$SECONDS
     as_pg "$bindir/pg_ctl" -D "$data" -l "$base/postgres.log" -o "-p $PG_PORT" -w -t "$TIMEOUT" start \
-      >"$LOGS/pg_ctl.log" 2>&1 \
+      >"$LOGS/pg_ctl.log" 2>&1 9>&- \
       || { log_tail "$base/postgres.log"; FAILED="PostgreSQL did not start (log: $base/postgres.log)"; return 1; }
     ln -sf "$base/postgres.log" "$LOGS/postgres.log"
     say "PostgreSQL ready at 127.0.0.1:$PG_PORT ($((SECONDS - t0)) s)"
@@ -282,7 +284,7 @@ start_s3() {
   else
     choose_port S3_PORT "${REVELIO_S3_PORT:-}"
     # setsid: its own process group, so stop can signal the server and anything it forks
-    setsid "$(tool moto_server)" -H 127.0.0.1 -p "$S3_PORT" >"$LOGS/s3.log" 2>&1 </dev/null &
+    setsid "$(tool moto_server)" -H 127.0.0.1 -p "$S3_PORT" >"$LOGS/s3.log" 2>&1 </dev/null 9>&- &
     echo $! > "$RUN/s3.pid"
     wait_http "http://127.0.0.1:$S3_PORT/" "ListAllMyBucketsResult" "$RUN/s3.pid" "$LOGS/s3.log" "moto S3" || return 1
   fi
@@ -308,13 +310,15 @@ start_mlflow() {
     return 0
   fi
   choose_port MLFLOW_PORT "${REVELIO_MLFLOW_PORT:-}"
-  # only the server holds S3 credentials: clients upload artifacts through it (proxied artifacts)
-  MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
+  # Only the server holds S3 credentials: clients upload artifacts through it (proxied artifacts).
+  # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: the GenAI job runner (judges, trace roll-ups) is unused
+  # here and would start seven extra ~280 MB worker processes.
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing \
   AWS_DEFAULT_REGION=us-east-1 \
   setsid "$(tool mlflow)" server \
     --backend-store-uri "postgresql+psycopg2://$DB_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/mlflow" \
     --artifacts-destination "s3://$BUCKET/mlartifacts" \
-    --workers 1 --host 127.0.0.1 --port "$MLFLOW_PORT" >"$LOGS/mlflow.log" 2>&1 </dev/null &
+    --workers 1 --host 127.0.0.1 --port "$MLFLOW_PORT" >"$LOGS/mlflow.log" 2>&1 </dev/null 9>&- &
   echo $! > "$RUN/mlflow.pid"
   wait_http "http://127.0.0.1:$MLFLOW_PORT/health" "OK" "$RUN/mlflow.pid" "$LOGS/mlflow.log" "MLflow server"
 }
@@ -387,6 +391,7 @@ do_purge() {
 }
 
 # one command at a time per DIR: two concurrent starts would race for ports and the cluster
+# (every server started below gets `9>&-` so that it does not inherit, and hold, this lock)
 exec 9>"$DIR/.lock"
 flock -w "$TIMEOUT" 9 || die "another services.sh command holds $DIR/.lock"
 

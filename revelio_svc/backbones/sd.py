@@ -22,8 +22,14 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
 from ..config import BackboneConfig, ConfigError
-from .base import (BackboneAdapter, Conditioning, ModelUnavailableError, resolve_device, resolve_dtype,
-                   seeded_noise)
+from .base import (
+    BackboneAdapter,
+    Conditioning,
+    ModelUnavailableError,
+    resolve_device,
+    resolve_dtype,
+    seeded_noise,
+)
 from .hub import resolve_local, unavailable
 
 log = logging.getLogger(__name__)
@@ -111,7 +117,10 @@ class LatentDiffusionAdapter(BackboneAdapter):
         """Hook for a clearer error when the missing parts mean that backbone.kind is wrong."""
 
     def _load(self, what: str, fn: Callable[..., Any], **kw: Any) -> Any:
-        """Load one part; a hub failure becomes ModelUnavailableError with download instructions."""
+        """Load one part; a hub failure becomes ModelUnavailableError with download instructions.
+
+        Model weights are loaded with use_safetensors=True: pickled .bin checkpoints are never unpickled.
+        """
         try:
             return fn(self.src, subfolder=what, **self._hub_kw, **kw)
         except ModelUnavailableError:
@@ -119,9 +128,13 @@ class LatentDiffusionAdapter(BackboneAdapter):
         except Exception as e:  # diffusers/transformers raise OSError, HTTP and cache errors alike
             if self.path is None:
                 raise unavailable(self.cfg.id, e) from e
+            hint = ""
+            if kw.get("use_safetensors") and not any((self.path / what).glob("*.safetensors")):
+                hint = (f" There are no .safetensors weights in {self.path / what}; pickled .bin checkpoints are "
+                        f"not loaded. Convert them once (load the pipeline in diffusers and `save_pretrained` it).")
             raise ModelUnavailableError(
                 f"could not load {what}/ of the {self.cfg.kind} pipeline at {self.path}: "
-                f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}") from e
+                f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}.{hint}") from e
 
     def _load_denoiser(self, what: str, cls: Any, config_cls: Any | None = None) -> torch.nn.Module:
         """The denoiser, pretrained, or re-initialised from its config with cfg.init_seed (the control)."""
@@ -134,12 +147,13 @@ class LatentDiffusionAdapter(BackboneAdapter):
             # plain nn.Module.to: diffusers' override warns on any dtype cast outside from_pretrained
             torch.nn.Module.to(model, dtype=self.dtype)
         else:
-            model = self._load(what, cls.from_pretrained, torch_dtype=self.dtype)
+            model = self._load(what, cls.from_pretrained, torch_dtype=self.dtype, use_safetensors=True)
         return model.to(self.device).eval().requires_grad_(False)
 
     def _load_vae_and_scheduler(self) -> None:
-        # fp32 VAE: the SD/SDXL VAEs overflow in fp16; encoding is done once per image for all timesteps
-        self.vae = self._load("vae", AutoencoderKL.from_pretrained, torch_dtype=torch.float32).to(self.device).eval()
+        # fp32 VAE: the SDXL VAE overflows in fp16, and encoding runs once per image for all timesteps
+        self.vae = self._load("vae", AutoencoderKL.from_pretrained, torch_dtype=torch.float32,
+                              use_safetensors=True).to(self.device).eval()
         self.vae.requires_grad_(False)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         # Pipelines ship sampling schedulers (PNDM, Euler, DDIM); all share the training betas. A DDPM
@@ -193,7 +207,11 @@ class StableDiffusionAdapter(LatentDiffusionAdapter):
     def __init__(self, cfg: BackboneConfig):
         if cfg.kind not in ("sd", "sdxl"):
             raise ConfigError(f"backbone.kind: StableDiffusionAdapter handles sd and sdxl, not {cfg.kind!r}")
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+        from transformers import (
+            CLIPTextModel,
+            CLIPTextModelWithProjection,
+            CLIPTokenizer,
+        )
 
         self.is_xl = cfg.kind == "sdxl"
         self.required_parts = ("unet", "vae", "text_encoder", "tokenizer", "scheduler") + (
@@ -203,11 +221,13 @@ class StableDiffusionAdapter(LatentDiffusionAdapter):
         self.model = self.unet = self._load_denoiser("unet", UNet2DConditionModel)
         self._load_vae_and_scheduler()
         self.tokenizers = [self._load("tokenizer", CLIPTokenizer.from_pretrained)]
-        self.text_encoders = [self._load("text_encoder", CLIPTextModel.from_pretrained, dtype=self.dtype)]
+        self.text_encoders = [self._load("text_encoder", CLIPTextModel.from_pretrained, dtype=self.dtype,
+                                         use_safetensors=True)]
         if self.is_xl:
             self.tokenizers.append(self._load("tokenizer_2", CLIPTokenizer.from_pretrained))
             self.text_encoders.append(
-                self._load("text_encoder_2", CLIPTextModelWithProjection.from_pretrained, dtype=self.dtype))
+                self._load("text_encoder_2", CLIPTextModelWithProjection.from_pretrained, dtype=self.dtype,
+                           use_safetensors=True))
         for te in self.text_encoders:
             te.to(self.device, self.dtype).eval().requires_grad_(False)
         self._check_architecture()

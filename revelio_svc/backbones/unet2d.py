@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
+from diffusers.utils import logging as diffusers_logging
 
 from ..config import BackboneConfig, PretrainConfig
 from .base import BackboneAdapter, Conditioning, resolve_device, resolve_dtype, seeded_noise
@@ -41,13 +42,14 @@ class UNet2DAdapter(BackboneAdapter):
         path = resolve_local(cfg.id)
         src = str(path) if path is not None else cfg.id
         kw = {"revision": cfg.revision} if cfg.revision and path is None else {}
+        diffusers_logging.set_verbosity_error()  # accelerate/dtype notices are noise for our use
         try:
-            model = UNet2DModel.from_pretrained(src, **kw)
+            model = UNet2DModel.from_pretrained(src, torch_dtype=torch.float32, **kw)
         except Exception as e:  # diffusers raises OSError/EnvironmentError/HTTP errors
             if path is not None:
                 raise
             try:
-                model = UNet2DModel.from_pretrained(src, subfolder="unet", **kw)
+                model = UNet2DModel.from_pretrained(src, subfolder="unet", torch_dtype=torch.float32, **kw)
             except Exception:
                 raise unavailable(cfg.id, e) from e
         if cfg.init == "random":

@@ -10,6 +10,7 @@ non-zero.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 FORMAT = "revelio-probe"
@@ -175,7 +177,10 @@ def fit_linear_probe(X: Matrix, y: np.ndarray, *, C: float = 1.0, max_iter: int 
     mean, scale = fit_scaler(X)
     Xs = apply_scaler(X, mean, scale)
     solver = make_solver(C, max_iter, seed)
-    solver.fit(Xs, y)
+    with warnings.catch_warnings():
+        # recorded as meta["converged"] instead: a few-shot loop would otherwise repeat it dozens of times
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        solver.fit(Xs, y)
     coef = np.asarray(solver.coef_, np.float64)
     intercept = np.asarray(solver.intercept_, np.float64)
     if coef.shape[0] == 1 and classes.size == 2:

@@ -211,6 +211,9 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> dict[str, Any]:
                                          index=store.index())
 
     probe = results["model"].models[("all", 0)]
+    if probe.meta.get("converged") is False:
+        print(f"note: the probe's solver stopped at probe.max_iter={pc.max_iter} before converging; "
+              "raise probe.max_iter (or lower probe.C) for a fully fitted probe")
     y_test = labels[is_test]
     pred = results["model"].predictions[("all", 0)]
     main_metrics = classification_metrics(y_test, pred, class_names)

@@ -157,10 +157,11 @@ def _slug(s: str) -> str:
 
 # --------------------------------------------------------------------------- the stage
 def sweep_stage(cfg: Config, sae_results: str | Path | None = None, output: str | Path | None = None,
-                top_n: int = 20, progress: bool = False) -> dict[str, Any]:
+                top_n: int = 20, concepts: Sequence[str] | None = None, progress: bool = False) -> dict[str, Any]:
     """Sweep every (hook point, timestep) of the store at `probe.pooling`; returns paths and the best pairs.
 
     `sae_results`: directory of SAE result JSONs (default `<output_dir>/sae` when it exists).
+    `concepts`: labels to probe (default: shape, colour, size, background for shapes; else every label).
     """
     import mlflow
     import pandas as pd
@@ -171,7 +172,12 @@ def sweep_stage(cfg: Config, sae_results: str | Path | None = None, output: str 
     store = open_store(pc.store or store_uri_for(cfg))
     pooling = pc.pooling
     hook_points, timesteps = store_pairs(store, pooling, cfg.extract.hook_points)
-    concepts = sweep_concepts(store.label_names)
+    if concepts is None:
+        concepts = sweep_concepts(store.label_names)
+    unknown = [c for c in concepts if c not in store.label_names]
+    if unknown:
+        raise KeyError(f"the store at {store.uri} has no labels for {unknown}; it has: {', '.join(store.label_names)}")
+    concepts = list(concepts)
     is_test = store.is_test()
     if is_test.all() or not is_test.any():
         raise ValueError(f"the store at {store.uri} needs both train and test rows (data.test_fraction)")
@@ -221,7 +227,7 @@ def sweep_stage(cfg: Config, sae_results: str | Path | None = None, output: str 
 
     df = pd.DataFrame(rows, columns=["hook_point", "timestep", "concept", "input", "metric", "value", "source"])
     h = config_hash({"store": store.manifest.get("config_hash"), "pooling": pooling, "C": pc.C,
-                     "max_iter": pc.max_iter, "controls": pc.controls, "top_n": top_n})
+                     "max_iter": pc.max_iter, "controls": pc.controls, "top_n": top_n, "concepts": concepts})
     out = Path(output) if output is not None else Path(cfg.output_dir) / "sweep" / h
     (out / "heatmaps").mkdir(parents=True, exist_ok=True)
     (out / "lines").mkdir(parents=True, exist_ok=True)
@@ -291,7 +297,8 @@ def sweep_stage(cfg: Config, sae_results: str | Path | None = None, output: str 
                          for c, b in best.items()})
         mlflow.set_tag("sweep_dir", str(out))
     return {"output_dir": str(out), "csv": str(out / "sweep.csv"), "parquet": str(out / "sweep.parquet"),
-            "summary": str(summary), "heatmaps": heatmaps, "line_plots": lines, "best": best, "table": df}
+            "summary": str(summary), "heatmaps": heatmaps, "line_plots": lines, "best": best, "table": df,
+            "random_init_store": rstore.uri if rstore is not None else None}
 
 
 def summary_markdown(store_uri: str, pooling: str, hook_points: Sequence[str], timesteps: Sequence[int],

@@ -281,14 +281,15 @@ class SparseAutoencoder(nn.Module):
         self.W_dec.div_(torch.linalg.vector_norm(self.W_dec, dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
-    def remove_parallel_decoder_grad_(self) -> None:
-        """Remove from each decoder row's gradient its component along the (unit) row."""
+    def remove_parallel_decoder_grad_(self, chunk: int = 4096) -> None:
+        """Remove from each decoder row's gradient its component along the (unit) row: g −= ⟨g, w⟩ w."""
         g = self.W_dec.grad
         if g is None:
             return
         w = self.W_dec
-        dots = torch.bmm(g.unsqueeze(1), w.unsqueeze(2)).reshape(-1, 1)  # (n, 1), no (n, d) temporary
-        g.addcmul_(w, dots, value=-1.0)
+        for s in range(0, g.shape[0], chunk):  # chunks keep the temporaries small
+            gs, ws = g[s:s + chunk], w[s:s + chunk]
+            gs.addcmul_(ws, (gs * ws).sum(1, keepdim=True), value=-1.0)
 
     # ------------------------------------------------------------------ save / load
     def tensors(self) -> dict[str, torch.Tensor]:

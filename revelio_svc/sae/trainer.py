@@ -92,16 +92,17 @@ def gather_dot(G: torch.Tensor, rows: torch.Tensor, W: torch.Tensor, cols: torch
     return out
 
 
-def scatter_rows_(out: torch.Tensor, cols: torch.Tensor, weights: torch.Tensor, src: torch.Tensor,
-                  rows: torch.Tensor, buf: torch.Tensor) -> None:
-    """out[cols[e]] += weights[e] · src[rows[e]] for every entry, in chunks of len(buf) (no big temporaries)."""
-    chunk = buf.shape[0]
-    for s in range(0, cols.numel(), chunk):
-        r = rows[s:s + chunk]
-        b = buf[:r.numel()]
-        torch.index_select(src, 0, r, out=b)
-        b.mul_(weights[s:s + chunk].unsqueeze(1))
-        out.index_add_(0, cols[s:s + chunk], b)
+def scatter_rows(cols: torch.Tensor, weights: torch.Tensor, src: torch.Tensor, rows: torch.Tensor,
+                 n_out: int) -> torch.Tensor:
+    """out (n_out, d) with out[j] = Σ_{e: cols[e]=j} weights[e] · src[rows[e]].
+
+    The entries are grouped by output row (stable sort) and summed with `embedding_bag` (one bag per
+    output row, empty bags give zero rows): no (entries × d) temporary and no dense product.
+    """
+    order = torch.argsort(cols, stable=True)
+    counts = torch.bincount(cols, minlength=n_out)
+    offsets = torch.cumsum(counts, 0) - counts
+    return F.embedding_bag(rows[order], src, offsets, mode="sum", per_sample_weights=weights[order])
 
 
 # --------------------------------------------------------------------------- the step
@@ -122,7 +123,7 @@ class SparseStep:
 
     def __init__(self, sae: SparseAutoencoder, lr: float, *, auxk_coef: float = 1.0 / 32, k_aux: int = 0,
                  dead_window: int = 400_000, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 chunk: int = 4096, fused: bool | None = None):
+                 fused: bool | None = None):
         self.sae = sae
         self.auxk_coef = float(auxk_coef)
         self.k_aux = int(k_aux) if k_aux > 0 else max(1, sae.d_in // 2)
@@ -134,12 +135,9 @@ class SparseStep:
             self.opt = torch.optim.Adam(self.params, lr=lr, betas=betas, eps=eps, fused=fused)
         except (RuntimeError, ValueError):  # pragma: no cover - builds without the fused kernel
             self.opt = torch.optim.Adam(self.params, lr=lr, betas=betas, eps=eps)
-        for p in self.params:
-            p.grad = torch.zeros_like(p)
         self.since_fired = torch.zeros(sae.n_latents, dtype=torch.int64)
         self.samples_seen = 0
         self._pre = torch.empty(0)
-        self._buf = torch.empty(chunk, sae.d_in)
         self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ state
@@ -155,9 +153,6 @@ class SparseStep:
         self.opt.load_state_dict(state["opt"])
         self.since_fired.copy_(state["since_fired"])
         self.samples_seen = int(state["samples_seen"])
-        for p in self.params:  # load_state_dict does not touch .grad, but keep the buffers dense and zero
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
 
     def _fixed(self, n_rows: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         key = (n_rows, k)
@@ -190,12 +185,9 @@ class SparseStep:
         loss = (e * e).sum() / den
         G = e * (2.0 / den)  # ∂L/∂x̂
 
-        for p in self.params:
-            p.grad.zero_()
-        b_pre.grad.copy_(G.sum(0))
         ga = gather_dot(G, rows, W_dec, cols, offsets)
         gv = ga * (v > 0) if relu else ga
-        scatter_rows_(W_dec.grad, cols, a, G, rows, self._buf)
+        dec_rows, dec_cols, dec_w, dec_src = [rows], [cols], [a], [G]
         enc_rows, enc_cols, enc_g = [rows], [cols], [gv]
 
         aux = torch.zeros(())
@@ -217,17 +209,23 @@ class SparseStep:
             Ga = diff.mul_(2.0 * self.auxk_coef / den_a)
             ga_a = gather_dot(Ga, rows_a, W_dec, cols_a, offs_a)
             gv_a = ga_a * (va > 0) if relu else ga_a
-            scatter_rows_(W_dec.grad, cols_a, aa, Ga, rows_a, self._buf)
+            dec_rows.append(rows_a + B)  # rows of Ga, stacked under G
+            dec_cols.append(cols_a)
+            dec_w.append(aa)
+            dec_src.append(Ga)
             enc_rows.append(rows_a)
             enc_cols.append(cols_a)
             enc_g.append(gv_a)
 
-        er = torch.cat(enc_rows) if len(enc_rows) > 1 else rows
-        ec = torch.cat(enc_cols) if len(enc_cols) > 1 else cols
-        eg = torch.cat(enc_g) if len(enc_g) > 1 else gv
-        b_enc.grad.index_add_(0, ec, eg)
-        scatter_rows_(W_enc.grad, ec, eg, xc, er, self._buf)
-        b_pre.grad.sub_(torch.mv(W_enc.t(), b_enc.grad))
+        def cat(parts: list[torch.Tensor]) -> torch.Tensor:
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        n = sae.n_latents
+        W_dec.grad = scatter_rows(cat(dec_cols), cat(dec_w), cat(dec_src), cat(dec_rows), n)
+        ec, eg = cat(enc_cols), cat(enc_g)
+        W_enc.grad = scatter_rows(ec, eg, xc, cat(enc_rows), n)
+        b_enc.grad = torch.zeros(n).index_add_(0, ec, eg)
+        b_pre.grad = G.sum(0) - torch.mv(W_enc.t(), b_enc.grad)
         sae.remove_parallel_decoder_grad_()
         fired = cols[a != 0]
         return float(loss), float(aux), fired, a

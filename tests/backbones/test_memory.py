@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from revelio_svc.backbones.memory import (BatchTooLargeError, OOMBackoff, is_oom, merge_results,
-                                          run_with_oom_backoff)
+from revelio_svc.backbones.memory import (
+    BatchTooLargeError,
+    OOMBackoff,
+    is_oom,
+    merge_results,
+    run_with_oom_backoff,
+)
 
 
 class FakeDevice:

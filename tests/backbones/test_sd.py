@@ -10,7 +10,11 @@ import pytest
 import torch
 
 from revelio_svc.backbones import ModelUnavailableError, load_backbone
-from revelio_svc.backbones.sd import StableDiffusionAdapter, preprocess_images, tokens_to_map
+from revelio_svc.backbones.sd import (
+    StableDiffusionAdapter,
+    preprocess_images,
+    tokens_to_map,
+)
 from revelio_svc.config import BackboneConfig, ConfigError
 from tests.backbones import tiny_models as tm
 from tests.backbones.tiny_models import FireCounter, features
@@ -296,3 +300,13 @@ def test_sdxl_pipeline_loaded_as_sd_says_to_use_kind_sdxl(tmp_path_factory):
     with pytest.raises(ConfigError, match="kind: sdxl"):
         StableDiffusionAdapter(BackboneConfig(kind="sd", id=str(tm.pipeline_dir(tmp_path_factory, "sdxl")),
                                               device="cpu"))
+
+
+def test_pickled_weights_are_never_loaded(sd_dir, tmp_path):
+    only_bin = tmp_path / "only-bin"
+    shutil.copytree(sd_dir, only_bin)
+    (only_bin / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    # a .bin next to it must not be picked up as a fallback (its content is never read)
+    (only_bin / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelUnavailableError, match=r"unet/.*no \.safetensors weights"):
+        adapter(only_bin)

@@ -1,0 +1,17 @@
+"""The Gradio demo: classify images with an SAE-latent explanation, few-shot probes, a latent browser.
+
+`build_app(classifier)` returns the gr.Blocks; `launch(...)` serves it. `revelio demo` (revelio_svc.demo)
+loads a registered classifier and calls `launch`.
+"""
+from __future__ import annotations
+
+__all__ = ["build_app", "launch"]
+
+
+def __getattr__(name: str):
+    # importing gradio takes seconds: only when the app is actually built
+    if name in __all__:
+        from . import main
+
+        return getattr(main, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,483 @@
+"""What the demo does, without any Gradio: decode uploads, classify and explain, few-shot probes, latent stats.
+
+The Gradio layer (`app.main`) only turns these results into components and turns `InputError` into a
+message in the UI. Keeping the work here lets tests and the benchmark call it directly.
+
+Thread safety: `Classifier.tokens` registers forward hooks on the shared backbone module for the duration
+of one forward. Two forwards at once on the same module would each see the other's hooks (mixed-up
+activations, or one forward stopped by the other's early-exit), so every backbone forward goes through
+`DemoService.model_lock`. The request queue still runs `concurrency_limit` events at once: decoding,
+rendering and probe fitting overlap, the backbone forwards take turns.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from revelio_svc.data import BadImageError, load_rgb
+
+DEFAULT_MAX_PIXELS = 16_000_000  # 4000×4000: far beyond what the model needs, far below a decompression bomb
+FEWSHOT_DATASETS = ("shapes", "digits")
+_MAX_EXAMPLES = 48  # training images kept per few-shot probe for the gallery (they live in session state)
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
+
+
+class InputError(ValueError):
+    """Something the user gave cannot be used; the message says what and what to do instead."""
+
+
+# --------------------------------------------------------------------------- input decoding
+@dataclass
+class DecodedImage:
+    rgb: np.ndarray  # (S, S, 3) uint8, what the model sees
+    notes: list[str]  # conversions the user should know about (grayscale, alpha, 16-bit, resize)
+    mode: str = ""
+    size: tuple[int, int] = (0, 0)
+    name: str = ""
+
+
+_MODE_NOTES = {
+    "L": "grayscale image: converted to RGB (all three channels equal)",
+    "1": "black-and-white image: converted to RGB",
+    "P": "palette image: converted to RGB",
+    "LA": "grayscale image with transparency: transparent pixels were put on mid-grey",
+    "RGBA": "image with transparency: transparent pixels were put on mid-grey",
+    "CMYK": "CMYK image: converted to RGB",
+    "I;16": "16-bit image: its value range was stretched to 8 bits",
+    "I;16B": "16-bit image: its value range was stretched to 8 bits",
+    "I;16L": "16-bit image: its value range was stretched to 8 bits",
+    "I": "32-bit integer image: its value range was stretched to 8 bits",
+    "F": "floating-point image: its value range was stretched to 8 bits",
+}
+
+
+def _header(path: str) -> tuple[str, tuple[int, int]]:
+    """Mode and size from the header only (nothing decoded); ("", (0, 0)) when it is not readable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode, im.size
+    except Exception:  # noqa: BLE001 - load_rgb below gives the user-facing reason
+        return "", (0, 0)
+
+
+def decode_upload(path: str | os.PathLike | None, size: int, max_pixels: int) -> DecodedImage:
+    """An uploaded file → the model's RGB input, or `InputError` with a one-line reason (never a traceback)."""
+    if path is None or str(path) == "":
+        raise InputError("no image given: upload an image file (PNG, JPEG, WebP, ...) or pick an example")
+    p = Path(path)
+    name = p.name
+    if not p.is_file():
+        raise InputError(f"{name}: the uploaded file is gone from the server; upload it again")
+    if p.stat().st_size == 0:
+        raise InputError(f"{name}: the file is empty (0 bytes)")
+    mode, wh = _header(str(p))
+    try:
+        rgb = load_rgb(str(p), size, max_pixels)
+    except BadImageError as e:
+        reason = str(e)
+        # load_rgb names the server-side path; the user knows the file by its own name
+        reason = reason.replace(str(p), name)
+        if "max_pixels" in reason:
+            w, h = wh
+            raise InputError(f"{name}: the image is too large ({w}×{h} = {w * h:,} pixels; this demo accepts at "
+                             f"most {max_pixels:,}). Downscale it and upload again.") from e
+        if "not an image" in reason:
+            raise InputError(f"{name}: this is not an image file (no image format recognises it). Upload a PNG, "
+                             "JPEG, WebP, BMP, GIF or TIFF image.") from e
+        raise InputError(f"{name}: the image cannot be read ({reason}). The file may be corrupt or truncated; "
+                         "try another file.") from e
+    except (OSError, ValueError) as e:  # anything else Pillow throws at odd files
+        raise InputError(f"{name}: the image cannot be read ({type(e).__name__}). Try another file.") from e
+    notes = []
+    if mode in _MODE_NOTES:
+        notes.append(_MODE_NOTES[mode])
+    if wh != (0, 0) and wh != (size, size):
+        notes.append(f"resized from {wh[0]}×{wh[1]} to the model's {size}×{size} (shorter side, centre crop)")
+    return DecodedImage(rgb, notes, mode, wh, name)
+
+
+# --------------------------------------------------------------------------- model description
+def model_info(clf) -> dict[str, Any]:
+    """Which model the app serves, for the header and the API."""
+    src = dict(getattr(clf, "source", {}) or {})
+    sf = _sae_fields(clf.sae)
+    b = clf.backbone_cfg
+    return {
+        "model": src.get("name") or src.get("uri") or "local classifier",
+        "version": str(src.get("version") or ""),
+        "alias": src.get("alias") or "",
+        "uri": src.get("uri") or "",
+        "run_id": src.get("run_id") or "",
+        "backbone": b.id, "backbone_kind": b.kind, "backbone_init": b.init,
+        "hook_point": clf.hook_point, "timestep": int(clf.timestep),
+        "sae": {k: sf.get(k) for k in ("variant", "d_in", "n_latents", "k", "input", "latent_pooling")},
+        "concept": clf.concept, "classes": list(clf.class_names),
+        "dataset": f"{clf.data.source}{(':' + clf.data.id) if clf.data.id else ''}",
+        "image_size": int(clf.data.image_size),
+    }
+
+
+def _sae_fields(sae) -> dict[str, Any]:
+    c = sae.config
+    return dataclasses.asdict(c) | {"variant": getattr(c, "variant", "")} if dataclasses.is_dataclass(c) else dict(c)
+
+
+# --------------------------------------------------------------------------- few-shot
+@dataclass
+class FewShotProbe:
+    """A probe trained in the app: small (numpy arrays only), so it can live in a per-session gr.State."""
+
+    probe: Any  # revelio_svc.probe.LinearProbe on the SAE latents
+    class_names: list[str]
+    concept: str
+    source: str  # "upload" or "shapes:shape" etc.
+    n_train: int
+    train_accuracy: float
+    test_accuracy: float | None = None
+    n_test: int = 0
+    chance: float | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    examples: list[tuple[np.ndarray, str]] = field(default_factory=list)  # a few training images, for display
+
+    def summary(self) -> dict[str, Any]:
+        return {"source": self.source, "concept": self.concept, "classes": self.class_names,
+                "n_train": self.n_train, "per_class": self.counts, "train_accuracy": self.train_accuracy,
+                "test_accuracy": self.test_accuracy, "n_test": self.n_test, "chance": self.chance,
+                "skipped": self.skipped}
+
+
+# --------------------------------------------------------------------------- the service
+class DemoService:
+    """One loaded classifier and everything the tabs compute from it."""
+
+    def __init__(self, clf, *, max_pixels: int = DEFAULT_MAX_PIXELS, top: int = 6, n_top_images: int = 6,
+                 browse_images: int = 512, fewshot_dir: str | os.PathLike = "outputs/fewshot",
+                 fewshot_eval: int = 120, allow_register: bool = True, experiment: str = "revelio"):
+        if max_pixels <= 0:
+            raise ValueError(f"max_pixels must be > 0, got {max_pixels}")
+        self.clf = clf
+        self.max_pixels = int(max_pixels)
+        self.top = int(top)
+        self.n_top_images = int(n_top_images)
+        self.browse_images = int(browse_images)
+        self.fewshot_dir = Path(fewshot_dir)
+        self.fewshot_eval = int(fewshot_eval)
+        self.allow_register = allow_register
+        self.experiment = experiment
+        self.model_lock = threading.Lock()
+        self._thumbs: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._thumb_lock = threading.Lock()
+        self._index_lock = threading.Lock()
+        self._index: dict[str, Any] | None = None
+        self._datasets: dict[tuple[str, int], Any] = {}
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return model_info(self.clf)
+
+    # ------------------------------------------------------------------ dataset access
+    def dataset(self):
+        try:
+            return self.clf.dataset()
+        except Exception as e:  # noqa: BLE001 - e.g. an HF dataset that is not cached on this machine
+            raise InputError(f"the dataset this model was trained on ({self.info['dataset']}) cannot be loaded "
+                             f"here, so its top images cannot be shown ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+
+    def thumb(self, index: int) -> np.ndarray:
+        """A dataset image by index (cached: the same top images come back on every request)."""
+        with self._thumb_lock:
+            if index in self._thumbs:
+                self._thumbs.move_to_end(index)
+                return self._thumbs[index]
+        img = self.dataset().image(int(index))
+        with self._thumb_lock:
+            self._thumbs[index] = img
+            while len(self._thumbs) > 4096:
+                self._thumbs.popitem(last=False)
+        return img
+
+    def dataset_labels(self) -> dict[str, tuple[list[str], np.ndarray]]:
+        """concept → (class names, label per dataset image); empty when the dataset cannot be loaded."""
+        try:
+            ds = self.dataset()
+        except InputError:
+            return {}
+        return {c.name: (list(c.classes), ds.labels(c.name)) for c in ds.concepts}
+
+    # ------------------------------------------------------------------ classify
+    def explain(self, path: str | None, clf=None) -> dict[str, Any]:
+        """Decode the upload and explain the prediction; adds the input notes and top-image labels."""
+        clf = clf or self.clf
+        img = decode_upload(path, int(clf.data.image_size), self.max_pixels)
+        with self.model_lock:
+            exp = clf.explain(img.rgb, top=self.top, n_images=self.n_top_images)
+        exp["input"] = {"name": img.name, "mode": img.mode, "size": list(img.size), "notes": img.notes}
+        labels = self.dataset_labels()
+        concept = self.clf.concept if self.clf.concept in labels else (next(iter(labels)) if labels else "")
+        for row in exp["contributions"]:
+            if concept:
+                names, lab = labels[concept]
+                row["top_labels"] = [names[int(lab[i])] if 0 <= lab[i] < len(names) else "?"
+                                     for i in row["top_images"]]
+                row["top_labels_concept"] = concept
+            row["top_values"] = [float(v) for v in self.clf.top_values[row["latent"]][:len(row["top_images"])]]
+        return exp
+
+    # ------------------------------------------------------------------ few-shot
+    def classifier_with(self, fs: FewShotProbe):
+        """A Classifier that shares this one's backbone and SAE but predicts with the few-shot probe."""
+        from revelio_svc.classifier import Classifier
+
+        c = self.clf
+        new = Classifier(backbone=c.backbone_cfg, hook_point=c.hook_point, timestep=c.timestep,
+                         noise_seed=c.noise_seed, sae=c.sae, probe=fs.probe, class_names=fs.class_names,
+                         concept=fs.concept, data=c.data, top_indices=c.top_indices, top_values=c.top_values,
+                         feature_dtype=c.feature_dtype,
+                         meta={**c.meta, "fewshot": fs.summary(), "base_model": self.info["uri"] or self.info["model"]})
+        # the backbone is the expensive part and is read-only at inference: share the loaded one
+        new._adapter = c._adapter if c._adapter is not None else c.adapter
+        new._dataset = c._dataset
+        new.source = {"name": "few-shot probe", "uri": "", "base": self.info}
+        return new
+
+    def _latents(self, images: Sequence[np.ndarray], ids: Sequence[str] | None) -> np.ndarray:
+        with self.model_lock:
+            return self.clf.latents(list(images), ids)
+
+    def _fit(self, z: np.ndarray, y: np.ndarray, class_names: list[str], concept: str, source: str):
+        import scipy.sparse as sp
+
+        from revelio_svc.probe import fit_linear_probe
+
+        classes = np.unique(y)
+        if classes.size < 2:
+            raise InputError("a few-shot probe needs images of at least two classes; "
+                             f"got only {[class_names[int(c)] for c in classes]}")
+        meta = {"input": "sae", "concept": concept, "class_names": class_names, "hook_point": self.clf.hook_point,
+                "timestep": int(self.clf.timestep), "few_shot_source": source}
+        # SAE latents are sparse and non-negative: CSR keeps them sparse (scale-only standardisation)
+        probe = fit_linear_probe(sp.csr_matrix(z.astype(np.float64)), y, C=1.0, max_iter=1000, meta=meta)
+        return probe
+
+    def fewshot_from_dataset(self, dataset: str, concept: str, n_per_class: int, seed: int = 0) -> FewShotProbe:
+        """Sample `n_per_class` training images per class of a built-in dataset; evaluate on its test split."""
+        from revelio_svc.data import few_shot_indices, train_test_indices
+
+        if dataset not in FEWSHOT_DATASETS:
+            raise InputError(f"unknown dataset {dataset!r}; choose one of {', '.join(FEWSHOT_DATASETS)}")
+        n = int(n_per_class)
+        if not 1 <= n <= 100:
+            raise InputError(f"images per class must be between 1 and 100, got {n_per_class}")
+        ds = self._fewshot_dataset(dataset)
+        names = [c.name for c in ds.concepts]
+        if concept not in names:
+            raise InputError(f"{dataset} has no concept {concept!r}; choose one of {', '.join(names)}")
+        classes = list(ds.concept(concept).classes)
+        labels = ds.labels(concept)
+        train_idx, test_idx = train_test_indices(ds.ids(), seed=0, test_fraction=0.25)
+        try:
+            picks = few_shot_indices(labels, train_idx, n, int(seed), n_classes=len(classes))
+        except ValueError as e:
+            raise InputError(f"cannot draw {n} images per class: {e}") from e
+        ids = ds.ids()
+        train_imgs = [ds.image(int(i)) for i in picks]
+        z = self._latents(train_imgs, [ids[int(i)] for i in picks])
+        y = labels[picks]
+        probe = self._fit(z, y, classes, concept, f"{dataset}:{concept}")
+        # a fixed, seeded slice of the test split: the same held-out images for every n and seed
+        rng = np.random.default_rng(12345)
+        ev = np.sort(rng.permutation(test_idx)[: self.fewshot_eval])
+        ze = self._latents([ds.image(int(i)) for i in ev], [ids[int(i)] for i in ev])
+        pred = probe.predict(ze.astype(np.float64))
+        prior = np.bincount(labels[ev], minlength=len(classes)) / max(len(ev), 1)
+        return FewShotProbe(probe, classes, concept, f"{dataset}:{concept}", len(picks),
+                            float(np.mean(probe.predict(z.astype(np.float64)) == y)),
+                            float(np.mean(pred == labels[ev])), len(ev), float(prior.max()),
+                            {classes[int(c)]: int((y == c).sum()) for c in np.unique(y)},
+                            examples=[(im, classes[int(c)]) for im, c in zip(train_imgs, y)][:_MAX_EXAMPLES])
+
+    def _fewshot_dataset(self, dataset: str):
+        from revelio_svc.data import DigitsDataset, ShapesDataset
+
+        key = (dataset, int(self.clf.data.image_size))
+        if key not in self._datasets:
+            size = int(self.clf.data.image_size)
+            # shapes: 600 images give every class about 75 train and 25 test candidates at 6 classes
+            self._datasets[key] = (ShapesDataset(n=600, image_size=size, seed=0) if dataset == "shapes"
+                                   else DigitsDataset(image_size=size))
+        return self._datasets[key]
+
+    def fewshot_from_uploads(self, classes: Sequence[tuple[str, Sequence[str]]]) -> FewShotProbe:
+        """[(class name, [file paths])] → a probe; bad files are skipped and named, never fatal on their own."""
+        names: list[str] = []
+        images: list[np.ndarray] = []
+        y: list[int] = []
+        skipped: list[str] = []
+        for name, files in classes:
+            name = (name or "").strip()
+            files = [f for f in (files or []) if f]
+            if not files:
+                continue
+            if not name:
+                raise InputError("every class with images needs a name; fill in the class name next to its files")
+            if name in names:
+                raise InputError(f"class name {name!r} is used twice; give each class its own name")
+            names.append(name)
+            for f in files:
+                try:
+                    images.append(decode_upload(f, int(self.clf.data.image_size), self.max_pixels).rgb)
+                    y.append(len(names) - 1)
+                except InputError as e:
+                    skipped.append(str(e))
+        if len(names) < 2:
+            raise InputError("give images for at least two classes (a name and one or more files each)")
+        counts = {n: int(sum(1 for v in y if v == i)) for i, n in enumerate(names)}
+        empty = [n for n, c in counts.items() if c == 0]
+        if empty:
+            raise InputError(f"no usable image for class {', '.join(map(repr, empty))}: "
+                             + " | ".join(skipped[:5]))
+        z = self._latents(images, None)
+        ya = np.asarray(y, np.int64)
+        probe = self._fit(z, ya, names, "label", "upload")
+        return FewShotProbe(probe, names, "label", "upload", len(ya),
+                            float(np.mean(probe.predict(z.astype(np.float64)) == ya)), None, 0,
+                            float(np.bincount(ya).max() / len(ya)), counts, skipped,
+                            examples=[(im, names[int(c)]) for im, c in zip(images, ya)][:_MAX_EXAMPLES])
+
+    def save_fewshot(self, fs: FewShotProbe | None, name: str) -> Path:
+        """Save the few-shot classifier (SAE + probe + top images, loadable by `revelio demo --model DIR`)."""
+        if fs is None:
+            raise InputError("train a few-shot probe first")
+        name = (name or "").strip()
+        if not _NAME_RE.match(name) or ".." in name:
+            raise InputError(f"{name!r} is not a usable name: use letters, digits, '_', '-' and '.', e.g. "
+                             "'my-shapes-probe' (it becomes a directory under the demo's few-shot folder)")
+        dest = self.fewshot_dir / name
+        if dest.exists() and any(dest.iterdir()):
+            raise InputError(f"{dest} exists already; choose another name")
+        self.classifier_with(fs).save(dest)
+        return dest
+
+    def register_fewshot(self, fs: FewShotProbe | None, name: str, model_name: str) -> dict[str, Any]:
+        """Save, then register as a new version of `model_name` in the MLflow registry."""
+        if not self.allow_register:
+            raise InputError("registering is turned off for this demo (started with registration disabled)")
+        model_name = (model_name or "").strip()
+        if not _NAME_RE.match(model_name):
+            raise InputError(f"{model_name!r} is not a usable registered-model name (letters, digits, _ - .)")
+        dest = self.save_fewshot(fs, name)
+        import mlflow
+
+        from revelio_svc.registry import register_model
+
+        try:
+            mlflow.set_experiment(self.experiment)
+            with mlflow.start_run(run_name=f"fewshot-{name}", tags={"stage": "fewshot-demo"}):
+                mlflow.log_params({"fewshot.source": fs.source, "fewshot.n_train": fs.n_train,
+                                   "fewshot.classes": ",".join(fs.class_names)[:500]})
+                metrics = {"train_accuracy": fs.train_accuracy}
+                if fs.test_accuracy is not None:
+                    metrics["accuracy"] = fs.test_accuracy
+                reg = register_model("classifier", dest, metrics, tags={"source": "fewshot-demo",
+                                                                        "fewshot_source": fs.source},
+                                     metric_name="accuracy", name=model_name)
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the saved directory is still there; say so
+            raise InputError(f"saved to {dest}, but registering it failed ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:300] if str(e) else ''})") from e
+        out = reg.to_dict() if hasattr(reg, "to_dict") else dict(vars(reg))
+        out["path"] = str(dest)
+        return out
+
+    # ------------------------------------------------------------------ latent browser
+    def latent_index(self) -> dict[str, Any]:
+        """Image-level latents of a sample of the dataset (computed once, on first use)."""
+        with self._index_lock:
+            if self._index is None:
+                ds = self.dataset()
+                n = min(len(ds), self.browse_images)
+                ids = ds.ids()[:n]
+                Z = np.zeros((n, self.clf.n_latents), np.float32)
+                for s in range(0, n, 64):
+                    Z[s:s + 64] = self._latents([ds.image(i) for i in range(s, min(n, s + 64))], ids[s:s + 64])
+                labels = {c: (names, lab[:n]) for c, (names, lab) in self.dataset_labels().items()}
+                self._index = {"Z": Z, "n": n, "labels": labels}
+            return self._index
+
+    def latent_report(self, latent: int) -> dict[str, Any]:
+        L = self.clf.n_latents
+        try:
+            j = int(latent)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"latent must be a whole number between 0 and {L - 1}") from e
+        if not 0 <= j < L or float(latent) != j:
+            raise InputError(f"latent must be a whole number between 0 and {L - 1}, got {latent}")
+        idx = self.latent_index()
+        z = idx["Z"][:, j]
+        active = z > 0
+        top = self.clf.top_images(j, self.n_top_images * 2)
+        top_vals = [float(v) for v in self.clf.top_values[j][:len(top)]]
+        dist: dict[str, dict[str, int]] = {}
+        purity: dict[str, dict[str, Any]] = {}
+        all_labels = self.dataset_labels()
+        for concept, (names, lab_all) in all_labels.items():
+            lab_top = [int(lab_all[i]) for i in top]
+            counts = {names[c]: lab_top.count(c) for c in sorted(set(lab_top))}
+            dist[concept] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+            prior = np.bincount(idx["labels"][concept][1], minlength=len(names)) / max(idx["n"], 1) \
+                if concept in idx["labels"] else None
+            if lab_top:
+                best = max(counts, key=counts.get)
+                purity[concept] = {"label": best, "purity": counts[best] / len(lab_top),
+                                   "chance": float(prior.max()) if prior is not None else None}
+        weights = {}
+        probe = self.clf.probe
+        classes = list(np.asarray(probe.classes, np.int64))
+        for r, c in enumerate(classes):
+            weights[self.clf.class_names[c]] = float(np.asarray(probe.coef)[r, j] / probe.scaler_scale[j])
+        return {"latent": j, "n_latents": L, "frequency": float(active.mean()) if len(z) else 0.0,
+                "n_images": int(idx["n"]), "mean_when_active": float(z[active].mean()) if active.any() else 0.0,
+                "max_activation": float(self.clf.top_values[j][0]) if self.clf.top_values.shape[1] else 0.0,
+                "top_images": top, "top_values": top_vals, "label_distribution": dist, "purity": purity,
+                "probe_weights": weights}
+
+    def search_latents(self, concept: str, label: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Latents ranked by how much of their activation falls on images of `label` (selectivity)."""
+        idx = self.latent_index()
+        if concept not in idx["labels"]:
+            raise InputError(f"unknown concept {concept!r}; this dataset has: {', '.join(idx['labels']) or 'none'}")
+        names, lab = idx["labels"][concept]
+        if label not in names:
+            raise InputError(f"{concept} has no label {label!r}; its labels: {', '.join(names)}")
+        c = names.index(label)
+        Z = idx["Z"]
+        mass = Z.sum(0)
+        on = Z[lab == c].sum(0)
+        sel = np.divide(on, mass, out=np.zeros_like(on), where=mass > 0)
+        freq = (Z > 0).mean(0)
+        order = [int(j) for j in np.argsort(-sel, kind="stable") if mass[j] > 0][:limit]
+        _, lab_all = self.dataset_labels()[concept]
+        out = []
+        for j in order:
+            top = self.clf.top_images(j, self.n_top_images * 2)
+            prec = float(np.mean([lab_all[i] == c for i in top])) if top else 0.0
+            out.append({"latent": j, "selectivity": float(sel[j]), "top_image_precision": prec,
+                        "frequency": float(freq[j])})
+        return out
+
+    def concepts(self) -> dict[str, list[str]]:
+        return {c: names for c, (names, _) in self.dataset_labels().items()}

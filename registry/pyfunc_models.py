@@ -1,0 +1,6 @@
+"""Models-from-code entry of every revelio pyfunc model (no pickle); the kind comes from model_config."""
+import mlflow
+
+from revelio_svc.registry.models import RevelioPyfunc
+
+mlflow.models.set_model(RevelioPyfunc())

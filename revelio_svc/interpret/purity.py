@@ -1,0 +1,184 @@
+"""How much a unit's top-activating images agree on a label: `sigma_label` and `label_purity`.
+
+A *unit* is anything with one activation per image: an SAE latent (image-level, from
+`revelio_svc.sae.image_latents`), a random unit direction u in feature space (activation ReLU(⟨x, u⟩),
+pooled over positions like the SAE's latents) or a raw channel (ReLU(x_c), same pooling).
+`acts` arrays are (n_images, n_units).
+
+- `sigma_label` (Revelio, Kim et al. 2025): among units active (> 0) on more than `min_active` = 10
+  images, take the `top_latents` = 1000 with the largest mean activation; for each, the standard
+  deviation (population, ddof = 0) of the integer class labels of its `top_images` = 10 most activating
+  images; report the mean. Lower = more label-consistent.
+- `label_purity` per concept: for each unit active on at least `top_n` images, the share of its `top_n`
+  most activating images that carry the majority label among them. Binary and easy concepts make any
+  set look pure, so purity is always reported next to random directions, raw channels and chance
+  (`chance_purity`: the same statistic for random image sets).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def top_rows(acts: np.ndarray, n: int) -> np.ndarray:
+    """Row indices of the n largest activations of each unit, (n_units, n), largest first.
+
+    Ties are broken by the lower row index among the candidates.
+    """
+    acts = np.asarray(acts)
+    n_img = acts.shape[0]
+    n = min(n, n_img)
+    if n <= 0:
+        return np.zeros((acts.shape[1], 0), np.int64)
+    if n < n_img:
+        cand = np.argpartition(-acts, n - 1, axis=0)[:n]  # (n, units), unordered
+    else:
+        cand = np.broadcast_to(np.arange(n_img)[:, None], acts.shape).copy()
+    vals = np.take_along_axis(acts, cand, axis=0)
+    # sort candidates by (-value, row)
+    order = np.lexsort((cand, -vals), axis=0)
+    return np.take_along_axis(cand, order, axis=0).T.astype(np.int64)
+
+
+def sigma_label(acts: np.ndarray, labels: np.ndarray, top_images: int = 10, top_latents: int = 1000,
+                min_active: int = 10) -> float:
+    """Mean std of class labels over each unit's top images (see the module docstring); NaN if no unit qualifies."""
+    acts = np.asarray(acts)
+    labels = np.asarray(labels)
+    if acts.shape[0] != labels.shape[0]:
+        raise ValueError(f"acts has {acts.shape[0]} images but labels has {labels.shape[0]}")
+    eligible = np.flatnonzero((acts > 0).sum(0) > min_active)
+    if eligible.size == 0:
+        return float("nan")
+    mean_act = acts[:, eligible].mean(0)
+    chosen = eligible[np.argsort(-mean_act, kind="stable")[:top_latents]]
+    top = top_rows(acts[:, chosen], top_images)
+    return float(np.std(labels[top].astype(np.float64), axis=1).mean())
+
+
+def majority(acts: np.ndarray, labels: np.ndarray, top_n: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per unit over its top_n images: (majority label, its share, label counts (n_units, n_classes))."""
+    labels = np.asarray(labels).astype(np.int64)
+    top = top_rows(acts, top_n)
+    n_classes = int(labels.max()) + 1 if labels.size else 1
+    lab = labels[top]  # (units, top_n)
+    counts = np.zeros((lab.shape[0], n_classes), np.int64)
+    np.add.at(counts, (np.repeat(np.arange(lab.shape[0]), lab.shape[1]), lab.reshape(-1)), 1)
+    maj = counts.argmax(1)
+    share = counts.max(1) / max(lab.shape[1], 1)
+    return maj, share, counts
+
+
+def label_purity(acts: np.ndarray, labels: np.ndarray, top_n: int = 20, min_active: int | None = None) -> np.ndarray:
+    """Per-unit purity (n_units,): majority-label share of the top_n images; NaN for units active on
+    fewer than `min_active` (default top_n) images."""
+    acts = np.asarray(acts)
+    if acts.shape[0] != np.asarray(labels).shape[0]:
+        raise ValueError(f"acts has {acts.shape[0]} images but labels has {np.asarray(labels).shape[0]}")
+    min_active = top_n if min_active is None else min_active
+    _, share, _ = majority(acts, labels, top_n)
+    out = share.astype(np.float64)
+    out[(acts > 0).sum(0) < min_active] = np.nan
+    return out
+
+
+def chance_purity(labels: np.ndarray, top_n: int = 20, n_draws: int = 2000, seed: int = 0) -> float:
+    """Expected purity of `top_n` images drawn at random (without replacement)."""
+    labels = np.asarray(labels).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    n = min(top_n, len(labels))
+    draws = np.stack([rng.choice(len(labels), n, replace=False) for _ in range(n_draws)])
+    lab = labels[draws]
+    counts = np.stack([np.bincount(r, minlength=int(labels.max()) + 1) for r in lab])
+    return float((counts.max(1) / n).mean())
+
+
+def purity_summary(purity: np.ndarray, threshold: float = 0.6) -> dict[str, float]:
+    """mean, share above `threshold`, max and count over the eligible (non-NaN) units."""
+    p = np.asarray(purity, np.float64)
+    p = p[~np.isnan(p)]
+    if p.size == 0:
+        return {"mean": float("nan"), "share_above": float("nan"), "max": float("nan"), "n_units": 0}
+    return {"mean": float(p.mean()), "share_above": float((p > threshold).mean()), "max": float(p.max()),
+            "n_units": int(p.size)}
+
+
+# --------------------------------------------------------------------------- baselines
+def random_directions(dim: int, n: int, seed: int = 0) -> np.ndarray:
+    """n random unit vectors in R^dim (rows), float32."""
+    d = np.random.default_rng(seed).standard_normal((n, dim))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return d.astype(np.float32)
+
+
+def direction_activations(feats: np.ndarray, directions: np.ndarray | None, pooling: str = "max",
+                          batch: int | None = None) -> np.ndarray:
+    """ReLU(⟨x, u⟩) per unit direction u, pooled over positions for token features.
+
+    feats: (n, C) or (n, H, W, C); directions: (n_units, C), or None for the raw channels (ReLU(x_c)).
+    Returns (n, n_units) float32.
+    """
+    import torch
+
+    feats = np.asarray(feats)
+    if pooling not in ("max", "mean"):
+        raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
+    C = feats.shape[-1]
+    D = None if directions is None else torch.from_numpy(np.ascontiguousarray(directions, np.float32))
+    if D is not None and D.shape[1] != C:
+        raise ValueError(f"directions have dimension {D.shape[1]}, features {C}")
+    n_units = C if D is None else D.shape[0]
+    per = int(np.prod(feats.shape[1:-1])) if feats.ndim == 4 else 1
+    batch = batch or max(1, (1 << 22) // max(1, per * n_units))
+    out = np.zeros((feats.shape[0], n_units), np.float32)
+    with torch.no_grad():
+        for s in range(0, feats.shape[0], batch):
+            x = torch.from_numpy(np.ascontiguousarray(feats[s:s + batch], np.float32)).reshape(-1, per, C)
+            a = torch.relu(x if D is None else x @ D.T)  # (b, per, units)
+            out[s:s + batch] = (a.amax(1) if pooling == "max" else a.mean(1)).numpy()
+    return out
+
+
+def compare_purity(acts_by_method: dict[str, np.ndarray], labels: dict[str, np.ndarray], top_n: int = 20,
+                   threshold: float = 0.6, seed: int = 0) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """Purity per concept for each method (sae / random / channels ...), with chance.
+
+    Returns (summary {concept: {method: purity_summary, "chance": float}}, purities {concept: {method: array}}).
+    """
+    summary: dict = {}
+    purities: dict[str, dict[str, np.ndarray]] = {}
+    for concept, lab in labels.items():
+        purities[concept] = {m: label_purity(a, lab, top_n) for m, a in acts_by_method.items()}
+        summary[concept] = {m: purity_summary(p, threshold) for m, p in purities[concept].items()}
+        summary[concept]["chance"] = chance_purity(lab, top_n, seed=seed)
+    return summary, purities
+
+
+def plot_purity_distributions(purities: dict[str, dict[str, np.ndarray]], chance: dict[str, float] | None = None,
+                              threshold: float = 0.6, methods: Iterable[str] | None = None):
+    """One panel per concept: histograms of unit purity per method, chance and the threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    concepts = list(purities)
+    fig, axes = plt.subplots(1, max(1, len(concepts)), figsize=(4.2 * max(1, len(concepts)), 3.4), squeeze=False)
+    bins = np.linspace(0, 1, 21)
+    for ax, c in zip(axes[0], concepts):
+        for m in (methods or purities[c].keys()):
+            p = purities[c][m]
+            p = p[~np.isnan(p)]
+            if p.size:
+                ax.hist(p, bins=bins, histtype="step", density=True, linewidth=1.6, label=f"{m} (n={p.size})")
+        if chance and c in chance:
+            ax.axvline(chance[c], color="grey", linestyle=":", label=f"chance {chance[c]:.2f}")
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=0.8)
+        ax.set_title(f"label purity: {c}")
+        ax.set_xlabel("share of top images with the majority label")
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("density")
+    fig.tight_layout()
+    return fig

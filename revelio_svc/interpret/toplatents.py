@@ -1,0 +1,276 @@
+"""What each SAE latent responds to: top images, frequency, labels; tables, image grids and heatmaps.
+
+`interpret_sae` runs the whole interpretation of a trained SAE on the rows of its feature store:
+
+- image-level latents (`image_latents`, ranked by the sparse codes) for every row of the store;
+- `latents.parquet`: one row per latent — n_active, frequency, mean/max activation, top rows, their
+  dataset indices and activations, and per concept the majority label, its purity and the label counts
+  over the top images;
+- `purity.parquet` + `purity.png`: per-unit label purity per concept for the SAE, random unit directions
+  and raw channels, `summary.json` with `sigma_label`, purity summaries and chance;
+- `grids/latent_XXXXX.png`: the top images of the most active latents; for token SAEs each image
+  carries the latent's spatial map as a heatmap.
+
+Rows: every row of the store (train and test); the SAE never sees labels, so using the train rows
+leaks nothing and gives more images per latent.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .purity import (compare_purity, direction_activations, majority, plot_purity_distributions,
+                     random_directions, sigma_label, top_rows)
+
+
+# --------------------------------------------------------------------------- tables
+def latent_table(acts: np.ndarray, labels: dict[str, np.ndarray] | None = None,
+                 label_names: dict[str, list[str]] | None = None, top_n: int = 10,
+                 index: np.ndarray | None = None):
+    """One row per latent of image-level activations `acts` (n_images, n_latents) → pandas DataFrame."""
+    import pandas as pd
+
+    acts = np.asarray(acts)
+    n_img, n_lat = acts.shape
+    active = acts > 0
+    n_active = active.sum(0)
+    top = top_rows(acts, top_n)  # (n_lat, top_n)
+    top_act = np.take_along_axis(acts.T, top, axis=1)
+    idx = np.asarray(index) if index is not None else np.arange(n_img)
+    data: dict[str, Any] = {
+        "latent": np.arange(n_lat),
+        "n_active": n_active.astype(np.int64),
+        "frequency": n_active / max(n_img, 1),
+        "mean_activation": acts.mean(0).astype(np.float64),
+        "max_activation": acts.max(0).astype(np.float64) if n_img else np.zeros(n_lat),
+        # only images where the latent is active count as its top images
+        "top_rows": [top[j][top_act[j] > 0].tolist() for j in range(n_lat)],
+        "top_indices": [idx[top[j][top_act[j] > 0]].tolist() for j in range(n_lat)],
+        "top_activations": [top_act[j][top_act[j] > 0].astype(float).tolist() for j in range(n_lat)],
+    }
+    for c, lab in (labels or {}).items():
+        names = (label_names or {}).get(c) or [str(i) for i in range(int(np.max(lab)) + 1)]
+        maj, share, counts = majority(acts, lab, top_n)
+        dead = n_active == 0
+        data[f"{c}.majority"] = [None if dead[j] else names[maj[j]] for j in range(n_lat)]
+        data[f"{c}.purity"] = np.where(dead, np.nan, share)
+        data[f"{c}.distribution"] = [json.dumps({names[i]: int(v) for i, v in enumerate(row) if v})
+                                     for row in counts]
+    return pd.DataFrame(data)
+
+
+def save_table(df, path: str | Path) -> Path:
+    """Parquet (pyarrow); list columns stay lists."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path, index=False)
+    return path
+
+
+# --------------------------------------------------------------------------- grids
+def _colormap(x: np.ndarray) -> np.ndarray:
+    import matplotlib
+
+    return (matplotlib.colormaps["inferno"](np.clip(x, 0, 1))[..., :3] * 255).astype(np.float32)
+
+
+def render_grid(images: np.ndarray, maps: np.ndarray | None = None, scale: int | None = None,
+                alpha: float = 0.65, pad: int = 2, cols: int | None = None) -> np.ndarray:
+    """Tile uint8 images (m, S, S, 3) into one image; overlay `maps` (m, h, w) as heatmaps if given.
+
+    Heatmaps share one scale (the largest value over all maps), so brighter = stronger activation.
+    """
+    from PIL import Image
+
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be (m, S, S, 3) uint8, got shape {images.shape}")
+    m, S = images.shape[0], images.shape[1]
+    scale = scale or max(1, 96 // S)
+    T = S * scale
+    cols = cols or min(m, 5)
+    rows = (m + cols - 1) // cols
+    canvas = np.full((rows * (T + pad) + pad, cols * (T + pad) + pad, 3), 255, np.uint8)
+    vmax = float(np.max(maps)) if maps is not None and np.size(maps) and np.max(maps) > 0 else 1.0
+    for i in range(m):
+        img = np.asarray(Image.fromarray(images[i]).resize((T, T), Image.NEAREST), np.float32)
+        if maps is not None:
+            hm = Image.fromarray((np.asarray(maps[i], np.float32) / vmax).astype(np.float32), mode="F")
+            h = np.clip(np.asarray(hm.resize((T, T), Image.BILINEAR)), 0, 1)[..., None]
+            img = img * (1 - alpha * h) + _colormap(h[..., 0]) * (alpha * h)
+        r, c = divmod(i, cols)
+        y, x = pad + r * (T + pad), pad + c * (T + pad)
+        canvas[y:y + T, x:x + T] = np.clip(img, 0, 255).astype(np.uint8)
+    return canvas
+
+
+def select_latents(acts: np.ndarray, n: int, min_active: int = 1) -> list[int]:
+    """The n latents with the largest mean activation among those active on at least `min_active` images."""
+    acts = np.asarray(acts)
+    eligible = np.flatnonzero((acts > 0).sum(0) >= min_active)
+    order = eligible[np.argsort(-acts[:, eligible].mean(0), kind="stable")]
+    return [int(j) for j in order[:n]]
+
+
+def read_rows(fset, rows: np.ndarray) -> np.ndarray:
+    """Features of the given store rows (any order), reading only the shards that hold them."""
+    store = fset.store
+    ids = store.shard_ids
+    sizes = np.array([store.manifest["shards"][str(i)]["n_rows"] for i in ids], np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    rows = np.asarray(rows, np.int64)
+    out = np.zeros((len(rows), *fset.shape), np.float32)
+    which = np.searchsorted(starts, rows, side="right") - 1
+    for j in np.unique(which):
+        arr = fset.shard(ids[j])
+        sel = np.flatnonzero(which == j)
+        out[sel] = arr[rows[sel] - starts[j]]
+    return out
+
+
+# --------------------------------------------------------------------------- the whole interpretation
+@dataclass
+class InterpretResult:
+    out_dir: str
+    metrics: dict[str, float]
+    summary: dict[str, Any]
+    artifacts: list[str] = field(default_factory=list)
+
+
+def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], np.ndarray] | None = None,
+                  primary_concept: str | None = None, top_n: int = 10, purity_top_n: int = 20,
+                  n_grids: int = 32, n_random: int | None = None, threshold: float = 0.6, seed: int = 0,
+                  grids_note: str = "") -> InterpretResult:
+    """Interpret `sae` on every row of `store` (see the module docstring); writes into `out_dir`.
+
+    image_fn(dataset_index) → uint8 (S, S, 3) supplies the images of the grids; None skips the grids
+    (the reason, `grids_note`, is recorded in summary.json).
+    """
+    from ..sae.data import feature_set_for
+    from ..sae.latents import image_latents, latent_maps
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    c = sae.config
+    fset = feature_set_for(store, c.hook_point, c.timestep, c.input, c.pooling or "mean")
+    if fset.dim != sae.d_in:
+        raise ValueError(f"the store's {fset.key} has {fset.dim} channels but the SAE takes d_in={sae.d_in}")
+    concepts = list(store.label_names)
+    labels = {k: store.labels(k) for k in concepts}
+    index = store.index()
+    n_random = n_random or min(sae.n_latents, 4096)
+    dirs = random_directions(sae.d_in, n_random, seed)
+    pooling = c.latent_pooling
+
+    parts: dict[str, list[np.ndarray]] = {"sae": [], "random": [], "channels": []}
+    for i, feats in fset.iter_shards():
+        feats = np.asarray(feats, np.float32)
+        if not np.isfinite(feats).all():
+            raise ValueError(f"shard {i} of {fset.key} ({store.uri}) holds NaN/inf features; re-extract it")
+        parts["sae"].append(image_latents(sae, feats, pooling))
+        parts["random"].append(direction_activations(feats, dirs, pooling))
+        parts["channels"].append(direction_activations(feats, None, pooling))
+    acts = {k: np.concatenate(v) if v else np.zeros((0, 1), np.float32) for k, v in parts.items()}
+    sae_acts = acts["sae"]
+
+    primary = primary_concept if primary_concept in labels else (concepts[0] if concepts else None)
+    metrics: dict[str, float] = {}
+    summary: dict[str, Any] = {"n_images": int(sae_acts.shape[0]), "n_latents": sae.n_latents,
+                               "feature_set": fset.key, "primary_concept": primary, "top_n": top_n,
+                               "purity_top_n": purity_top_n, "threshold": threshold, "n_random": n_random,
+                               "latent_pooling": pooling}
+    n_active = (sae_acts > 0).sum(0)
+    metrics["latents_active_frac"] = float((n_active > 0).mean())
+    sig: dict[str, dict[str, float]] = {}
+    for k, lab in labels.items():
+        sig[k] = {m: sigma_label(a, lab) for m, a in acts.items()}
+        metrics[f"sigma_label.{k}"] = sig[k]["sae"]
+        metrics[f"sigma_label_random.{k}"] = sig[k]["random"]
+    if primary is not None:
+        metrics["sigma_label"] = sig[primary]["sae"]
+    summary["sigma_label"] = sig
+
+    pur_summary, purities = compare_purity(acts, labels, purity_top_n, threshold, seed)
+    summary["label_purity"] = pur_summary
+    for k, s in pur_summary.items():
+        for m in ("sae", "random", "channels"):
+            suffix = "" if m == "sae" else f"_{m}"
+            metrics[f"label_purity{suffix}.{k}"] = s[m]["mean"]
+            metrics[f"label_purity_share{suffix}.{k}"] = s[m]["share_above"]
+        metrics[f"label_purity_chance.{k}"] = s["chance"]
+    if primary is not None:
+        metrics["label_purity"] = pur_summary[primary]["sae"]["mean"]
+
+    artifacts: list[str] = []
+    table = latent_table(sae_acts, labels, store.label_names, top_n, index)
+    artifacts.append(str(save_table(table, out / "latents.parquet")))
+    import pandas as pd
+
+    long = [pd.DataFrame({"concept": k, "method": m, "unit": np.arange(len(p)), "purity": p})
+            for k, d in purities.items() for m, p in d.items()]
+    if long:
+        artifacts.append(str(save_table(pd.concat(long, ignore_index=True), out / "purity.parquet")))
+    if purities:
+        fig = plot_purity_distributions(purities, {k: s["chance"] for k, s in pur_summary.items()}, threshold)
+        fig.savefig(out / "purity.png", dpi=110)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        artifacts.append(str(out / "purity.png"))
+
+    chosen = select_latents(sae_acts, n_grids, min_active=1)
+    summary["grid_latents"] = chosen
+    if image_fn is None:
+        summary["grids"] = f"skipped: {grids_note or 'no image source'}"
+        if grids_note:
+            print(f"interpret: image grids skipped: {grids_note}", file=sys.stderr)
+    else:
+        from PIL import Image
+
+        gdir = out / "grids"
+        gdir.mkdir(exist_ok=True)
+        tops = top_rows(sae_acts[:, chosen], top_n) if chosen else np.zeros((0, top_n), np.int64)
+        for j, lat in enumerate(chosen):
+            rows = tops[j][sae_acts[tops[j], lat] > 0]
+            if not len(rows):
+                continue
+            images = np.stack([np.asarray(image_fn(int(index[r])), np.uint8) for r in rows])
+            maps = None
+            if c.input == "tokens":
+                maps = latent_maps(sae, read_rows(fset, rows), [lat])[:, 0]
+            p = gdir / f"latent_{lat:05d}.png"
+            Image.fromarray(render_grid(images, maps)).save(p)
+            artifacts.append(str(p))
+        summary["grids"] = f"{len(chosen)} latents, top {top_n} images each" + (
+            ", heatmaps of the latent's token map" if c.input == "tokens" else "")
+    summary["metrics"] = metrics
+    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2, default=_json_default))
+    artifacts.append(str(out / "summary.json"))
+    return InterpretResult(str(out), metrics, summary, artifacts)
+
+
+def _clean(o):
+    """NaN → null, so summary.json is strict JSON."""
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (float, np.floating)) and not np.isfinite(o):
+        return None
+    return o
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

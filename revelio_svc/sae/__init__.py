@@ -1,0 +1,19 @@
+"""k-sparse autoencoders: TopK and BatchTopK variants, training on a feature store, latents per image."""
+from .base import SAEConfigBase, SAELoadError, SparseAutoencoder, build_sae, geometric_median, load_sae
+from .batchtopk import BatchTopKSAE, BatchTopKSAEConfig
+from .latents import image_latents, latent_maps
+from .topk import TopKSAE, TopKSAEConfig
+
+__all__ = [
+    "SAEConfigBase", "SAELoadError", "SparseAutoencoder", "TopKSAE", "TopKSAEConfig", "BatchTopKSAE",
+    "BatchTopKSAEConfig", "build_sae", "geometric_median", "load_sae", "image_latents", "latent_maps",
+    "train_sae", "TrainResult", "TrainingError",
+]
+
+
+def __getattr__(name: str):
+    # the trainer pulls in the feature store; import it only when asked for
+    if name in ("train_sae", "TrainResult", "TrainingError"):
+        from . import trainer
+        return getattr(trainer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,84 @@
+"""SAE latents per image, and spatial latent maps for token SAEs.
+
+A pooled SAE gives one code per image directly. A token SAE gives one code per spatial position; an
+image's latent vector pools each latent over positions (`max` or `mean` of its dense per-position code,
+computed from the sparse codes without ever forming the (positions × latents) matrix).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .base import SparseAutoencoder
+
+_TARGET_VECTORS = 16384  # vectors encoded per chunk when `batch` is not given
+
+
+def _as_tensor(a) -> torch.Tensor:
+    t = a if torch.is_tensor(a) else torch.from_numpy(np.ascontiguousarray(a))
+    return t.float()
+
+
+def _check_feats(sae: SparseAutoencoder, feats) -> None:
+    shape = tuple(feats.shape)
+    if len(shape) not in (2, 4):
+        raise ValueError(f"features must be (n, C) pooled or (n, H, W, C) tokens, got shape {shape}")
+    if shape[-1] != sae.d_in:
+        raise ValueError(f"features have {shape[-1]} channels; the SAE takes d_in={sae.d_in} "
+                         f"(trained on {sae.config.hook_point or '?'} t={sae.config.timestep})")
+
+
+@torch.no_grad()
+def image_latents(sae: SparseAutoencoder, feats, pooling: str | None = None, batch: int | None = None) -> np.ndarray:
+    """Image-level latent activations (n, n_latents), float32.
+
+    feats: (n, C) pooled vectors, or (n, H, W, C) tokens whose per-position latents are pooled over
+    positions with `pooling` (`max` | `mean`; default: the SAE's `latent_pooling`). `batch`: images per
+    chunk (default: about 16k vectors per chunk).
+    """
+    _check_feats(sae, feats)
+    pooling = pooling or sae.config.latent_pooling
+    if pooling not in ("max", "mean"):
+        raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
+    n = feats.shape[0]
+    per_image = int(np.prod(feats.shape[1:-1])) if len(feats.shape) == 4 else 1
+    batch = batch or max(1, _TARGET_VECTORS // per_image)
+    out = np.zeros((n, sae.n_latents), np.float32)
+    for s in range(0, n, batch):
+        x = _as_tensor(feats[s:s + batch])
+        b = x.shape[0]
+        vals, idx = sae.encode_sparse(x.reshape(-1, sae.d_in))
+        z = torch.zeros(b, sae.n_latents)
+        if per_image == 1:
+            z.scatter_add_(1, idx, vals)
+        else:
+            vals = vals.reshape(b, -1)
+            idx = idx.reshape(b, -1)
+            if pooling == "max":
+                z.scatter_reduce_(1, idx, vals, reduce="amax", include_self=True)
+            else:
+                z.scatter_add_(1, idx, vals).div_(per_image)
+        out[s:s + b] = z.numpy()
+    return out
+
+
+@torch.no_grad()
+def latent_maps(sae: SparseAutoencoder, tokens, latents: list[int], batch: int | None = None) -> np.ndarray:
+    """Spatial maps (n, len(latents), H, W) of the chosen latents over token features (n, H, W, C)."""
+    _check_feats(sae, tokens)
+    if len(tokens.shape) != 4:
+        raise ValueError(f"latent_maps needs token features (n, H, W, C), got shape {tuple(tokens.shape)}")
+    lat = torch.as_tensor(list(latents), dtype=torch.int64)
+    if lat.numel() and (int(lat.min()) < 0 or int(lat.max()) >= sae.n_latents):
+        raise ValueError(f"latent ids must be in [0, {sae.n_latents}), got {list(latents)}")
+    n, H, W, _ = tokens.shape
+    batch = batch or max(1, _TARGET_VECTORS // (H * W))
+    out = np.zeros((n, lat.numel(), H, W), np.float32)
+    for s in range(0, n, batch):
+        x = _as_tensor(tokens[s:s + batch])
+        b = x.shape[0]
+        vals, idx = sae.encode_sparse(x.reshape(-1, sae.d_in))  # (b·H·W, m)
+        hit = (idx.unsqueeze(-1) == lat).to(vals.dtype)  # (b·H·W, m, L)
+        maps = (vals.unsqueeze(-1) * hit).sum(1)  # (b·H·W, L)
+        out[s:s + b] = maps.reshape(b, H, W, -1).permute(0, 3, 1, 2).numpy()
+    return out

@@ -1,0 +1,469 @@
+"""`revelio tune`: Optuna over the SAE or the probe against a held-out metric, every trial an MLflow run.
+
+    tune.target     sae (k, expansion, lr, auxk_coef) | probe (C; Diff-C: lr, width)
+    tune.metric     a metric the stage reports on held-out data (sae: fvu, explained_variance, dead_frac, l0;
+                    probe: accuracy, macro_f1), optimised in tune.direction
+    tune.storage    any Optuna RDB URL; "" = sqlite:///optuna.db; $REVELIO_OPTUNA_STORAGE overrides both
+    tune.search_space  per parameter: [a, b, c] (categorical), {low, high, log} (range) or a fixed value;
+                    names are `k` or `sae.k` style; defaults in DEFAULT_SPACES
+
+Several processes (or machines, with PostgreSQL) share one study: each `revelio tune` loads or creates
+the study and runs tune.n_trials more trials in it (Optuna's own per-call semantics), so re-running resumes.
+
+MLflow layout: one parent run per study, shared by every worker. The first process to create the study
+creates the parent run and stores its id as the study user attribute `mlflow_parent_run_id`; the others
+wait for it and nest their trials under the same parent. Each trial is one nested run holding the sampled
+params, intermediate values (`intermediate.<metric>` by step), the final value (`value`) and the state
+(tag `optuna.state` = complete | pruned | failed; run status FINISHED | KILLED | FAILED). The best params
+and value go on the parent, and the best trial's model is registered (champion rules of the registry).
+
+Pruning (MedianPruner) acts on the SAE's held-out evaluations during training (every sae.eval_every steps).
+The probe trains in one go, so its few-shot accuracies (1, 5, 10, … shots) are reported as intermediate
+values for the record only.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config, ConfigError, replace
+
+PARENT_ATTR = "mlflow_parent_run_id"
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+STORAGE_ENV = "REVELIO_OPTUNA_STORAGE"
+
+DEFAULT_SPACES: dict[str, dict[str, Any]] = {
+    "sae": {"sae.expansion": [4, 8, 16], "sae.k": {"low": 8, "high": 64, "log": True},
+            "sae.lr": {"low": 1e-4, "high": 3e-3, "log": True}, "sae.auxk_coef": {"low": 0.0, "high": 0.25}},
+    "probe": {"probe.C": {"low": 1e-3, "high": 1e2, "log": True}},
+    "diffc": {"probe.lr": {"low": 1e-4, "high": 1e-2, "log": True}, "probe.width": [16, 32, 64, 128]},
+}
+METRICS = {"sae": ("fvu", "explained_variance", "dead_frac", "l0", "auxk_loss"),
+           "probe": ("accuracy", "macro_f1")}
+
+
+@dataclass
+class TuneResult:
+    study_name: str
+    storage: str
+    parent_run_id: str
+    n_trials_run: int
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_run_id: str | None
+    registration: dict[str, Any] | None = None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- configuration
+def storage_url(cfg: Config) -> str:
+    return os.environ.get(STORAGE_ENV) or cfg.tune.storage or DEFAULT_STORAGE
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password (it is logged as a param)."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def search_space(cfg: Config) -> dict[str, Any]:
+    """Parameter → spec, defaults for the target merged with tune.search_space (which wins)."""
+    tc = cfg.tune
+    base = "diffc" if tc.target == "probe" and cfg.probe.kind == "diffc" else tc.target
+    section = "sae" if tc.target == "sae" else "probe"
+    space = dict(DEFAULT_SPACES[base])
+    for k, v in (tc.search_space or {}).items():
+        key = k if "." in k else f"{section}.{k}"
+        head, _, name = key.partition(".")
+        if head != section or not hasattr(getattr(cfg, section), name):
+            raise ConfigError(f"tune.search_space: {k!r} is not a {section} option; "
+                              f"known: {', '.join(sorted(vars(getattr(cfg, section))))}")
+        space[key] = v
+    for key, spec in space.items():
+        if isinstance(spec, dict):
+            if "low" not in spec or "high" not in spec or spec["low"] > spec["high"]:
+                raise ConfigError(f"tune.search_space.{key}: a range needs low <= high, got {spec}")
+        elif isinstance(spec, (list, tuple)) and not spec:
+            raise ConfigError(f"tune.search_space.{key}: an empty list of choices")
+    return space
+
+
+def _sample(trial, key: str, spec: Any, high_cap: int | None = None) -> Any:
+    if isinstance(spec, (list, tuple)):
+        return trial.suggest_categorical(key, list(spec))
+    if isinstance(spec, dict):
+        lo, hi = spec["low"], spec["high"]
+        log = bool(spec.get("log", False))
+        if spec.get("type") == "int" or (isinstance(lo, int) and isinstance(hi, int) and spec.get("type") != "float"):
+            hi = min(int(hi), high_cap) if high_cap is not None else int(hi)
+            return trial.suggest_int(key, int(lo), max(int(lo), hi), log=log)
+        return trial.suggest_float(key, float(lo), float(hi), log=log)
+    return spec  # fixed value
+
+
+def sample_params(trial, space: dict[str, Any], d_in: int | None, expansion: int = 1) -> dict[str, Any]:
+    """Sample every parameter; sae.k never exceeds the number of latents (d_in × expansion)."""
+    params: dict[str, Any] = {}
+    for key in sorted(space, key=lambda k: k == "sae.k"):  # expansion before k
+        cap = None
+        if key == "sae.k" and d_in:
+            cap = d_in * int(params.get("sae.expansion", expansion))
+        params[key] = _sample(trial, key, space[key], cap)
+    return params
+
+
+# --------------------------------------------------------------------------- stages
+class Reporter:
+    """Intermediate values: to MLflow (`intermediate.<metric>`) and to Optuna, pruning when told to."""
+
+    def __init__(self, trial, metric: str, run_id: str, eval_every: int = 0, prune: bool = True):
+        self.trial, self.metric, self.run_id, self.eval_every, self.prune = trial, metric, run_id, eval_every, prune
+        self.n = 0
+
+    def report(self, step: int, value: float) -> None:
+        import mlflow
+        import optuna
+
+        mlflow.log_metric(f"intermediate.{self.metric}", float(value), step=int(step))
+        self.trial.report(float(value), int(step))
+        self.n += 1
+        if self.prune and self.trial.should_prune():
+            raise optuna.TrialPruned(f"trial {self.trial.number} pruned at step {step}: {self.metric}={value:.5g} "
+                                     "is worse than the median of earlier trials")
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
+        if self.metric in metrics:
+            self.report(step, metrics[self.metric])
+
+    def on_step(self, step: int, _stats: Any = None) -> None:
+        """The trainer logs held-out metrics to the active run every eval_every steps, just before this call."""
+        if not self.eval_every or step % self.eval_every:
+            return
+        import mlflow
+
+        hist = mlflow.MlflowClient().get_metric_history(self.run_id, self.metric)
+        at = [m for m in hist if m.step == step]
+        if at:
+            self.report(step, at[-1].value)
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def run_sae_trial(cfg: Config, reporter: Reporter) -> tuple[str, dict[str, float]]:
+    """Train one SAE inside the active (trial) run; returns (output dir, final held-out metrics)."""
+    from .sae.stage import train_sae_stage
+
+    kw: dict[str, Any] = {}
+    if _accepts(train_sae_stage, "on_eval"):
+        kw["on_eval"] = reporter.on_eval
+        reporter.eval_every = 0
+    elif _accepts(train_sae_stage, "on_step"):
+        kw["on_step"] = reporter.on_step
+    if _accepts(train_sae_stage, "progress"):
+        kw["progress"] = False
+    res = train_sae_stage(cfg, **kw)
+    return str(res.get("output_dir") or res.get("sae_dir")), dict(res.get("metrics") or {})
+
+
+def run_probe_trial(cfg: Config, reporter: Reporter) -> tuple[str, dict[str, float]]:
+    from .probe.stage import train_probe_stage
+
+    res = train_probe_stage(cfg)
+    metrics = dict(res.get("metrics") or {})
+    fewshot = metrics.get("fewshot") or {}
+    steps = sorted(((int(k), v) for k, v in fewshot.items() if str(k).isdigit()), key=lambda x: x[0])
+    key = f"{reporter.metric}_mean"
+    for k, v in steps:
+        if key in v:
+            reporter.report(k, v[key])
+    return str(res["probe_dir"]), metrics
+
+
+def _feature_dim(cfg: Config) -> int | None:
+    """d_in of the SAE's features, to keep k within the number of latents; None if the store is not there."""
+    try:
+        from .features.extract import store_uri_for
+        from .features.store import open_store
+
+        sc = cfg.sae
+        store = open_store(sc.store or store_uri_for(cfg))
+        return store.feature_set(sc.hook_point, sc.timestep, "tokens" if sc.input == "tokens" else sc.pooling).dim
+    except Exception:
+        return None
+
+
+def _ensure_store(cfg: Config) -> None:
+    """Tuning needs the feature store; extract it (no MLflow run) when it is missing or incomplete."""
+    from .features.extract import extract, store_uri_for
+    from .features.store import StoreError, open_store
+
+    uri = (cfg.sae.store if cfg.tune.target == "sae" else cfg.probe.store) or store_uri_for(cfg)
+    try:
+        if open_store(uri).complete:
+            return
+    except StoreError:
+        pass
+    print(f"tune: the feature store {uri} is missing or incomplete; extracting it first")
+    extract(cfg, progress=False)
+
+
+# --------------------------------------------------------------------------- study and parent run
+def open_study(cfg: Config, storage: str):
+    """(study, created_by_this_process). Creation is atomic in the storage, so exactly one worker is the creator."""
+    import optuna
+
+    tc = cfg.tune
+    kw: dict[str, Any] = {}
+    if storage.startswith("sqlite"):
+        # several processes on one SQLite file: wait for the write lock instead of failing at once
+        kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    # heartbeats let a resumed study mark the trials of a crashed worker FAIL instead of RUNNING forever
+    rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120, **kw)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0, interval_steps=1)
+              if tc.pruner == "median" else optuna.pruners.NopPruner())
+    try:
+        study = optuna.create_study(study_name=tc.study_name, storage=rdb, direction=tc.direction, pruner=pruner,
+                                    load_if_exists=False)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.create_study(study_name=tc.study_name, storage=rdb, direction=tc.direction, pruner=pruner,
+                                    load_if_exists=True)
+        created = False
+    want = optuna.study.StudyDirection.MAXIMIZE if tc.direction == "maximize" else optuna.study.StudyDirection.MINIMIZE
+    if study.direction != want:
+        raise ConfigError(f"tune.direction: study {tc.study_name!r} in {redact(storage)} was created to "
+                          f"{study.direction.name.lower()}, not {tc.direction}; use another tune.study_name")
+    if created:
+        study.set_user_attr("target", tc.target)
+        study.set_user_attr("metric", tc.metric)
+    else:
+        for k, v in (("target", tc.target), ("metric", tc.metric)):
+            have = study.user_attrs.get(k)
+            if have is not None and have != v:
+                raise ConfigError(f"tune.{k}: study {tc.study_name!r} tunes {k}={have!r}, this worker asks for "
+                                  f"{v!r}; use another tune.study_name")
+    return study, created
+
+
+def _usable_run(run_id: str | None, experiment_id: str) -> bool:
+    if not run_id:
+        return False
+    import mlflow
+
+    try:
+        r = mlflow.MlflowClient().get_run(run_id)
+    except Exception:
+        return False
+    return r.info.lifecycle_stage == "active" and r.info.experiment_id == experiment_id
+
+
+def parent_run_id(study, created: bool, cfg: Config, experiment_id: str, env_run: str | None,
+                  wait_s: float = 30.0) -> str:
+    """The study's parent run id: stored on the study, created by the study's creator (or a later worker
+    when the stored one is gone), waited for by the other workers."""
+    import mlflow
+
+    pid = study.user_attrs.get(PARENT_ATTR)
+    if not created and not pid:
+        t0 = time.monotonic()
+        while not pid and time.monotonic() - t0 < wait_s:
+            time.sleep(0.5)
+            pid = study._storage.get_study_user_attrs(study._study_id).get(PARENT_ATTR)
+    if _usable_run(pid, experiment_id):
+        return pid
+    if env_run and _usable_run(env_run, experiment_id):
+        pid = env_run
+    else:
+        tags = {"stage": "tune", "optuna.study": cfg.tune.study_name, "tune.target": cfg.tune.target,
+                "backbone": cfg.backbone.id, "hook_point": cfg.sae.hook_point, "timestep": str(cfg.sae.timestep),
+                "dataset": cfg.data.id or cfg.data.source,
+                "mlflow.note.content": f"Optuna study {cfg.tune.study_name}: {cfg.tune.target} against held-out "
+                                       f"{cfg.tune.metric} ({cfg.tune.direction}); one nested run per trial."}
+        pid = mlflow.MlflowClient().create_run(experiment_id, run_name=f"tune-{cfg.tune.study_name}",
+                                               tags=tags).info.run_id
+    study.set_user_attr(PARENT_ATTR, pid)
+    return pid
+
+
+# --------------------------------------------------------------------------- the study
+def tune(cfg: Config, n_trials: int | None = None) -> TuneResult:
+    import mlflow
+    import optuna
+
+    from .tracking import setup
+
+    tc = cfg.tune
+    if tc.metric not in METRICS[tc.target] and not tc.metric.startswith(("control.", "fewshot.")):
+        raise ConfigError(f"tune.metric: {tc.metric!r} is not a held-out metric of the {tc.target} stage; "
+                          f"use one of {', '.join(METRICS[tc.target])}")
+    space = search_space(cfg)
+    storage = storage_url(cfg)
+    n_trials = int(n_trials or tc.n_trials)
+
+    setup(cfg.tracking)
+    env_run = os.environ.pop("MLFLOW_RUN_ID", None)  # else nested start_run calls would resume it
+    try:
+        if env_run:
+            exp_id = mlflow.MlflowClient().get_run(env_run).info.experiment_id
+            mlflow.set_experiment(experiment_id=exp_id)
+        exp_id = mlflow.get_experiment_by_name(cfg.tracking.experiment).experiment_id if not env_run else exp_id
+        _ensure_store(cfg)
+        d_in = _feature_dim(cfg) if tc.target == "sae" else None
+        study, created = open_study(cfg, storage)
+        pid = parent_run_id(study, created, cfg, exp_id, env_run)
+        outer = None
+        if env_run and env_run != pid:
+            outer = mlflow.start_run(run_id=env_run)
+            mlflow.set_tag("optuna.parent_run_id", pid)
+        mlflow.start_run(run_id=pid, nested=outer is not None)
+        try:
+            _log_parent_params(cfg, storage, space)
+            before = {t.number for t in study.get_trials(deepcopy=False)}
+            objective = _objective(cfg, space, d_in, pid)
+            study.optimize(objective, n_trials=n_trials, timeout=tc.timeout_s or None, catch=(Exception,),
+                           gc_after_trial=True)
+            result = _finish(cfg, study, storage, pid, before)
+        finally:
+            mlflow.end_run()
+            if outer is not None:
+                mlflow.end_run()
+    finally:
+        if env_run:
+            os.environ["MLFLOW_RUN_ID"] = env_run
+    return result
+
+
+def _log_parent_params(cfg: Config, storage: str, space: dict[str, Any]) -> None:
+    import mlflow
+
+    tc = cfg.tune
+    params = {"tune.target": tc.target, "tune.metric": tc.metric, "tune.direction": tc.direction,
+              "tune.study_name": tc.study_name, "tune.storage": redact(storage), "tune.pruner": tc.pruner,
+              "tune.search_space": json.dumps(space, sort_keys=True)[:6000]}
+    have = mlflow.MlflowClient().get_run(mlflow.active_run().info.run_id).data.params
+    # every worker logs the same values; a param may not be logged twice with different values
+    mlflow.log_params({k: v for k, v in params.items() if k not in have})
+
+
+def _objective(cfg: Config, space: dict[str, Any], d_in: int | None, pid: str):
+    import mlflow
+    import optuna
+
+    tc = cfg.tune
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def objective(trial: optuna.Trial) -> float:
+        params = sample_params(trial, space, d_in, cfg.sae.expansion)
+        tcfg = replace(cfg, **params)
+        run = mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, tags={
+            "stage": "tune_trial", "optuna.study": tc.study_name, "optuna.trial": str(trial.number),
+            "optuna.worker": worker, "tune.target": tc.target, "backbone": cfg.backbone.id,
+            "hook_point": cfg.sae.hook_point, "timestep": str(cfg.sae.timestep),
+            "dataset": cfg.data.id or cfg.data.source})
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        state = "failed"
+        try:
+            mlflow.log_params({k: str(v) for k, v in params.items()})
+            rep = Reporter(trial, tc.metric, run.info.run_id,
+                           eval_every=cfg.sae.eval_every if tc.target == "sae" else 0, prune=tc.target == "sae")
+            out_dir, metrics = (run_sae_trial if tc.target == "sae" else run_probe_trial)(tcfg, rep)
+            flat = _flat(metrics)
+            if tc.metric not in flat:
+                raise KeyError(f"the {tc.target} stage reported no {tc.metric!r}; it reported: {', '.join(sorted(flat))}")
+            value = float(flat[tc.metric])
+            mlflow.log_metric("value", value)
+            trial.set_user_attr("output_dir", out_dir)
+            trial.set_user_attr("metrics", {k: v for k, v in flat.items() if "." not in k})
+            state = "complete"
+            return value
+        except optuna.TrialPruned:
+            state = "pruned"
+            raise
+        finally:
+            mlflow.set_tag("optuna.state", state)
+            mlflow.end_run({"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[state])
+
+    return objective
+
+
+def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
+
+
+def _finish(cfg: Config, study, storage: str, pid: str, before: set[int]) -> TuneResult:
+    import mlflow
+    import optuna
+
+    tc = cfg.tune
+    trials = study.get_trials(deepcopy=False)
+    mine = [t for t in trials if t.number not in before]
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    mlflow.log_metrics({f"trials.{k}": float(v) for k, v in counts.items() if v})
+    rows = [{"number": t.number, "state": t.state.name, "value": t.value, **t.params,
+             "mlflow_run_id": t.user_attrs.get("mlflow_run_id")} for t in trials]
+    mlflow.log_dict(rows, "study/trials.json")
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    result = TuneResult(tc.study_name, redact(storage), pid, len(mine), None, {}, None, None, rows)
+    if not complete:
+        print(f"tune: no trial of study {tc.study_name} completed; see the failed trials' runs under {pid}")
+        return result
+    best = study.best_trial
+    result.best_value, result.best_params = float(best.value), dict(best.params)
+    result.best_run_id = best.user_attrs.get("mlflow_run_id")
+    mlflow.log_metric("best_value", result.best_value)
+    mlflow.log_metric("best_trial", float(best.number))
+    # tags, not params: the best moves as workers add trials, and a param may not change
+    mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
+    mlflow.set_tag("best_run_id", result.best_run_id or "")
+    mlflow.log_dict({"value": result.best_value, "params": result.best_params, "trial": best.number,
+                     "run_id": result.best_run_id, "metric": tc.metric, "direction": tc.direction},
+                    "best_params.json")
+    if cfg.tracking.register and result.best_run_id:
+        result.registration = _register_best(cfg, best)
+    print(f"tune: best {tc.metric}={result.best_value:.5g} (trial {best.number}) with {result.best_params}")
+    return result
+
+
+def _register_best(cfg: Config, best) -> dict[str, Any] | None:
+    """Register the best trial's model once (another worker may have registered the same trial already)."""
+    import mlflow
+
+    from .pipeline import version_tags
+    from .registry.client import MODEL_NAMES, register_model
+
+    tc = cfg.tune
+    kind = "sae" if tc.target == "sae" else "probe"
+    marker = f"{tc.study_name}:{best.number}"
+    client = mlflow.MlflowClient()
+    try:
+        for mv in client.search_model_versions(f"name='{MODEL_NAMES[kind]}'"):
+            if (mv.tags or {}).get("optuna.trial") == marker:
+                return {"name": mv.name, "version": str(mv.version), "already_registered": True}
+    except Exception:
+        pass
+    out_dir = best.user_attrs.get("output_dir")
+    metrics = best.user_attrs.get("metrics") or {}
+    tags = version_tags(cfg, {"optuna.trial": marker, "optuna.study": tc.study_name,
+                              **{f"param.{k}": str(v) for k, v in best.params.items()}})
+    with mlflow.start_run(run_id=best.user_attrs["mlflow_run_id"], nested=True):
+        reg = register_model(kind, out_dir, metrics, tags, tc.metric, higher_is_better=tc.direction == "maximize")
+    mlflow.set_tag("registered", f"{reg.name}/{reg.version}")
+    return reg.to_dict()

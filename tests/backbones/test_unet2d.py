@@ -1,0 +1,105 @@
+"""The pixel-space adapter, the model resolver's errors, and `revelio pretrain`."""
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from revelio_svc.backbones import ModelUnavailableError, load_backbone, noise_seed, seeded_noise
+from revelio_svc.backbones.pretrain import pretrain
+from revelio_svc.config import BackboneConfig, load_config
+
+
+def test_noise_is_per_image_and_timestep():
+    a = seeded_noise((3, 4, 4), 0, ["x", "y"], 10)
+    b = seeded_noise((3, 4, 4), 0, ["y"], 10)
+    torch.testing.assert_close(a[1], b[0])
+    assert not torch.allclose(a[0], a[1])
+    assert not torch.allclose(seeded_noise((3, 4, 4), 0, ["x"], 11)[0], a[0])
+    assert noise_seed(0, "x", 10) != noise_seed(1, "x", 10)
+
+
+def test_hook_points_in_execution_order(tiny_unet_dir):
+    ad = load_backbone(BackboneConfig(id=str(tiny_unet_dir)))
+    assert ad.hook_points() == ["down_blocks.0", "down_blocks.1", "mid_block", "up_blocks.0", "up_blocks.1"]
+
+
+def test_random_init_differs_and_is_seeded(tiny_unet_dir):
+    pre = load_backbone(BackboneConfig(id=str(tiny_unet_dir)))
+    r1 = load_backbone(BackboneConfig(id=str(tiny_unet_dir), init="random", init_seed=1))
+    r2 = load_backbone(BackboneConfig(id=str(tiny_unet_dir), init="random", init_seed=1))
+    p0 = dict(pre.model.named_parameters())["conv_in.weight"]
+    p1 = dict(r1.model.named_parameters())["conv_in.weight"]
+    p2 = dict(r2.model.named_parameters())["conv_in.weight"]
+    assert not torch.allclose(p0, p1)
+    torch.testing.assert_close(p1, p2)
+
+
+def test_encode_resizes_to_model_resolution(tiny_unet_dir):
+    ad = load_backbone(BackboneConfig(id=str(tiny_unet_dir)))
+    x = ad.encode(np.full((2, 40, 40, 3), 255, np.uint8))
+    assert x.shape == (2, 3, 16, 16) and torch.allclose(x, torch.ones_like(x), atol=1e-5)
+
+
+def test_missing_builtin_and_directory_errors(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="builtin:nope"):
+        load_backbone(BackboneConfig(id="builtin:nope"))
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        load_backbone(BackboneConfig(id=str(tmp_path / "missing")))
+
+
+def test_hub_id_fails_fast_offline():
+    t0 = time.time()
+    with pytest.raises(ModelUnavailableError) as e:
+        load_backbone(BackboneConfig(id="nonexistent-org/nonexistent-unet"))
+    assert time.time() - t0 < 10
+    msg = str(e.value)
+    assert "nonexistent-org/nonexistent-unet" in msg and "local directory" in msg and "download" in msg
+
+
+def _tiny_pretrain(tmp_path, steps, out):
+    return load_config(None, [
+        "pretrain.block_out_channels=[8, 16]", "pretrain.norm_num_groups=8", "pretrain.batch_size=4",
+        f"pretrain.steps={steps}", "pretrain.checkpoint_every=2", "pretrain.sample_every=0",
+        "pretrain.warmup_steps=2", "data.image_size=16", f"pretrain.output={out}", "pretrain.save_dtype=float32"])
+
+
+def test_pretrain_resume_equals_uninterrupted(tmp_path):
+    straight = pretrain(_tiny_pretrain(tmp_path, 4, tmp_path / "a"), log_mlflow=False)
+    pretrain(_tiny_pretrain(tmp_path, 2, tmp_path / "b"), log_mlflow=False)
+    resumed = pretrain(_tiny_pretrain(tmp_path, 4, tmp_path / "b"), log_mlflow=False)
+    wa = load_file(straight / "diffusion_pytorch_model.safetensors")
+    wb = load_file(resumed / "diffusion_pytorch_model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], msg=k)
+    # the saved directory is a loadable backbone
+    ad = load_backbone(BackboneConfig(id=str(straight)))
+    assert "mid_block" in ad.hook_points()
+
+
+def test_pretrain_refuses_other_architecture_checkpoint(tmp_path):
+    pretrain(_tiny_pretrain(tmp_path, 2, tmp_path / "c"), log_mlflow=False)
+    other = load_config(None, ["pretrain.block_out_channels=[16, 16]", "pretrain.batch_size=4",
+                               "pretrain.steps=4", "data.image_size=16", f"pretrain.output={tmp_path / 'c'}"])
+    with pytest.raises(RuntimeError, match="different pretrain config"):
+        pretrain(other, log_mlflow=False)
+
+
+def test_pretrain_command_logs_curve_and_samples(tmp_path, mlflow_tmp):
+    import mlflow
+
+    from revelio_svc.cli import main
+    args = ["pretrain"]
+    for o in ["pretrain.block_out_channels=[8, 16]", "pretrain.batch_size=4", "pretrain.steps=20",
+              "pretrain.checkpoint_every=10", "pretrain.sample_every=10", "data.image_size=16",
+              f"pretrain.output={tmp_path / 'pt'}"]:
+        args += ["--set", o]
+    assert main(args) == 0
+    run = mlflow.search_runs(experiment_names=["revelio"], output_format="list")[0]
+    assert run.data.tags["stage"] == "pretrain"
+    hist = mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")
+    assert len(hist) == 2 and all(np.isfinite(m.value) for m in hist)
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"loss_curve.png", "samples", "backbone"} <= arts

@@ -1,0 +1,117 @@
+"""The Classifier: predictions agree with the probe on stored features, explanations add up, files round-trip."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from PIL import Image
+
+from revelio_svc.classifier import Classifier, ClassifierFormatError, upload_id
+from revelio_svc.features.store import open_store
+from revelio_svc.probe import load_probe
+from revelio_svc.sae import load_sae
+from revelio_svc.sae.latents import image_latents
+from tests.registry.helpers import dataset_images
+
+
+@pytest.fixture(scope="module")
+def clf(classifier_dir):
+    return Classifier.load(classifier_dir)
+
+
+def test_predict_with_dataset_ids_reproduces_the_probe_on_stored_features(clf, trained):
+    cfg, store_uri, sae_dir, probe_dir, _, _ = trained
+    store = open_store(store_uri)
+    rows = np.arange(5)
+    idx = store.index()[rows]
+    feats = store.feature_set("up_blocks.1", 10, "tokens").load()[rows]
+    sae, probe = load_sae(sae_dir), load_probe(probe_dir)
+    want = probe.predict_proba(sp.csr_matrix(image_latents(sae, feats, pooling="max")))
+
+    from revelio_svc.data import load_dataset
+
+    all_ids = load_dataset(cfg.data).ids()
+    ds_ids = [all_ids[i] for i in idx]
+    got = clf.predict(dataset_images(cfg, idx), ids=ds_ids)
+    assert got.shape == (5, len(clf.class_names))
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-9)
+    # same pixels, same noise id, float16-rounded features as in the store → the probe's own answer
+    np.testing.assert_allclose(got[:, probe.classes], want, atol=2e-3)
+
+
+def test_uploaded_image_noise_is_seeded_by_its_pixels(clf, trained):
+    cfg = trained[0]
+    img = dataset_images(cfg, [3])[0]
+    png = io.BytesIO()
+    Image.fromarray(img).save(png, format="PNG")
+    # array, PIL and encoded bytes of the same pixels are one image: one id, one noise, one answer
+    a = clf.predict([img])
+    b = clf.predict([Image.fromarray(img), png.getvalue()])
+    np.testing.assert_allclose(b, np.vstack([a, a]), atol=1e-12)
+    other = img.copy()
+    other[0, 0] = 255 - other[0, 0]
+    assert upload_id(other) != upload_id(img)
+
+
+def test_explain_contributions_add_up_to_the_logit(clf, trained):
+    cfg = trained[0]
+    img = dataset_images(cfg, [7])[0]
+    exp = clf.explain(img, top=3)
+    assert exp["label"] == clf.class_names[int(np.argmax(clf.predict([img])[0]))]
+    assert exp["label"] == max(exp["probs"], key=exp["probs"].get)
+    contrib = [r["contribution"] for r in exp["contributions"]]
+    assert 1 <= len(contrib) <= 3 and contrib == sorted(contrib, reverse=True)
+    z = clf.latents([img])[0]
+    full = clf.contributions(z, exp["label_index"])
+    # the probe's logit for the predicted class is exactly the sum of per-latent contributions + intercept
+    logit = clf.probe.decision_function(z[None])[0][list(clf.probe.classes).index(exp["label_index"])]
+    assert full.sum() + exp["intercept"] == pytest.approx(logit, abs=1e-6)
+    assert contrib[0] == pytest.approx(full[z > 0].max())
+    for r in exp["contributions"]:
+        assert r["activation"] > 0
+        assert r["contribution"] == pytest.approx(r["activation"] / clf.probe.scaler_scale[r["latent"]] * r["weight"])
+        assert all(0 <= i < cfg.data.n_images for i in r["top_images"])
+    assert exp["heatmaps"].shape == (len(contrib), 16, 16)
+    # a latent's heatmap is where it fires: its image activation is the max over positions (latent_pooling=max)
+    for r, h in zip(exp["contributions"], exp["heatmaps"]):
+        assert h.max() == pytest.approx(r["activation"], rel=1e-4)
+
+
+def test_top_images_are_where_the_latent_fires_most(clf, trained):
+    cfg, store_uri, sae_dir, *_ = trained
+    store = open_store(store_uri)
+    z = image_latents(load_sae(sae_dir), store.feature_set("up_blocks.1", 10, "tokens").load(), pooling="max")
+    lat = int(np.argmax(z.max(0)))
+    best = store.index()[np.argsort(-z[:, lat], kind="stable")[: clf.top_indices.shape[1]]]
+    assert clf.top_images(lat, n=3) == [int(i) for i in best[:3]]
+    silent = np.flatnonzero(z.max(0) <= 0)
+    for j in silent:  # a latent that never fires has no top images
+        assert clf.top_images(int(j)) == []
+
+
+def test_save_load_round_trip_and_bundled_backbone(classifier_dir, clf, trained, tmp_path):
+    meta = json.loads((classifier_dir / "classifier.json").read_text())
+    # the tiny backbone is a small local directory: copied in, so a pulled classifier runs anywhere
+    assert meta["backbone_bundled"] and (classifier_dir / "backbone" / "config.json").is_file()
+    assert not any(p.suffix in (".bin", ".pkl", ".pt") for p in classifier_dir.rglob("*"))
+    again = Classifier.load(classifier_dir)
+    imgs = dataset_images(trained[0], [1, 2])
+    np.testing.assert_allclose(again.predict(imgs), clf.predict(imgs), atol=1e-12)
+
+
+def test_config_disagreeing_with_weights_is_refused(classifier_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "clf"
+    shutil.copytree(classifier_dir, d)
+    meta = json.loads((d / "classifier.json").read_text())
+    meta["sae"]["n_latents"] += 1
+    (d / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(ClassifierFormatError, match="n_latents"):
+        Classifier.load(d)
+    shutil.rmtree(d / "probe")
+    with pytest.raises(ClassifierFormatError, match="probe is missing"):
+        Classifier.load(d)
