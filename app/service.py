@@ -39,7 +39,7 @@ class InputError(ValueError):
 @dataclass
 class DecodedImage:
     rgb: np.ndarray  # (S, S, 3) uint8, what the model sees
-    notes: list[str]  # conversions the user should know about (grayscale, alpha, 16-bit, resize)
+    notes: list[str]  # conversions the user should be warned about (grayscale, alpha, 16-bit)
     mode: str = ""
     size: tuple[int, int] = (0, 0)
     name: str = ""
@@ -99,11 +99,7 @@ def decode_upload(path: str | os.PathLike | None, size: int, max_pixels: int) ->
                          "try another file.") from e
     except (OSError, ValueError) as e:  # anything else Pillow throws at odd files
         raise InputError(f"{name}: the image cannot be read ({type(e).__name__}). Try another file.") from e
-    notes = []
-    if mode in _MODE_NOTES:
-        notes.append(_MODE_NOTES[mode])
-    if wh != (0, 0) and wh != (size, size):
-        notes.append(f"resized from {wh[0]}×{wh[1]} to the model's {size}×{size} (shorter side, centre crop)")
+    notes = [_MODE_NOTES[mode]] if mode in _MODE_NOTES else []
     return DecodedImage(rgb, notes, mode, wh, name)
 
 
@@ -224,7 +220,8 @@ class DemoService:
         img = decode_upload(path, int(clf.data.image_size), self.max_pixels)
         with self.model_lock:
             exp = clf.explain(img.rgb, top=self.top, n_images=self.n_top_images)
-        exp["input"] = {"name": img.name, "mode": img.mode, "size": list(img.size), "notes": img.notes}
+        exp["input"] = {"name": img.name, "mode": img.mode, "size": list(img.size), "notes": img.notes,
+                        "model_size": int(clf.data.image_size)}
         labels = self.dataset_labels()
         concept = self.clf.concept if self.clf.concept in labels else (next(iter(labels)) if labels else "")
         for row in exp["contributions"]:
@@ -400,7 +397,7 @@ class DemoService:
             raise InputError(f"saved to {dest}, but registering it failed ({type(e).__name__}: "
                              f"{str(e).splitlines()[0][:300] if str(e) else ''})") from e
         out = reg.to_dict() if hasattr(reg, "to_dict") else dict(vars(reg))
-        out["path"] = str(dest)
+        out["saved_to"] = str(dest)  # not "path": gradio_client takes a dict with "path" for a file to download
         return out
 
     # ------------------------------------------------------------------ latent browser

@@ -82,16 +82,29 @@ def heatmap_items(exp: dict[str, Any], top_values: np.ndarray | None = None) -> 
     return items
 
 
-def top_image_items(exp: dict[str, Any], thumb) -> list[tuple[np.ndarray, str]]:
-    """(strip of top-activating dataset images, caption) per top latent; `thumb(i)` gives dataset image i."""
-    items = []
-    for r in exp["contributions"]:
-        idx = r["top_images"]
-        if not idx:
-            continue
+def top_image_items(exp: dict[str, Any], thumb, n_top: int, top_values: np.ndarray | None = None,
+                    size: int = THUMB) -> list[tuple[np.ndarray, str]]:
+    """A grid for a gallery with `n_top + 1` columns: per latent, one row of
+    [the input with that latent's heatmap | its top-activating dataset images, padded to n_top].
+
+    `thumb(i)` gives dataset image i. Rows stay aligned because short rows are padded with blank tiles.
+    """
+    blank = np.full((size, size, 3), 245, np.uint8)
+    items: list[tuple[np.ndarray, str]] = []
+    for r, heat in zip(exp["contributions"], exp["heatmaps"]):
+        scale = float(top_values[r["latent"], 0]) if top_values is not None and top_values.shape[1] else None
+        items.append((overlay(exp["rgb"], heat, scale, size=size),
+                      f"latent {r['latent']} ({r['contribution']:+.2f}): in your image"))
         labels = r.get("top_labels") or []
-        named = ", ".join(labels[:len(idx)]) if labels else ", ".join(f"#{i}" for i in idx)
-        items.append((strip([thumb(i) for i in idx]), f"latent {r['latent']} fires most on: {named}"))
+        vals = r.get("top_values") or []
+        for k in range(n_top):
+            if k < len(r["top_images"]):
+                i = r["top_images"][k]
+                what = labels[k] if k < len(labels) else f"#{i}"
+                act = f" ({vals[k]:.2f})" if k < len(vals) else ""
+                items.append((np.asarray(_upscale(thumb(i), size)), f"#{i} {what}{act}"))
+            else:
+                items.append((blank, "—"))
     return items
 
 
@@ -134,8 +147,11 @@ def input_notes_markdown(exp: dict[str, Any]) -> str:
     notes = inp.get("notes") or []
     head = (f"Predicted **{exp['label']}** (p = {exp['probs'][exp['label']]:.2f}). "
             f"Bars: each latent's share of the logit for *{exp['label']}* = activation × probe weight.")
+    w, h = (inp.get("size") or [0, 0])[:2]
+    if w and inp.get("model_size") and (w, h) != (inp["model_size"],) * 2:
+        head += f"  \nInput {w}×{h} px, seen by the model at {inp['model_size']}×{inp['model_size']}."
     if notes:
-        head += "  \nInput: " + "; ".join(notes)
+        head += "  \nConverted: " + "; ".join(notes)
     return head
 
 

@@ -1,4 +1,4 @@
-"""Models-from-code entry of every revelio pyfunc model (no pickle); the kind comes from model_config."""
+"""Models-from-code entry of every revelio pyfunc model (no pickle); the artifact name gives the kind."""
 import mlflow
 
 from revelio_svc.registry.models import RevelioPyfunc

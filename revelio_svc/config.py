@@ -195,6 +195,7 @@ class ProbeConfig:
     seeds: int = 3
     # Diff-C
     width: int = 64
+    depth: int = 3  # Diff-C stride-2 blocks
     epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -211,6 +212,7 @@ class ProbeConfig:
                    f"each must be a positive integer or 'all', got {s!r}")
         _check(self.seeds >= 1, "probe.seeds", "must be >= 1")
         _check(self.width >= 1, "probe.width", "must be >= 1")
+        _check(self.depth >= 0, "probe.depth", "must be >= 0")
 
 
 @dataclass(frozen=True)

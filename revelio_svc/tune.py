@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,8 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "probe": {"probe.C": {"low": 1e-3, "high": 1e2, "log": True}},
     "diffc": {"probe.lr": {"low": 1e-4, "high": 1e-2, "log": True}, "probe.width": [16, 32, 64, 128]},
 }
-METRICS = {"sae": ("fvu", "explained_variance", "dead_frac", "l0", "auxk_loss"),
+TRAINER_METRICS = ("fvu", "explained_variance", "dead_frac", "l0", "l2_ratio", "auxk_loss")
+METRICS = {"sae": TRAINER_METRICS + ("sigma_label", "label_purity"),
            "probe": ("accuracy", "macro_f1")}
 
 
@@ -162,7 +164,13 @@ def _accepts(fn, name: str) -> bool:
 
 
 def run_sae_trial(cfg: Config, reporter: Reporter) -> tuple[str, dict[str, float]]:
-    """Train one SAE inside the active (trial) run; returns (output dir, final held-out metrics)."""
+    """Train one SAE inside the active (trial) run; returns (output dir, final held-out metrics).
+
+    The stage function is used when it can report during training (on_eval / on_step); otherwise the
+    trainer itself, which logs held-out metrics to the trial run every sae.eval_every steps and calls
+    on_step, so pruning works either way (a trial skips the stage's latent interpretation, which no
+    tuning metric of the trainer needs).
+    """
     from .sae.stage import train_sae_stage
 
     kw: dict[str, Any] = {}
@@ -171,10 +179,22 @@ def run_sae_trial(cfg: Config, reporter: Reporter) -> tuple[str, dict[str, float
         reporter.eval_every = 0
     elif _accepts(train_sae_stage, "on_step"):
         kw["on_step"] = reporter.on_step
-    if _accepts(train_sae_stage, "progress"):
-        kw["progress"] = False
-    res = train_sae_stage(cfg, **kw)
-    return str(res.get("output_dir") or res.get("sae_dir")), dict(res.get("metrics") or {})
+    if kw or reporter.metric not in TRAINER_METRICS:
+        if _accepts(train_sae_stage, "progress"):
+            kw["progress"] = False
+        res = train_sae_stage(cfg, **kw)
+        return str(res.get("output_dir") or res.get("sae_dir")), dict(res.get("metrics") or {})
+    import mlflow
+
+    from .sae.trainer import train_sae
+
+    res = train_sae(cfg, on_step=reporter.on_step, progress=False)
+    if res.skipped:  # trained before with these exact params: no intermediate values to report again
+        mlflow.log_metrics({k: float(v) for k, v in res.metrics.items()}, step=res.steps)
+    for f in ("sae.safetensors", "config.json", "metrics.json"):
+        mlflow.log_artifact(f"{res.output_dir}/{f}", "sae")
+    mlflow.set_tag("sae_dir", res.output_dir)
+    return res.output_dir, dict(res.metrics)
 
 
 def run_probe_trial(cfg: Config, reporter: Reporter) -> tuple[str, dict[str, float]]:
@@ -230,7 +250,9 @@ def open_study(cfg: Config, storage: str):
         # several processes on one SQLite file: wait for the write lock instead of failing at once
         kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     # heartbeats let a resumed study mark the trials of a crashed worker FAIL instead of RUNNING forever
-    rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
+        rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120, **kw)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0, interval_steps=1)
               if tc.pruner == "median" else optuna.pruners.NopPruner())
     try:
@@ -298,7 +320,8 @@ def parent_run_id(study, created: bool, cfg: Config, experiment_id: str, env_run
 
 
 # --------------------------------------------------------------------------- the study
-def tune(cfg: Config, n_trials: int | None = None) -> TuneResult:
+def tune(cfg: Config, n_trials: int | None = None, enqueue: list[dict[str, Any]] | None = None) -> TuneResult:
+    """Run n_trials (default tune.n_trials) more trials of the study; `enqueue`: param sets to try first."""
     import mlflow
     import optuna
 
@@ -322,7 +345,10 @@ def tune(cfg: Config, n_trials: int | None = None) -> TuneResult:
         _ensure_store(cfg)
         d_in = _feature_dim(cfg) if tc.target == "sae" else None
         study, created = open_study(cfg, storage)
+        before = {t.number for t in study.get_trials(deepcopy=False)}
         pid = parent_run_id(study, created, cfg, exp_id, env_run)
+        for params in enqueue or []:
+            study.enqueue_trial(params, skip_if_exists=True)
         outer = None
         if env_run and env_run != pid:
             outer = mlflow.start_run(run_id=env_run)
@@ -330,7 +356,6 @@ def tune(cfg: Config, n_trials: int | None = None) -> TuneResult:
         mlflow.start_run(run_id=pid, nested=outer is not None)
         try:
             _log_parent_params(cfg, storage, space)
-            before = {t.number for t in study.get_trials(deepcopy=False)}
             objective = _objective(cfg, space, d_in, pid)
             study.optimize(objective, n_trials=n_trials, timeout=tc.timeout_s or None, catch=(Exception,),
                            gc_after_trial=True)

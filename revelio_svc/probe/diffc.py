@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .linear import FORMAT, META, VERSION, ProbeFormatError, _json_default, read_meta
 
@@ -107,7 +107,7 @@ class DiffCProbe:
         return {"weights": d / WEIGHTS, "meta": d / META}
 
     @classmethod
-    def load(cls, directory: str | Path, device: str = "cpu") -> "DiffCProbe":
+    def load(cls, directory: str | Path, device: str = "cpu") -> DiffCProbe:
         d = Path(directory)
         meta = read_meta(d, "diffc")
         arch = meta.pop("arch")
@@ -163,5 +163,5 @@ def train_diffc(X: np.ndarray, y: np.ndarray, n_classes: int, *, width: int = 64
         history.append(float(np.mean(losses)))
     model.eval()
     info = {"epochs": int(epochs), "lr": float(lr), "weight_decay": float(weight_decay),
-            "batch_size": int(batch_size), "seed": int(seed), "n_train": int(len(y)), **(meta or {})}
+            "batch_size": int(batch_size), "seed": int(seed), "n_train": len(y), **(meta or {})}
     return DiffCProbe(model, arch, info, history)

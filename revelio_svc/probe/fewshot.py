@@ -69,9 +69,7 @@ def few_shot_rows(labels: np.ndarray, is_test: np.ndarray, k: int | None, seed: 
     if index.shape != labels.shape or (len(index) > 1 and np.any(np.diff(index) <= 0)):
         raise ValueError("index must hold one increasing dataset index per row (the store's index())")
     train = np.flatnonzero(~is_test)
-    if k is None:
-        picked = train
-    elif train.size == 0:
+    if k is None or train.size == 0:
         picked = train
     else:
         # labels over dataset indices; -1 (never picked) where no row of the store is that image

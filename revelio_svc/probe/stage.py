@@ -15,8 +15,14 @@ import scipy.sparse as sp
 
 from ..config import Config, ConfigError, config_hash, to_dict
 from ..features.store import FeatureSet, FeatureStore, open_store
-from .controls import (aligned_features, dataset_for_store, pixel_control, pool_tokens, random_init_store,
-                       random_relu_expansion)
+from .controls import (
+    aligned_features,
+    dataset_for_store,
+    pixel_control,
+    pool_tokens,
+    random_init_store,
+    random_relu_expansion,
+)
 from .diffc import train_diffc
 from .fewshot import FewShotResult, run_few_shot
 from .linear import _json_default, fit_linear_probe
@@ -28,8 +34,10 @@ DEFAULT_DEPTH = 3
 # --------------------------------------------------------------------------- SAE access
 # Thin seams around revelio_svc.sae so the stage imports without it and tests can stand in for it.
 def _load_sae(path: str):
-    from ..sae import load_sae
-
+    if Path(path).exists():
+        from ..sae import load_sae
+    else:  # NAME@alias, models:/…, runs:/… : the registry resolves those
+        from ..registry import load_sae
     return load_sae(path)
 
 
@@ -115,7 +123,8 @@ def main_inputs(cfg: Config, store: FeatureStore) -> ProbeInputs:
     return ProbeInputs(X, hp, t, latent_pooling if sae_input == "tokens" else set_pooling, sae, ref, fs)
 
 
-def control_inputs(cfg: Config, store: FeatureStore, main: ProbeInputs, is_test: np.ndarray) -> dict[str, Any]:
+def control_inputs(cfg: Config, store: FeatureStore, main: ProbeInputs, is_test: np.ndarray,
+                   progress: bool = False) -> dict[str, Any]:
     """name → input matrix of every control, rows aligned with the model's rows."""
     pc = cfg.probe
     ds = dataset_for_store(cfg, store)
@@ -124,7 +133,8 @@ def control_inputs(cfg: Config, store: FeatureStore, main: ProbeInputs, is_test:
     train_rows = np.flatnonzero(~is_test)
     if pc.kind == "diffc":
         out["pixels"] = pixel_control(cfg, store, size=min(ds.image_size, 64), flatten=False, dataset=ds)
-        rstore = random_init_store(cfg, [main.hook_point], [main.timestep], ["tokens"], fingerprint, ds)
+        rstore = random_init_store(cfg, [main.hook_point], [main.timestep], ["tokens"], fingerprint, ds, progress,
+                                   model_backbone=store.config.get("backbone"))
         out["random_init"] = aligned_features(rstore, main.hook_point, main.timestep, "tokens", store.index())
         return out
     out["pixels"] = pixel_control(cfg, store, size=16, flatten=True, dataset=ds)
@@ -142,7 +152,8 @@ def control_inputs(cfg: Config, store: FeatureStore, main: ProbeInputs, is_test:
             raw = main.source_feats.load()
             out["raw_features"] = raw
             out["random_relu"] = random_relu_expansion(raw, ref["n_latents"], train_rows, main.pooling)
-    rstore = random_init_store(cfg, [main.hook_point], [main.timestep], [main.pooling], fingerprint, ds)
+    rstore = random_init_store(cfg, [main.hook_point], [main.timestep], [main.pooling], fingerprint, ds, progress,
+                               model_backbone=store.config.get("backbone"))
     out["random_init"] = aligned_features(rstore, main.hook_point, main.timestep, main.pooling, store.index())
     return out
 
@@ -204,12 +215,14 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> dict[str, Any]:
         "model": run_few_shot(fit, main.X, labels, is_test, shots, pc.seeds, n_classes, deterministic,
                               keep=[("all", 0)], index=store.index())}
     if pc.controls:
-        for name, Xc in control_inputs(cfg, store, main, is_test).items():
+        for name, Xc in control_inputs(cfg, store, main, is_test, progress).items():
             cmeta = {**meta, "input": name, "sae": None}
             results[name] = run_few_shot(probe_fitter(cfg, n_classes, cmeta), Xc, labels, is_test,
                                          list(pc.shots), pc.seeds, n_classes, deterministic,
                                          index=store.index())
 
+    if ("all", 0) not in results["model"].models:
+        raise ValueError(f"the train split of {store.uri} holds a single class of {pc.concept!r}: nothing to probe")
     probe = results["model"].models[("all", 0)]
     if probe.meta.get("converged") is False:
         print(f"note: the probe's solver stopped at probe.max_iter={pc.max_iter} before converging; "

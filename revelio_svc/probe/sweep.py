@@ -40,7 +40,7 @@ def store_pairs(store: FeatureStore, pooling: str, prefer: Sequence[str] = ()) -
     """Hook points (in `prefer` order first, then the store's) and sorted timesteps that have `pooling` features."""
     hps: list[str] = []
     ts: set[int] = set()
-    for key in store.keys():
+    for key in store.manifest["feature_sets"]:
         h, t, p = parse_set_key(key)
         if p == pooling:
             if h not in hps:
@@ -199,7 +199,8 @@ def sweep_stage(cfg: Config, sae_results: str | Path | None = None, output: str 
         for c in concepts:
             pixels[c] = probe_scores(Xp, labels[c], is_test, n_cls[c], pc.C, pc.max_iter)["accuracy"]
         rstore = random_init_store(cfg, hook_points, timesteps, [pooling],
-                                   store.config.get("dataset", {}).get("fingerprint"), ds, progress)
+                                   store.config.get("dataset", {}).get("fingerprint"), ds, progress,
+                                   model_backbone=store.config.get("backbone"))
 
     for hp in hook_points:
         for t in timesteps:
@@ -307,12 +308,13 @@ def summary_markdown(store_uri: str, pooling: str, hook_points: Sequence[str], t
         return "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.3f}"
 
     has_rand = any("random_init_at_best" in b for b in best.values())
-    lines = [f"# Probe sweep over hook points × timesteps", "",
-             f"Store `{store_uri}`, {pooling}-pooled features, linear probe trained on {n_train} train rows and "
-             f"tested on {n_test} test rows.", "",
-             "## Best (hook point, timestep) per concept, with its controls", "",
-             "| concept | best (hook point, t) | accuracy | macro-F1 | random-init there | best random-init | pixels "
-             "| chance |", "|---|---|---|---|---|---|---|---|"]
+    intro = (f"Store `{store_uri}`, {pooling}-pooled features, linear probe trained on {n_train} train rows and "
+             f"tested on {n_test} test rows.")
+    header = ("| concept | best (hook point, t) | accuracy | macro-F1 | random-init there | best random-init "
+              "| pixels | chance |")
+    lines = ["# Probe sweep over hook points × timesteps", "", intro, "",
+             "## Best (hook point, timestep) per concept, with its controls", "", header,
+             "|---|---|---|---|---|---|---|---|"]
     for c in concepts:
         b = best[c]
         rb = f"{f(b.get('random_init_best'))} ({b['random_init_best_at']})" if has_rand else "–"

@@ -201,7 +201,7 @@ def resolve_version(ref: ModelRef | str, client=None):
 
 def _version_numbers(client, name: str) -> list[str]:
     vs = client.search_model_versions(f"name='{name}'")
-    return sorted((v.version for v in vs), key=int)
+    return sorted((str(v.version) for v in vs), key=int)
 
 
 # --------------------------------------------------------------------------- fetching
@@ -274,8 +274,9 @@ def model_kind(model_dir: Path) -> str | None:
     """"sae", "probe" or "classifier" for a revelio MLflow model or raw saved directory; None if unknown."""
     ml = read_mlmodel(model_dir)
     if ml is not None:
-        conf = ((ml.get("flavors") or {}).get("python_function") or {}).get("config") or {}
-        return conf.get("kind")
+        arts = ((ml.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+        kinds = [k for k in ("sae", "probe", "classifier") if k in arts]
+        return kinds[0] if len(kinds) == 1 else None
     d = Path(model_dir)
     from ..classifier import META as CLS_META
     if (d / CLS_META).is_file():
@@ -331,9 +332,15 @@ def _wrap_load_error(e: Exception, what: str, where: Path) -> Exception:
     msg = str(e)
     if isinstance(e, RegistryError):
         return e
-    if any(w in msg for w in ("do not belong together", "does not match", "shape", "disagree")):
+    bare = msg.replace(str(where), "")  # the words of the message, not of the path
+    required = {"the SAE": ("sae.safetensors", "config.json"), "the probe": ("probe.json",),
+                "the classifier": ("classifier.json", "sae", "probe", "top_images.safetensors")}.get(what, ())
+    gone = [f for f in required if not (Path(where) / f).exists()]
+    if gone:
+        return MissingArtifactsError(f"{what} at {where} is incomplete: {', '.join(gone)} missing ({msg})")
+    if any(w in bare for w in ("do not belong together", "does not match", "shape", "disagree")):
         return ModelMismatchError(f"{what} at {where}: {msg}")
-    if isinstance(e, FileNotFoundError) or "missing" in msg or "does not exist" in msg:
+    if isinstance(e, FileNotFoundError) or "missing" in bare or "does not exist" in bare:
         return MissingArtifactsError(f"{what} at {where} is incomplete: {msg}")
     return e
 
@@ -370,6 +377,7 @@ def load_classifier(uri: str, device: str | None = None):
         p = payload_dir(d, "classifier")
         try:
             clf = Classifier.load(p, device=device)
+            clf.adapter  # a bundled backbone is read now, while the fetched files still exist
         except (OSError, RuntimeError, ValueError) as e:
             raise _wrap_load_error(e, "the classifier", p) from e
         clf.source = info
@@ -475,25 +483,30 @@ def champion_decision(client, name: str, metric_name: str, value: float | None,
                                      f"({old:.6g}, {'higher' if higher_is_better else 'lower'} is better)")
 
 
-def verify_logged_files(model_uri: str, local_dir: Path, kind: str) -> None:
+def verify_logged_files(info, local_dir: Path, kind: str) -> None:
     """Every file of the payload and the MLmodel must be in the artifact store before a version points at it."""
     import mlflow
 
-    def walk(uri: str, prefix: str = "") -> dict[str, int | None]:
+    try:
+        base = mlflow.get_logged_model(info.model_id).artifact_location.rstrip("/")
+    except Exception as e:
+        raise MissingArtifactsError(f"the logged model {info.model_uri} cannot be found: {e}") from e
+
+    def walk(rel: str = "") -> dict[str, int | None]:
         files: dict[str, int | None] = {}
-        for fi in mlflow.artifacts.list_artifacts(artifact_uri=uri):
-            rel = fi.path.rsplit("/", 1)[-1] if not prefix else f"{prefix}/{fi.path.rsplit('/', 1)[-1]}"
+        for fi in mlflow.artifacts.list_artifacts(artifact_uri=f"{base}/{rel}" if rel else base):
+            name = f"{rel}/{fi.path.rsplit('/', 1)[-1]}" if rel else fi.path.rsplit("/", 1)[-1]
             if fi.is_dir:
-                files.update(walk(f"{uri.rstrip('/')}/{fi.path.rsplit('/', 1)[-1]}", rel))
+                files.update(walk(name))
             else:
-                files[rel] = fi.file_size
+                files[name] = fi.file_size
         return files
 
     try:
-        remote = walk(model_uri)
+        remote = walk()
     except Exception as e:
-        raise MissingArtifactsError(f"cannot list the logged files of {model_uri}: {e}") from e
-    want = {"MLmodel": None}
+        raise MissingArtifactsError(f"cannot list the logged files of {info.model_uri} at {base}: {e}") from e
+    want: dict[str, int | None] = {"MLmodel": None}
     for p in Path(local_dir).rglob("*"):
         if p.is_file():
             want[f"artifacts/{kind}/{p.relative_to(local_dir).as_posix()}"] = p.stat().st_size
@@ -501,7 +514,8 @@ def verify_logged_files(model_uri: str, local_dir: Path, kind: str) -> None:
     wrong = [k for k, size in want.items() if k in remote and size is not None and remote[k] not in (None, size)]
     if missing or wrong:
         raise MissingArtifactsError(
-            f"the artifact store lacks files of {model_uri}: missing {missing[:5]}, wrong size {wrong[:5]}")
+            f"the artifact store lacks files of {info.model_uri} ({base}): missing {missing[:5]}, "
+            f"wrong size {wrong[:5]}; no version was registered")
 
 
 def register_model(kind: str, local_dir: str | Path, metrics: dict[str, float], tags: dict[str, str] | None = None,
@@ -530,7 +544,7 @@ def register_model(kind: str, local_dir: str | Path, metrics: dict[str, float], 
     client = _client()
 
     info = log_pyfunc(kind, local_dir, example=example)
-    verify_logged_files(info.model_uri, local_dir, kind)
+    verify_logged_files(info, local_dir, kind)
 
     run = mlflow.active_run()
     run_id = run.info.run_id if run is not None else getattr(info, "run_id", None)
@@ -543,8 +557,10 @@ def register_model(kind: str, local_dir: str | Path, metrics: dict[str, float], 
             client.create_registered_model(name, description=_MODEL_DESCRIPTIONS.get(kind, ""))
         except Exception:
             client.get_registered_model(name)  # created by a concurrent worker meanwhile
+    # the headline metrics only (stages report dozens of per-concept ones; the runs keep them all)
+    shown = {k: v for k, v in metrics.items() if "." not in k or k == metric_name}
     vtags = {"kind": kind, **{k: str(v) for k, v in (tags or {}).items()},
-             **{METRIC_TAG + k: repr(v) for k, v in metrics.items()},
+             **{METRIC_TAG + k: repr(v) for k, v in shown.items()},
              "compared_on": metric_name, "higher_is_better": str(bool(higher_is_better)).lower()}
     mv = client.create_model_version(name, source=info.model_uri, run_id=run_id, tags=vtags,
                                      description=description or None, model_id=info.model_id)

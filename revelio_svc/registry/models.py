@@ -2,8 +2,8 @@
 
 Each is logged as *models from code*: MLflow stores a three-line Python file (ENTRY_CODE, the same as
 registry/pyfunc_models.py) instead of a pickled object, and the weights as artifacts (safetensors + JSON)
-under `artifacts/<kind>/`. `model_config={"kind": ...}` tells the one `RevelioPyfunc` class which model
-it is. Signatures and input examples are logged with every model; see registry/README.md.
+under `artifacts/<kind>/`; the name of that one artifact tells the single `RevelioPyfunc` class which model
+it is (no model_config: MLflow would log it as run params, which clash when one run logs several models). Signatures and input examples are logged with every model; see registry/README.md.
 
     revelio-sae         float32 tensor (-1, d_in)        → float32 tensor (-1, n_latents)   dense latent codes
     revelio-probe       float32 tensor (-1, n_features)  → float64 tensor (-1, n_classes)   class probabilities
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import mlflow
 from mlflow.pyfunc import PythonModel
 
 # Kept identical to registry/pyfunc_models.py (a test compares them): the file MLflow stores and runs on load.
-ENTRY_CODE = '''"""Models-from-code entry of every revelio pyfunc model (no pickle); the kind comes from model_config."""
+ENTRY_CODE = '''"""Models-from-code entry of every revelio pyfunc model (no pickle); the artifact name gives the kind."""
 import mlflow
 
 from revelio_svc.registry.models import RevelioPyfunc
@@ -75,15 +76,15 @@ def _images(model_input: Any) -> list[Any]:
 
 
 class RevelioPyfunc(PythonModel):
-    """One pyfunc class for the three registered models; `context.model_config["kind"]` picks the behaviour."""
+    """One pyfunc class for the three registered models; the name of the model's one artifact picks the behaviour."""
 
     def load_context(self, context) -> None:
-        kind = (context.model_config or {}).get("kind")
-        if kind not in ARTIFACT_KEYS:
-            raise ValueError(f"model_config kind must be one of {ARTIFACT_KEYS}, got {kind!r}")
-        path = context.artifacts.get(kind)
-        if path is None:
-            raise FileNotFoundError(f"the {kind} model has no '{kind}' artifact")
+        kinds = [k for k in ARTIFACT_KEYS if k in (context.artifacts or {})]
+        if len(kinds) != 1:
+            raise FileNotFoundError(f"a revelio model has exactly one artifact named {', '.join(ARTIFACT_KEYS)}; "
+                                    f"this one has: {', '.join(context.artifacts or {}) or 'none'}")
+        kind = kinds[0]
+        path = context.artifacts[kind]
         self.kind = kind
         if kind == "sae":
             from ..sae import load_sae
@@ -160,10 +161,11 @@ def signature_and_example(kind: str, payload: Path, example: Any = None):
         meta = json.loads((payload / "probe.json").read_text())
         nf = int(meta["n_features"])
         nc = len(meta.get("class_names") or meta["classes"])
-        sig = ModelSignature(Schema([TensorSpec(np.dtype(np.float64), (-1, nf), "inputs")]),
+        # float32 in: features and latents come as float32 from the store and the SAE
+        sig = ModelSignature(Schema([TensorSpec(np.dtype(np.float32), (-1, nf), "inputs")]),
                              Schema([TensorSpec(np.dtype(np.float64), (-1, nc), "probabilities")]))
-        ex = (np.asarray(example, np.float64)[:2] if example is not None
-              else np.abs(np.random.default_rng(0).standard_normal((2, nf))))
+        ex = (np.asarray(example, np.float32)[:2] if example is not None
+              else np.abs(np.random.default_rng(0).standard_normal((2, nf))).astype(np.float32))
         return sig, ex
     from ..classifier import META
 
@@ -196,6 +198,10 @@ def log_pyfunc(kind: str, payload: str | Path, example: Any = None, name: str | 
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "revelio_pyfunc.py"
         code.write_text(ENTRY_CODE)
+        # MLflow stores an artifact directory under its own base name: stage it as `<kind>` so every model
+        # has the same layout (artifacts/sae/, artifacts/probe/, artifacts/classifier/)
+        staged = Path(tmp) / kind
+        shutil.copytree(payload, staged)
         return mlflow.pyfunc.log_model(
-            name=name or f"revelio-{kind}", python_model=str(code), artifacts={kind: str(payload)},
-            model_config={"kind": kind}, signature=sig, input_example=ex, pip_requirements=pip_requirements())
+            name=name or f"revelio-{kind}", python_model=str(code), artifacts={kind: str(staged)},
+            signature=sig, input_example=ex, pip_requirements=pip_requirements())

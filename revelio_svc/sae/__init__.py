@@ -5,9 +5,21 @@ from .latents import image_latents, latent_maps
 from .topk import TopKSAE, TopKSAEConfig
 
 __all__ = [
-    "SAEConfigBase", "SAELoadError", "SparseAutoencoder", "TopKSAE", "TopKSAEConfig", "BatchTopKSAE",
-    "BatchTopKSAEConfig", "build_sae", "geometric_median", "load_sae", "image_latents", "latent_maps",
-    "train_sae", "TrainResult", "TrainingError",
+    "BatchTopKSAE",
+    "BatchTopKSAEConfig",
+    "SAEConfigBase",
+    "SAELoadError",
+    "SparseAutoencoder",
+    "TopKSAE",
+    "TopKSAEConfig",
+    "TrainResult",
+    "TrainingError",
+    "build_sae",
+    "geometric_median",
+    "image_latents",
+    "latent_maps",
+    "load_sae",
+    "train_sae",
 ]
 
 

@@ -316,7 +316,7 @@ class SparseAutoencoder(nn.Module):
 
 def build_sae(config: SAEConfigBase, seed: int = 0) -> SparseAutoencoder:
     """The model class for a config's variant."""
-    for name, (ccls, mcls) in variants().items():
+    for ccls, mcls in variants().values():
         if type(config) is ccls:
             return mcls(config, seed=seed)
     raise ValueError(f"no SAE variant takes a {type(config).__name__}")
@@ -348,7 +348,8 @@ def load_sae(path: str | os.PathLike) -> SparseAutoencoder:
     except json.JSONDecodeError as e:
         raise SAELoadError(f"{cfg_path} is not valid JSON: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != SAE_FORMAT:
-        raise SAELoadError(f"{cfg_path} is not a revelio SAE config (format {meta.get('format') if isinstance(meta, dict) else None!r})")
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise SAELoadError(f"{cfg_path} is not a revelio SAE config (format {fmt!r}, expected {SAE_FORMAT!r})")
     if meta.get("version") != SAE_VERSION:
         raise SAELoadError(f"{cfg_path} has SAE format version {meta.get('version')!r}; this revelio reads "
                            f"version {SAE_VERSION}")
@@ -372,7 +373,7 @@ def load_sae(path: str | os.PathLike) -> SparseAutoencoder:
             raise SAELoadError(
                 f"{d}: tensor {name} has shape {got} but config.json says d_in={config.d_in}, "
                 f"n_latents={config.n_latents} (expected {shape}); the config and the weights do not belong together")
-    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
     model.check_loaded(meta, d)
     model.eval()
     return model

@@ -39,7 +39,8 @@ class NonFiniteInputError(ValueError):
 
 def heldout_mask(index: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Deterministic per-image choice of a held-out fraction, from the dataset index alone."""
-    h = (index.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64((seed * 0x632BE59BD9B4E019 + 1) % (1 << 64)))
+    salt = np.uint64((seed * 0x632BE59BD9B4E019 + 1) % (1 << 64))
+    h = index.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + salt
     h ^= h >> np.uint64(31)
     h *= np.uint64(0xBF58476D1CE4E5B9)
     h ^= h >> np.uint64(29)
@@ -74,7 +75,8 @@ def plan_split(fset: FeatureSet, heldout_fraction: float = 0.1, seed: int = 0) -
     store = fset.store
     if not store.complete:
         raise StoreError(f"the feature store at {store.uri} is incomplete ({len(store.shard_ids)} of "
-                         f"{store.manifest['n_shards']} shards); run `revelio extract` with the same config to finish it")
+                         f"{store.manifest['n_shards']} shards); run `revelio extract` with the same config "
+                         "to finish it")
     per_row = int(np.prod(fset.shape[:-1])) if len(fset.shape) > 1 else 1
     rows = {i: store.rows(i) for i in store.shard_ids}
     any_test = any(bool(r["split"].astype(bool).any()) for r in rows.values())
@@ -207,7 +209,7 @@ def eval_vectors(fset: FeatureSet, plan: SplitPlan, max_vectors: int = 65536, se
             continue
         v = _vectors(arr, rows)
         if frac < 1.0:
-            m = max(1, int(round(len(v) * frac)))
+            m = max(1, round(len(v) * frac))
             keep = np.sort(np.random.default_rng([seed, s, 2]).choice(len(v), size=m, replace=False))
             v = v[keep]
         parts.append(v)

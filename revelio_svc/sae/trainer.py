@@ -123,14 +123,12 @@ class SparseStep:
 
     def __init__(self, sae: SparseAutoencoder, lr: float, *, auxk_coef: float = 1.0 / 32, k_aux: int = 0,
                  dead_window: int = 400_000, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 fused: bool | None = None):
+                 fused: bool = True):
         self.sae = sae
         self.auxk_coef = float(auxk_coef)
         self.k_aux = int(k_aux) if k_aux > 0 else max(1, sae.d_in // 2)
         self.dead_window = int(dead_window)
         self.params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_pre]
-        if fused is None:
-            fused = True
         try:
             self.opt = torch.optim.Adam(self.params, lr=lr, betas=betas, eps=eps, fused=fused)
         except (RuntimeError, ValueError):  # pragma: no cover - builds without the fused kernel
@@ -337,18 +335,31 @@ def training_key(sc: SAEConfig, store: FeatureStore, buffer_vectors: int) -> dic
             "buffer_vectors": int(buffer_vectors), "trainer_version": TRAINER_VERSION}
 
 
+def check_trainer_config(sc: SAEConfig) -> None:
+    """Options SAEConfig does not validate itself yet; a clear ConfigError instead of a crash mid-run."""
+    for name, ok, what in (("checkpoint_every", sc.checkpoint_every > 0, "must be > 0"),
+                           ("eval_every", sc.eval_every > 0, "must be > 0"),
+                           ("dead_window", sc.dead_window > 0, "must be > 0"),
+                           ("warmup_steps", sc.warmup_steps >= 0, "must be >= 0"),
+                           ("k_aux", sc.k_aux >= 0, "must be >= 0 (0 = d_in // 2)"),
+                           ("num_threads", sc.num_threads >= 0, "must be >= 0 (0 = torch default)")):
+        if not ok:
+            raise ConfigError(f"sae.{name}: {what}, got {getattr(sc, name)}")
+
+
 def make_sae_config(sc: SAEConfig, d_in: int, store: FeatureStore):
     n_latents = d_in * sc.expansion
     if sc.k > n_latents:
-        raise ConfigError(f"sae.k: {sc.k} is more than the {n_latents} latents (d_in {d_in} × expansion {sc.expansion})")
+        raise ConfigError(f"sae.k: {sc.k} is more than the {n_latents} latents "
+                          f"(d_in {d_in} × expansion {sc.expansion})")
     conf = store.config or {}
     backbone = conf.get("backbone", {}) if isinstance(conf.get("backbone"), dict) else {}
-    kw = dict(d_in=d_in, n_latents=n_latents, k=sc.k, relu=sc.relu, normalize=sc.normalize,
-              hook_point=sc.hook_point, timestep=sc.timestep, backbone=str(backbone.get("id", "")),
-              backbone_init=str(backbone.get("init", "")),
-              dataset_fingerprint=str((conf.get("dataset") or {}).get("fingerprint", "")),
-              store_config_hash=str(store.manifest.get("config_hash", "")), input=sc.input,
-              pooling=sc.pooling if sc.input == "pooled" else "", latent_pooling=sc.latent_pooling)
+    kw = {"d_in": d_in, "n_latents": n_latents, "k": sc.k, "relu": sc.relu, "normalize": sc.normalize,
+          "hook_point": sc.hook_point, "timestep": sc.timestep, "backbone": str(backbone.get("id", "")),
+          "backbone_init": str(backbone.get("init", "")),
+          "dataset_fingerprint": str((conf.get("dataset") or {}).get("fingerprint", "")),
+          "store_config_hash": str(store.manifest.get("config_hash", "")), "input": sc.input,
+          "pooling": sc.pooling if sc.input == "pooled" else "", "latent_pooling": sc.latent_pooling}
     return BatchTopKSAEConfig(**kw) if sc.variant == "batchtopk" else TopKSAEConfig(**kw)
 
 
@@ -378,7 +389,7 @@ def _mlflow_active():
 
 
 def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: str | os.PathLike | None = None,
-              buffer_mb: float = 512.0, max_eval_vectors: int = 65536, init_samples: int = 65536,
+              buffer_mb: float = 512.0, max_eval_vectors: int = 32768, init_samples: int = 65536,
               on_step: Callable[[int, StepStats], None] | None = None, progress: bool = True) -> TrainResult:
     """Train the SAE `cfg.sae` describes on its feature store; resumes from a checkpoint in the output dir.
 
@@ -387,6 +398,7 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
     A complete output is returned as is unless `cfg.force`.
     """
     sc = cfg.sae
+    check_trainer_config(sc)
     if sc.num_threads:
         torch.set_num_threads(sc.num_threads)
     if store is None:
@@ -502,12 +514,12 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
     _atomic_write_text(metrics_path, json.dumps(
         {"complete": True, "metrics": final, "history": history, "lr": lr, "steps": sc.steps,
          "training_key": key, "store_uri": store.uri, "feature_set": fset.key,
-         "n_train_vectors": stream.n_vectors, "n_eval_vectors": int(len(ev)),
+         "n_train_vectors": stream.n_vectors, "n_eval_vectors": len(ev),
          "heldout": "store test rows" if not plan.heldout_fallback else
          f"{sc.heldout_fraction:g} of the train images (the store has no test rows)"}, indent=2, default=float))
     ckpt_path.unlink(missing_ok=True)
     return TrainResult(str(out), sae, final, history, lr, sc.steps, resumed_from, store.uri, fset.key,
-                       stream.n_vectors, int(len(ev)))
+                       stream.n_vectors, len(ev))
 
 
 def _key_mismatch(out: Path, saved: Any, key: dict[str, Any]) -> str:

@@ -56,6 +56,15 @@ def write_planted_store(root: Path, n: int = 120, hook_points=("down_blocks.1", 
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_blas_thread():
+    """lbfgs on these tiny problems is 3× slower with a BLAS thread per core on a busy 2-core machine."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_unet(tmp_path_factory) -> Path:
     """A random 2-level UNet2DModel saved with save_pretrained (no hub, seconds to build)."""

@@ -6,8 +6,14 @@ import scipy.sparse as sp
 
 from revelio_svc.config import replace
 from revelio_svc.features.store import open_store
-from revelio_svc.probe.controls import (ControlError, align_rows, downsample, pixel_control, random_init_config,
-                                        random_relu_expansion)
+from revelio_svc.probe.controls import (
+    ControlError,
+    align_rows,
+    downsample,
+    pixel_control,
+    random_init_config,
+    random_relu_expansion,
+)
 
 
 def test_random_relu_expansion_matches_sae_width_and_pooling():
@@ -62,3 +68,12 @@ def test_pixel_control_rows_are_the_store_rows(extracted):
     other = replace(cfg, **{"data.seed": 9})
     with pytest.raises(ControlError, match="another dataset"):
         pixel_control(other, store)
+
+
+def test_random_init_control_refuses_another_architecture(extracted):
+    from revelio_svc.probe.controls import random_init_store
+
+    cfg, _ = extracted
+    with pytest.raises(ControlError, match="same architecture"):
+        random_init_store(cfg, ["up_blocks.1"], [10], ["mean"],
+                          model_backbone={"kind": "unet2d", "id": "some/other-model"})

@@ -8,11 +8,9 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import f1_score
 
-from revelio_svc.probe import linear
-from revelio_svc.probe import load_probe
+from revelio_svc.probe import linear, load_probe
 from revelio_svc.probe.linear import LinearProbe, ProbeFormatError, fit_linear_probe
-from revelio_svc.probe.metrics import (accuracy, confusion, label_spread, macro_f1, per_class_accuracy,
-                                       sigma_label)
+from revelio_svc.probe.metrics import accuracy, confusion, label_spread, macro_f1, per_class_accuracy, sigma_label
 
 
 def planted(n=300, d=20, k=3, sep=3.0, seed=0):

@@ -43,7 +43,8 @@ def test_linear_probe_stage_logs_probe_controls_and_report(extracted, mlflow_db)
 
     run_id = run.info.run_id
     assert artifact_names(run_id, "probe") == {"probe.json", "probe.safetensors"}
-    assert {"results.csv", "fewshot_runs.csv", "metrics.json", "confusion.png"} <= artifact_names(run_id, "probe_report")
+    report = artifact_names(run_id, "probe_report")
+    assert {"results.csv", "fewshot_runs.csv", "metrics.json", "confusion.png"} <= report
     logged = MlflowClient().get_run(run_id).data
     assert logged.metrics["accuracy"] == pytest.approx(out["metrics"]["accuracy"])
     assert "control.random_init.all.accuracy_mean" in logged.metrics

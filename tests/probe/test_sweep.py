@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -9,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from revelio_svc.config import Config, replace
 from revelio_svc.features.store import open_store
-from revelio_svc.probe.sweep import read_sae_results, sweep_stage
+from revelio_svc.probe.sweep import read_sae_results, sweep_concepts, sweep_stage
 
 from .conftest import write_planted_store
 
@@ -34,7 +35,7 @@ def test_sweep_on_a_planted_store_writes_and_logs_every_artifact(tmp_path, mlflo
     cfg = replace(Config(), **{"probe.store": str(store), "probe.controls": False, "output_dir": str(tmp_path / "o"),
                                "extract.hook_points": ("up_blocks.1", "down_blocks.1")})
     with mlflow.start_run() as run:
-        out = sweep_stage(cfg, sae_results=sae_dir)
+        out = sweep_stage(cfg, sae_results=sae_dir, concepts=["shape", "colour"])  # fewer figures, faster
 
     # the planted pair wins for shape and is far above chance (3 classes)
     assert (out["best"]["shape"]["hook_point"], out["best"]["shape"]["timestep"]) == ("up_blocks.1", 10)
@@ -48,9 +49,9 @@ def test_sweep_on_a_planted_store_writes_and_logs_every_artifact(tmp_path, mlflo
     assert set(df[df.input == "sae"].metric) == {"fvu", "dead_frac", "label_purity.shape"}
     assert {"sigma_label", "macro_f1"} <= set(df[df.input == "trained"].metric)
 
-    summary = open(out["summary"]).read()
+    summary = Path(out["summary"]).read_text()
     assert "| shape | up_blocks.1, t=10 |" in summary and "SAE metrics" in summary
-    for c in ("shape", "colour", "size", "background"):
+    for c in ("shape", "colour"):
         assert any(p.endswith(f"heatmaps/{c}__accuracy.png") for p in out["heatmaps"])
         assert any(p.endswith(f"lines/{c}__accuracy_vs_timestep.png") for p in out["line_plots"])
     assert any(p.endswith("heatmaps/sae__fvu.png") for p in out["heatmaps"])
@@ -96,3 +97,9 @@ def test_read_sae_results_ignores_other_json(tmp_path):
     recs = read_sae_results(tmp_path)
     assert [(r["metric"], r["value"]) for r in recs] == [("l0", 31.5)]
     assert read_sae_results(tmp_path / "missing") == []
+
+
+def test_default_concepts():
+    names = {c: ["a", "b"] for c in ("position", "background", "shape", "size", "colour")}
+    assert sweep_concepts(names) == ["shape", "colour", "size", "background"]  # position is a nuisance
+    assert sweep_concepts({"label": ["0", "1"]}) == ["label"]

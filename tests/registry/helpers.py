@@ -56,7 +56,12 @@ def template_db(tmp_path_factory) -> Path:
     import mlflow
 
     d = tmp_path_factory.mktemp("mlflow_template")
-    mlflow.MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}").search_experiments()
+    cwd = os.getcwd()
+    os.chdir(d)  # the Default experiment's artifact location is resolved against the working directory
+    try:
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}").search_experiments()
+    finally:
+        os.chdir(cwd)
     return d / "mlflow.db"
 
 
@@ -82,6 +87,7 @@ def fresh_mlflow(template_db, tmp_path, monkeypatch) -> str:
     monkeypatch.delenv("REVELIO_OPTUNA_STORAGE", raising=False)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("revelio")  # artifacts under this test's directory, never the template's
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()

@@ -19,12 +19,18 @@ pytestmark = pytest.mark.services
 def mlflow_client_env(monkeypatch, tmp_path):
     """A client environment with no AWS credentials and no S3 endpoint: only the server has them."""
     import mlflow
+    from mlflow.tracking import fluent
 
     isolate_aws(monkeypatch, tmp_path)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # set first, so that monkeypatch restores whatever mlflow.set_experiment writes there
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     before = mlflow.get_tracking_uri()
+    # set_experiment also keeps the id in a module global: a later test on another store would
+    # otherwise start its runs in an experiment id of this server
+    monkeypatch.setattr(fluent, "_active_experiment_id", None)
     yield
     while mlflow.active_run() is not None:
         mlflow.end_run()

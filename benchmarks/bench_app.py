@@ -1,0 +1,160 @@
+"""Latency of the demo's Classify action on the default models, on CPU: p50 / p95 over repeated requests.
+
+Two measurements of the same action (upload a 96 px PNG, get label + attribution + heatmaps + top images):
+
+- handler: what the app's Python does per request: decode the file (`service.decode_upload`), run
+  `Classifier.explain` (backbone forward to the hook point, SAE, probe, heatmaps), look up the top images'
+  labels and render the heatmap overlays and the top-image grid (`app.views`). Target p50 <= 300 ms.
+- http: the same through the served app with gradio_client (adds upload, queue, image encoding, download).
+
+Models: `--model` (a registry URI or pulled directory) when given; otherwise `app.quick.quick_classifier` on the
+default config — the shipped backbone `builtin:shapes-unet` when it is installed, else the default architecture
+with RANDOM weights (the output says which) — with the default SAE size (expansion 8, k=32) untrained, which
+costs the same as a trained one. Images differ per request (the examples, cycled), so nothing is cached.
+
+Run: `python benchmarks/bench_app.py` (`--quick` for a short smoke run; `--threads N` torch threads, default 1).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_P50_MS = 300.0
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))]
+
+
+def _summary(ms: list[float]) -> dict:
+    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 1), "p95_ms": round(_pct(ms, 0.95), 1),
+            "mean_ms": round(statistics.fmean(ms), 1), "max_ms": round(max(ms), 1)}
+
+
+def _inputs(n: int, size: int = 96) -> list[Path]:
+    """n distinct PNG uploads from the shapes generator (a seed no config trains on)."""
+    from PIL import Image
+
+    from revelio_svc.data import ShapesDataset
+
+    d = Path(tempfile.mkdtemp(prefix="revelio-bench-app-"))
+    ds = ShapesDataset(n=n, image_size=size, seed=777)
+    paths = []
+    for i in range(n):
+        p = d / f"img{i}.png"
+        Image.fromarray(ds.image(i)).save(p)
+        paths.append(p)
+    return paths
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="registry URI or pulled directory (default: quick classifier)")
+    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    ap.add_argument("--n-images", type=int, default=400, help="quick classifier: dataset images for the probe")
+    ap.add_argument("--no-http", action="store_true", help="skip the end-to-end HTTP measurement")
+    ap.add_argument("--quick", action="store_true", help="short smoke run")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = ap.parse_args()
+    if args.quick:
+        args.requests, args.warmup, args.n_images = 12, 2, 120
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from app import views
+    from app.service import DemoService
+    from revelio_svc.config import load_config
+
+    t0 = time.perf_counter()
+    if args.model:
+        from revelio_svc.registry import load_classifier
+
+        clf = load_classifier(args.model)
+        models = f"{args.model} (backbone {clf.backbone_cfg.id})"
+    else:
+        from app.quick import quick_classifier
+
+        q = quick_classifier(load_config(None, []), n_images=args.n_images)
+        clf = q.classifier
+        models = f"quick classifier on the default config; backbone: {q.backbone_note}"
+    setup_s = time.perf_counter() - t0
+    svc = DemoService(clf)
+    sf = clf.sae.config
+    print(f"models: {models}")
+    print(f"hook point {clf.hook_point}, t={clf.timestep}, {clf.data.image_size} px, SAE {sf.n_latents} latents "
+          f"k={sf.k} on {sf.input}; torch threads {args.threads}; setup {setup_s:.1f} s")
+
+    paths = _inputs(args.requests + args.warmup)
+
+    def handler(p: Path) -> None:
+        exp = svc.explain(str(p))
+        views.heatmap_items(exp, clf.top_values)
+        views.top_image_items(exp, svc.thumb, svc.n_top_images, clf.top_values)
+        views.contribution_frame(exp)
+
+    for p in paths[:args.warmup]:
+        handler(p)
+    ms = []
+    for p in paths[args.warmup:]:
+        t = time.perf_counter()
+        handler(p)
+        ms.append((time.perf_counter() - t) * 1000)
+    res = {"models": models, "threads": args.threads, "handler": _summary(ms)}
+    # the model part alone, for reference: explain on an already decoded image
+    rgb = [svc.explain(str(p))["rgb"] for p in paths[:args.warmup]]
+    ms_model = []
+    for i in range(args.requests):
+        t = time.perf_counter()
+        clf.explain(rgb[i % len(rgb)], top=svc.top, n_images=svc.n_top_images)
+        ms_model.append((time.perf_counter() - t) * 1000)
+    res["explain_only"] = _summary(ms_model)
+
+    if not args.no_http:
+        from gradio_client import Client, handle_file
+
+        from app.main import launch
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        demo = launch(clf, port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            c = Client(demo.local_url, verbose=False)
+            for p in paths[:args.warmup]:
+                c.predict(handle_file(str(p)), api_name="/classify")
+            ms_http = []
+            for p in paths[args.warmup:]:
+                t = time.perf_counter()
+                c.predict(handle_file(str(p)), api_name="/classify")
+                ms_http.append((time.perf_counter() - t) * 1000)
+            res["http"] = _summary(ms_http)
+        finally:
+            demo.close()
+
+    for k in ("handler", "explain_only", "http"):
+        if k in res:
+            r = res[k]
+            print(f"{k:>12}: p50 {r['p50_ms']:7.1f} ms   p95 {r['p95_ms']:7.1f} ms   (n={r['n']}, max {r['max_ms']} ms)")
+    ok = res["handler"]["p50_ms"] <= TARGET_P50_MS
+    print(f"target: handler p50 <= {TARGET_P50_MS:.0f} ms: {'met' if ok else 'MISSED'}")
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The demo through its HTTP API (gradio_client), served in-process on a tiny classifier."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from .conftest import MAX_PIXELS
+from .helpers import bad_files, convertible_files, example, gradient, write_png
+
+
+def _json(result):
+    return result[5]
+
+
+def test_model_info_names_model_backbone_hook_point_and_timestep(client, tiny_clf, tiny_model_dir):
+    info = client.predict(api_name="/model_info")
+    assert info["hook_point"] == "up_blocks.1" and info["timestep"] == 10
+    assert info["backbone"] == tiny_clf.backbone_cfg.id
+    assert info["uri"] == str(tiny_model_dir)  # a pulled directory is named by its path
+    assert info["classes"] == tiny_clf.class_names
+    assert info["sae"]["n_latents"] == 32 and info["sae"]["k"] == 4
+
+
+def test_classify_matches_the_library_and_explains_the_predicted_class(client, tiny_clf):
+    path = example("star")
+    label, notes, bars, heat, tops, exp = client.predict(handle_file(str(path)), api_name="/classify")
+
+    probs = tiny_clf.predict([str(path)])[0]
+    assert label["label"] == tiny_clf.class_names[int(np.argmax(probs))] == exp["label"]
+    got = {c["label"]: c["confidence"] for c in label["confidences"]}
+    assert got == pytest.approx(dict(zip(tiny_clf.class_names, probs)), abs=1e-9)
+    assert f"**{exp['label']}**" in notes
+
+    rows = exp["contributions"]
+    assert 1 <= len(rows) <= 6
+    contribs = [r["contribution"] for r in rows]
+    assert contribs == sorted(contribs, reverse=True)
+    scale = tiny_clf.probe.scaler_scale
+    for r in rows:
+        # contribution = activation × probe weight, on the probe's standardised scale
+        assert r["contribution"] == pytest.approx(r["activation"] / scale[r["latent"]] * r["weight"], rel=1e-9)
+        assert r["activation"] > 0
+        assert r["top_images"] == tiny_clf.top_images(r["latent"], 6)
+        assert r["top_labels"] == [tiny_clf.class_names[tiny_clf.dataset().labels("shape")[i]]
+                                   for i in r["top_images"]]
+    # one heatmap per latent; the top-image grid has a row per latent: its heatmap, then 6 top images
+    assert len(heat) == len(rows)
+    assert len(tops) == 7 * len(rows)
+    for r, k in zip(rows, range(0, len(tops), 7)):
+        assert tops[k]["caption"].startswith(f"latent {r['latent']} ")
+        assert [t["caption"].split()[0] for t in tops[k + 1:k + 1 + len(r["top_images"])]] == \
+            [f"#{i}" for i in r["top_images"]]
+    assert all(f"latent {r['latent']}" in h["caption"] for r, h in zip(rows, heat))
+    plot = bars["value"] if "value" in bars else bars  # the update may wrap the plot data
+    col = {c: i for i, c in enumerate(plot["columns"])}
+    assert [d[col["latent"]] for d in plot["data"]] == [f"#{r['latent']}" for r in rows]
+    assert [d[col["contribution"]] for d in plot["data"]] == pytest.approx(contribs, abs=1e-4)
+    assert exp["heatmap_grid"] == [16, 16]  # up_blocks.1 of the tiny UNet at 16 px
+    assert exp["input"]["notes"] == []  # an RGB PNG needs no conversion
+
+
+@pytest.mark.parametrize("kind,expect", [
+    ("text", "not an image file"), ("fake_png", "not an image file"),
+    ("truncated", "cannot be read"), ("empty", "empty"),
+])
+def test_bad_files_get_a_clear_message_and_the_app_keeps_serving(client, tmp_path, kind, expect):
+    path = bad_files(tmp_path)[kind]
+    with pytest.raises(AppError) as err:
+        client.predict(handle_file(str(path)), api_name="/classify")
+    msg = str(err.value)
+    assert expect in msg and path.name in msg
+    assert "Traceback" not in msg and str(tmp_path) not in msg  # no server paths, no stack trace
+    ok = client.predict(handle_file(str(example("circle"))), api_name="/classify")
+    assert _json(ok)["label"] in ok[0]["label"]
+
+
+def test_too_large_image_is_refused_with_the_limit(client, tmp_path):
+    side = int(MAX_PIXELS ** 0.5) + 50
+    big = write_png(tmp_path / "big.png", gradient(side, side))
+    with pytest.raises(AppError, match=rf"too large \({side}×{side} = {side * side:,} pixels; this demo accepts "
+                                        rf"at most {MAX_PIXELS:,}\)"):
+        client.predict(handle_file(str(big)), api_name="/classify")
+
+
+@pytest.mark.parametrize("mode", ["grayscale", "transparency", "16-bit"])
+def test_convertible_images_are_classified_and_the_conversion_is_reported(client, tmp_path, mode):
+    path = convertible_files(tmp_path)[mode]
+    label, notes, *_, exp = client.predict(handle_file(str(path)), api_name="/classify")
+    assert label["label"] == exp["label"]
+    assert any(mode in n for n in exp["input"]["notes"]), exp["input"]
+    assert "Converted:" in notes and mode in notes
+
+
+def test_fewshot_from_dataset_classify_save_and_reload(client, served, tiny_clf):
+    summary_md, gallery, summary = client.predict("shapes", "shape", 2, 0, api_name="/fewshot_sample")
+    assert summary["n_train"] == 12 and summary["per_class"] == {c: 2 for c in tiny_clf.class_names}
+    assert summary["n_test"] == 24 and 0.0 <= summary["test_accuracy"] <= 1.0
+    assert len(gallery) == 12 and "Held-out accuracy" in summary_md
+
+    path = example("hexagon")
+    label, *_, exp = client.predict(handle_file(str(path)), api_name="/fewshot_classify")
+    assert exp["label"] == label["label"] and set(exp["probs"]) == set(tiny_clf.class_names)
+
+    msg, saved = client.predict("fs-shapes", api_name="/fewshot_save")
+    assert saved.startswith(str(served[2])) and "revelio demo --model" in msg
+    from revelio_svc.classifier import Classifier
+
+    reloaded = Classifier.load(saved)
+    assert reloaded.predict([str(path)])[0] == pytest.approx([exp["probs"][c] for c in reloaded.class_names])
+    with pytest.raises(AppError, match="exists already"):
+        client.predict("fs-shapes", api_name="/fewshot_save")
+    with pytest.raises(AppError, match="not a usable name"):
+        client.predict("../escape", api_name="/fewshot_save")
+
+
+def test_fewshot_needs_training_first(served):
+    fresh = Client(served[0], verbose=False)  # a new session has no probe yet
+    with pytest.raises(AppError, match="train a few-shot probe first"):
+        fresh.predict(handle_file(str(example("star"))), api_name="/fewshot_classify")
+    with pytest.raises(AppError, match="less than minimum value 1"):  # the slider's own bound check
+        fresh.predict("shapes", "shape", 0, 0, api_name="/fewshot_sample")
+    with pytest.raises(AppError, match="has no concept 'flavour'"):
+        fresh.predict("shapes", "flavour", 2, 0, api_name="/fewshot_sample")
+
+
+def test_fewshot_from_uploads_skips_bad_files_and_names_them(client, tmp_path):
+    bad = bad_files(tmp_path)["text"]
+    args = ["round", [handle_file(str(example("circle"))), handle_file(str(example("hexagon")))],
+            "pointy", [handle_file(str(example("star"))), handle_file(str(example("triangle"))),
+                       handle_file(str(bad))],
+            "", None, "", None]
+    md, gallery, summary = client.predict(*args, api_name="/fewshot_upload")
+    assert summary["classes"] == ["round", "pointy"] and summary["per_class"] == {"round": 2, "pointy": 2}
+    assert len(summary["skipped"]) == 1 and "notes.txt" in summary["skipped"][0]
+    assert "Skipped files" in md and len(gallery) == 4
+    label, *_ = client.predict(handle_file(str(example("cross"))), api_name="/fewshot_classify")
+    assert label["label"] in ("round", "pointy")
+
+    with pytest.raises(AppError, match="at least two classes"):
+        client.predict("only", [handle_file(str(example("star")))], "", None, "", None, "", None,
+                       api_name="/fewshot_upload")
+
+
+def test_fewshot_register_creates_a_loadable_registered_version(client, mlflow_tmp, tiny_clf):
+    client.predict("shapes", "shape", 1, 0, api_name="/fewshot_sample")
+    msg, reg = client.predict("fs-registered", "revelio-fewshot-test", api_name="/fewshot_register")
+    assert reg["name"] == "revelio-fewshot-test" and reg["version"] == "1" and reg["champion"] is True
+    assert "version 1" in msg
+    from revelio_svc.registry import load_classifier
+
+    clf = load_classifier("revelio-fewshot-test@champion")
+    assert clf.class_names == tiny_clf.class_names and clf.hook_point == tiny_clf.hook_point
+    assert clf.meta.get("store_uri", None) == tiny_clf.meta.get("store_uri", None)
+
+
+def test_latent_browser_reports_top_images_frequency_and_purity(client, tiny_clf):
+    live = [j for j in range(tiny_clf.n_latents) if tiny_clf.top_indices[j, 0] >= 0]
+    j = live[-1]
+    md, gallery, dist, rep = client.predict(j, api_name="/latent")
+    assert rep["latent"] == j and rep["top_images"] == tiny_clf.top_images(j, 12)
+    assert len(gallery) == len(rep["top_images"])
+    assert 0.0 < rep["frequency"] <= 1.0 and rep["n_images"] == 40
+    assert rep["max_activation"] == pytest.approx(float(tiny_clf.top_values[j, 0]))
+    labels = tiny_clf.dataset().labels("shape")
+    counts = np.bincount(labels[rep["top_images"]], minlength=6)
+    assert rep["purity"]["shape"]["purity"] == pytest.approx(counts.max() / len(rep["top_images"]))
+    assert sum(rep["label_distribution"]["shape"].values()) == len(rep["top_images"])
+    assert f"Latent {j}" in md and "Activation frequency" in md
+    with pytest.raises(AppError, match="greater than maximum value 31"):  # the Number's own bound check
+        client.predict(32, api_name="/latent")
+
+
+def test_latent_search_ranks_latents_by_selectivity_for_a_label(client, tiny_clf):
+    table = client.predict("shape", "star", api_name="/latent_search")
+    rows = table["data"]
+    assert rows and table["headers"][:2] == ["latent", "selectivity"]
+    sel = [r[1] for r in rows]
+    assert sel == sorted(sel, reverse=True) and all(0 <= s <= 1 for s in sel)
+    assert all(0 <= r[0] < tiny_clf.n_latents for r in rows)
+    with pytest.raises(AppError, match="has no label 'dodecagon'"):
+        client.predict("shape", "dodecagon", api_name="/latent_search")
+
+
+def test_model_events_share_one_concurrency_limit_and_the_app_binds_loopback(served):
+    _, demo, _ = served
+    assert demo.server_name == "127.0.0.1"
+    by_name = {fn.api_name: fn for fn in demo.fns.values()}
+    for name in ("classify", "fewshot_sample", "fewshot_upload", "fewshot_classify", "latent", "latent_search"):
+        assert by_name[name].concurrency_limit == 2 and by_name[name].concurrency_id == "model", name
+    assert demo._queue.max_size == 64

@@ -1,0 +1,101 @@
+"""`revelio tune`: n trials → n nested runs under one parent; pruning; resume; two processes, one study."""
+from __future__ import annotations
+
+import subprocess
+
+import mlflow
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from revelio_svc.config import replace
+from revelio_svc.tune import PARENT_ATTR, tune
+from tests.registry.helpers import PY, REPO, fresh_mlflow, subprocess_env, template_db, trained  # noqa: F401
+
+GOOD, BAD = 3e-3, 1e-7  # SAE learning rates: one that trains in 40 steps, one that does not move at all
+
+
+def tune_cfg(trained, tmp_path, **changes):
+    cfg = trained[0]
+    return replace(cfg, **{"output_dir": str(tmp_path / "out"), "tune.storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+                           "tune.study_name": "tiny", "tune.metric": "fvu", "tune.direction": "minimize",
+                           # expansion and k fixed, only the learning rate is searched: a few seconds per trial
+                           "tune.search_space": {"expansion": 4, "k": 4, "auxk_coef": 0.0,
+                                                 "lr": {"low": 1e-8, "high": 5e-3, "log": True}},
+                           **changes})
+
+
+def trial_runs(client, parent_id):
+    exp = client.get_experiment_by_name("revelio").experiment_id
+    return sorted(client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'"),
+                  key=lambda r: int(r.data.tags["optuna.trial"]))
+
+
+def test_study_nests_n_trials_under_one_parent_prunes_and_resumes(fresh_mlflow, trained, tmp_path):
+    cfg = tune_cfg(trained, tmp_path)
+    # two good trials first, so the median pruner has a reference when the hopeless one reports
+    res = tune(cfg, n_trials=3, enqueue=[{"sae.lr": GOOD}, {"sae.lr": GOOD * 0.9}, {"sae.lr": BAD}])
+    client = MlflowClient()
+    runs = trial_runs(client, res.parent_run_id)
+    assert len(runs) == 3 and res.n_trials_run == 3
+    states = [r.data.tags["optuna.state"] for r in runs]
+    assert states == ["complete", "complete", "pruned"]
+    assert [r.info.status for r in runs] == ["FINISHED", "FINISHED", "KILLED"]
+    for r in runs[:2]:
+        assert float(r.data.params["sae.lr"]) in (GOOD, GOOD * 0.9)
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "intermediate.fvu")] == [20, 40]
+        assert r.data.metrics["value"] == pytest.approx(r.data.metrics["fvu"])
+    # the hopeless trial stopped at its first evaluation, half-way through training
+    assert [m.step for m in client.get_metric_history(runs[2].info.run_id, "intermediate.fvu")] == [20]
+    assert "value" not in runs[2].data.metrics
+
+    study = optuna.load_study(study_name="tiny", storage=cfg.tune.storage)
+    assert study.user_attrs[PARENT_ATTR] == res.parent_run_id
+    assert study.trials[2].state == optuna.trial.TrialState.PRUNED
+    parent = client.get_run(res.parent_run_id)
+    best = min(runs[:2], key=lambda r: r.data.metrics["value"])
+    assert parent.data.metrics["best_value"] == pytest.approx(best.data.metrics["value"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert float(parent.data.tags["best.sae.lr"]) == float(best.data.params["sae.lr"])
+    assert parent.data.params["tune.metric"] == "fvu" and "optuna.db" in parent.data.params["tune.storage"]
+    # the best trial's SAE is registered, tagged with its study and trial
+    mv = client.get_model_version_by_alias("revelio-sae", "champion")
+    assert mv.run_id == best.info.run_id and mv.tags["optuna.trial"] == f"tiny:{best.data.tags['optuna.trial']}"
+
+    # resuming the study adds trials under the same parent
+    again = tune(cfg, n_trials=1)
+    assert again.parent_run_id == res.parent_run_id
+    assert len(trial_runs(client, res.parent_run_id)) == 4
+
+
+def test_two_processes_share_one_sqlite_study(fresh_mlflow, trained, tmp_path):
+    cfg = tune_cfg(trained, tmp_path, **{"tracking.register": False})
+    import yaml
+
+    conf = tmp_path / "tune.yaml"
+    conf.write_text(yaml.safe_dump(cfg.to_dict()))
+    code = ("import sys; from revelio_svc.config import load_config; from revelio_svc.tune import tune;"
+            "tune(load_config(sys.argv[1]), n_trials=2)")
+    env = subprocess_env(MLFLOW_TRACKING_URI=fresh_mlflow)
+    procs = [subprocess.Popen([PY, "-c", code, str(conf)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+
+    study = optuna.load_study(study_name="tiny", storage=cfg.tune.storage)
+    assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    parent = study.user_attrs[PARENT_ATTR]
+    runs = trial_runs(MlflowClient(), parent)
+    assert len(runs) == 4  # every trial of both workers under the one parent
+    assert len({r.data.tags["optuna.worker"] for r in runs}) == 2  # and both workers contributed
+    exp = MlflowClient().get_experiment_by_name("revelio").experiment_id
+    assert len(MlflowClient().search_runs([exp], "tags.stage = 'tune'")) == 1
+
+
+def test_bad_tuning_config_is_refused(trained, tmp_path):
+    from revelio_svc.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tune.metric.*accuracy"):
+        tune(replace(tune_cfg(trained, tmp_path), **{"tune.target": "probe", "tune.metric": "fvu"}))
+    with pytest.raises(ConfigError, match="tune.search_space.*nonsense"):
+        tune(replace(tune_cfg(trained, tmp_path), **{"tune.search_space": {"nonsense": [1, 2]}}))
