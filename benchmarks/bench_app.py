@@ -133,7 +133,9 @@ def main() -> int:
             port = s.getsockname()[1]
         demo = launch(clf, port=port, prevent_thread_lock=True, quiet=True)
         try:
-            c = Client(demo.local_url, verbose=False)
+            # download_files=False: a browser fetches the ~50 result images in parallel, the client would fetch
+            # them one by one; the latency of interest is the server answering
+            c = Client(demo.local_url, verbose=False, download_files=False)
             for p in paths[:args.warmup]:
                 c.predict(handle_file(str(p)), api_name="/classify")
             ms_http = []

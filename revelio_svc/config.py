@@ -168,7 +168,7 @@ class SAEConfig:
     seed: int = 0
     checkpoint_every: int = 500
     eval_every: int = 250
-    heldout_fraction: float = 0.1
+    heldout_fraction: float = 0.1  # used only when the store has no test rows: train images held out by hash
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -179,6 +179,12 @@ class SAEConfig:
         _check(self.lr >= 0, "sae.lr", "must be >= 0")
         _check(self.auxk_coef >= 0, "sae.auxk_coef", "must be >= 0")
         _check(0 < self.heldout_fraction < 1, "sae.heldout_fraction", "must be in (0, 1)")
+        _check(self.checkpoint_every > 0, "sae.checkpoint_every", "must be > 0")
+        _check(self.eval_every > 0, "sae.eval_every", "must be > 0")
+        _check(self.dead_window > 0, "sae.dead_window", "must be > 0")
+        _check(self.warmup_steps >= 0, "sae.warmup_steps", "must be >= 0")
+        _check(self.k_aux >= 0, "sae.k_aux", "must be >= 0")
+        _check(self.num_threads >= 0, "sae.num_threads", "must be >= 0")
 
 
 @dataclass(frozen=True)

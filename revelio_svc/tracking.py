@@ -25,7 +25,8 @@ def setup(cfg: TrackingConfig) -> str:
     if uri.startswith("http"):
         # a dead server otherwise retries for minutes
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     mlflow.set_tracking_uri(uri)
     if cfg.registry_uri:
         mlflow.set_registry_uri(cfg.registry_uri)
@@ -36,8 +37,8 @@ def setup(cfg: TrackingConfig) -> str:
     except Exception as e:
         raise TrackingUnavailableError(
             f"the MLflow tracking store at {uri} did not answer ({type(e).__name__}: {str(e)[:200]}). "
-            "Check that the server is running, or unset MLFLOW_TRACKING_URI to use the local "
-            f"{DEFAULT_TRACKING_URI}.") from e
+            "Check that the server is running and the URI is right (it comes from tracking.tracking_uri in the "
+            f"config, else MLFLOW_TRACKING_URI); leave both unset to use the local {DEFAULT_TRACKING_URI}.") from e
     if cfg.system_metrics:
         mlflow.enable_system_metrics_logging()
     return uri

@@ -250,9 +250,19 @@ def open_study(cfg: Config, storage: str):
         # several processes on one SQLite file: wait for the write lock instead of failing at once
         kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     # heartbeats let a resumed study mark the trials of a crashed worker FAIL instead of RUNNING forever
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
-        rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120, **kw)
+    import sqlalchemy.exc
+
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
+                rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120, **kw)
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            # workers starting together on a new database race to create its tables; the loser retries
+            if attempt == 5:
+                raise
+            time.sleep(0.5 * (attempt + 1))
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0, interval_steps=1)
               if tc.pruner == "median" else optuna.pruners.NopPruner())
     try:

@@ -25,11 +25,16 @@ def mlflow_tmp(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    # set_experiment remembers the id in a module global; a later test's fresh store has no such id
+    import mlflow.tracking.fluent as fluent
+    fluent._active_experiment_id = None
 
 
 @pytest.fixture(scope="session")

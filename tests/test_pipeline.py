@@ -74,7 +74,7 @@ def test_mlflow_run_registers_the_three_models_in_one_parent_run(project_run, ti
 
     for name in NAMES:
         mv = client.get_model_version_by_alias(name, "champion")
-        assert mv.version == "1" and mv.tags["hook_point"] == "up_blocks.1" and mv.tags["dataset"] == "shapes"
+        assert str(mv.version) == "1" and mv.tags["hook_point"] == "up_blocks.1" and mv.tags["dataset"] == "shapes"
         assert mv.tags["run_id.train_sae"] == children["train_sae"].info.run_id
     assert float(client.get_model_version_by_alias("revelio-sae", "champion").tags["metric.fvu"]) > 0
 

@@ -114,13 +114,13 @@ def services(tmp_path_factory: pytest.TempPathFactory):
     t0 = time.monotonic()
     try:
         proc = subprocess.run(["bash", str(SCRIPT), "start", str(state)], env=env, capture_output=True,
-                              text=True, timeout=START_TIMEOUT_S)
+                              text=True, timeout=START_TIMEOUT_S, check=False)
         if proc.returncode != 0:
             pytest.fail(f"scripts/services.sh start failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
         yield Services(read_env_file(state / "env.sh"), started_in_s=time.monotonic() - t0)
     finally:
         subprocess.run(["bash", str(SCRIPT), "purge", str(state)], env=env, capture_output=True, text=True,
-                       timeout=180)
+                       timeout=180, check=False)
 
 
 # --------------------------------------------------------------------------- private S3 endpoint
@@ -228,7 +228,7 @@ class S3Endpoint:
         while self._listener is lsock:
             try:
                 conn, _ = lsock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -272,9 +272,9 @@ class S3Endpoint:
 def moto_s3(tmp_path: Path):
     """A private moto S3 server (own process, own port) behind an endpoint that can be stopped and restarted."""
     backend_port = free_port()
-    log = open(tmp_path / "moto.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(backend_port)],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    with open(tmp_path / "moto.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(backend_port)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     endpoint = S3Endpoint(backend_port=backend_port, port=free_port(), bucket=f"test-{uuid.uuid4().hex[:12]}")
     try:
         wait_http(f"http://127.0.0.1:{backend_port}/", 60, proc)
@@ -289,4 +289,3 @@ def moto_s3(tmp_path: Path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()

@@ -12,8 +12,15 @@ import pytest
 
 from revelio_svc.config import config_hash
 from revelio_svc.features.s3 import S3Backend
-from revelio_svc.features.store import (MANIFEST, StoreError, StoreWriter, new_manifest, open_store, set_key,
-                                        shard_name)
+from revelio_svc.features.store import (
+    MANIFEST,
+    StoreError,
+    StoreWriter,
+    new_manifest,
+    open_store,
+    set_key,
+    shard_name,
+)
 
 pytestmark = pytest.mark.services
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_run_goes_through_the_server_with_proxied_artifacts(services, mlflow_cli
     assert got.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied: the client never sees s3://
     assert client.get_experiment_by_name(experiment).artifact_location.startswith("mlflow-artifacts:/")
     local = client.download_artifacts(run_id, "reports/summary.json", str(tmp_path))
-    assert open(local).read() == '{\n  "hello": "s3"\n}'
+    assert Path(local).read_text() == '{\n  "hello": "s3"\n}'
 
     # and the server put it in the bucket, under --artifacts-destination s3://BUCKET/mlartifacts
     s3 = services.s3_client()
