@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +36,28 @@ AUTH_USER_ENV, AUTH_PASSWORD_ENV = "REVELIO_DEMO_USER", "REVELIO_DEMO_PASSWORD"
 MODEL_CONCURRENCY_ID = "model"  # every event that runs the backbone shares one concurrency limit
 
 
-class RawImage(gr.Image):
-    """gr.Image whose upload reaches our code undecoded.
+def upload_path(payload) -> str | None:
+    """The server-side path of an image upload, taken before any decoding.
 
-    gr.Image decodes uploads with Pillow before the handler runs, so a non-image, a corrupt file or a
-    decompression bomb would fail inside Gradio with a generic error. Here the handler gets the file path
-    and `service.decode_upload` checks size, format and colour mode with a message for each.
+    The events that take an uploaded image run with `preprocess=False`: gr.Image would otherwise open the
+    upload with Pillow before our handler runs, so a non-image, a corrupt file or a decompression bomb would
+    fail inside Gradio with a generic error. Here the handler gets the file and `service.decode_upload`
+    checks size, format and colour mode with a message for each. (Gradio has still checked that the path
+    lies in its upload cache.)
     """
+    if payload is None:
+        return None
+    if isinstance(payload, (str, os.PathLike)):
+        return str(payload)
+    data = payload if isinstance(payload, dict) else (payload.model_dump() if hasattr(payload, "model_dump") else {})
+    if data.get("path"):
+        return str(data["path"])
+    url = data.get("url") or ""
+    if url.startswith("data:"):  # pasted images may arrive base64-encoded
+        from gradio import processing_utils
 
-    is_template = True  # render with gr.Image's front end
-
-    def preprocess(self, payload):  # type: ignore[override]
-        if payload is None:
-            return None
-        if payload.path:
-            return payload.path
-        url = getattr(payload, "url", None) or ""
-        if url.startswith("data:"):  # pasted images arrive base64-encoded
-            from gradio import processing_utils
-
-            return processing_utils.save_base64_to_cache(url, self.GRADIO_CACHE)
-        raise gr.Error("no image data was received; upload the file again")
+        return processing_utils.save_base64_to_cache(url, gr.utils.get_upload_folder())
+    raise InputError("no image data was received; upload the file again")
 
 
 def _user_errors(what: str):
@@ -86,13 +88,17 @@ def _examples() -> list[str]:
 
 
 def build_app(classifier, *, service: DemoService | None = None, note: str = "", concurrency: int = 2,
-              examples: list[str] | None = None, **service_kw: Any) -> gr.Blocks:
+              examples: list[str] | None = None, warm: bool = False, **service_kw: Any) -> gr.Blocks:
     """The demo's gr.Blocks for `classifier` (a revelio_svc.classifier.Classifier).
 
     `service_kw` go to `DemoService` (max_pixels, top, n_top_images, browse_images, fewshot_dir,
     allow_register, ...). `note` is shown under the model description (e.g. "random weights").
+    `warm` computes the latent browser's dataset statistics in the background right away, so the first
+    visitor of that tab does not wait for them.
     """
     svc = service or DemoService(classifier, **service_kw)
+    if warm:
+        threading.Thread(target=_warm, args=(svc,), name="revelio-demo-warm", daemon=True).start()
     info = svc.info
     examples = _examples() if examples is None else examples
     model_events = {"concurrency_limit": int(concurrency), "concurrency_id": MODEL_CONCURRENCY_ID}
@@ -116,7 +122,7 @@ def build_app(classifier, *, service: DemoService | None = None, note: str = "",
 
     @_user_errors("Classification")
     def classify(image):
-        return _explain_outputs(svc.explain(image))
+        return _explain_outputs(svc.explain(upload_path(image)))
 
     def classify_on_upload(image):
         if image is None:  # the user cleared the input: nothing to explain, nothing to complain about
@@ -144,7 +150,7 @@ def build_app(classifier, *, service: DemoService | None = None, note: str = "",
     def fewshot_classify(image, fs):
         if fs is None:
             raise InputError("train a few-shot probe first (sample from a dataset or upload labelled images)")
-        return _explain_outputs(svc.explain(image, clf=svc.classifier_with(fs)))
+        return _explain_outputs(svc.explain(upload_path(image), clf=svc.classifier_with(fs)))
 
     @_user_errors("Saving")
     def fewshot_save(name, fs):
@@ -200,7 +206,9 @@ def build_app(classifier, *, service: DemoService | None = None, note: str = "",
     # ------------------------------------------------------------------ layout
     concepts = svc.concepts()
     first_concept = svc.clf.concept if svc.clf.concept in concepts else (next(iter(concepts), None))
-    with gr.Blocks(title="Revelio — diffusion features, explained") as demo:
+    # delete_cache: uploads and rendered results older than an hour are removed hourly, so a demo that runs
+    # for weeks does not fill the disk
+    with gr.Blocks(title="Revelio — diffusion features, explained", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# Revelio demo\nA diffusion model's activations, decomposed by a sparse autoencoder into "
                     "latents, classified by a linear probe on those latents.")
         gr.Markdown(views.model_markdown(info, note), elem_id="model-info")
@@ -214,7 +222,7 @@ def build_app(classifier, *, service: DemoService | None = None, note: str = "",
                 c_out = _classify_view("classify", svc.n_top_images)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260):
-                        c_in = RawImage(label="Image", type="filepath", format="png", height=260,
+                        c_in = gr.Image(label="Image", type="filepath", format="png", height=260,
                                         sources=["upload", "clipboard"], elem_id="classify-input")
                         c_btn = gr.Button("Classify", variant="primary", elem_id="classify-button")
                         if examples:
@@ -229,8 +237,10 @@ def build_app(classifier, *, service: DemoService | None = None, note: str = "",
                 with gr.Accordion("Explanation as JSON", open=False):
                     c_out["json"].render()
                 outs = [c_out[k] for k in ("label", "notes", "bars", "heat", "tops", "json")]
-                c_btn.click(classify, c_in, outs, api_name="classify", **model_events)
-                c_in.upload(classify_on_upload, c_in, outs, api_visibility="private", **model_events)
+                # preprocess=False: the handler decodes the upload itself (see upload_path)
+                c_btn.click(classify, c_in, outs, api_name="classify", preprocess=False, **model_events)
+                c_in.upload(classify_on_upload, c_in, outs, api_visibility="private", preprocess=False,
+                            **model_events)
 
             with gr.Tab("Few-shot", id="fewshot"):
                 fs_state = gr.State(None)
@@ -270,7 +280,7 @@ def build_app(classifier, *, service: DemoService | None = None, note: str = "",
                 f_out = _classify_view("fewshot", svc.n_top_images)
                 with gr.Row():
                     with gr.Column(scale=1, min_width=260):
-                        f_in = RawImage(label="Image", type="filepath", format="png", height=220,
+                        f_in = gr.Image(label="Image", type="filepath", format="png", height=220,
                                         sources=["upload", "clipboard"])
                         f_btn = gr.Button("Classify with few-shot probe", variant="primary")
                         if examples:
@@ -285,7 +295,7 @@ def build_app(classifier, *, service: DemoService | None = None, note: str = "",
                     f_out["json"].render()
                 f_btn.click(fewshot_classify, [f_in, fs_state],
                             [f_out[k] for k in ("label", "notes", "bars", "heat", "tops", "json")],
-                            api_name="fewshot_classify", **model_events)
+                            api_name="fewshot_classify", preprocess=False, **model_events)
                 with gr.Accordion("Save or register the few-shot probe", open=False):
                     with gr.Row():
                         s_name = gr.Textbox(label="Name (a folder under the demo's few-shot directory)",
@@ -335,6 +345,13 @@ def build_app(classifier, *, service: DemoService | None = None, note: str = "",
     return demo
 
 
+def _warm(svc: DemoService) -> None:
+    try:
+        svc.latent_index()
+    except Exception:  # noqa: BLE001 - the tab reports the same problem when it is used
+        log.warning("could not precompute the latent browser's statistics", exc_info=True)
+
+
 def _classify_view(prefix: str, n_top: int) -> dict[str, Any]:
     """The output components of a classification (created unrendered, placed by the caller)."""
     return {
@@ -343,11 +360,11 @@ def _classify_view(prefix: str, n_top: int) -> dict[str, Any]:
         "bars": gr.BarPlot(x="latent", y="contribution", title="Top latents: contribution to the predicted class",
                            x_title="latent", y_title="activation × probe weight", height=260, render=False,
                            tooltip=["latent", "contribution", "activation", "weight"]),
-        "heat": gr.Gallery(label="Where each latent fires in the input", columns=6, height=240,
+        "heat": gr.Gallery(label="Where each latent fires in the input", columns=6, height=240, format="png",
                            object_fit="contain", render=False, elem_id=f"{prefix}-heatmaps"),
         # one row per latent: its heatmap on the input, then its top-activating dataset images
         "tops": gr.Gallery(label="Each latent: where it fires in your image, then the dataset images it fires on "
-                                 "most", columns=n_top + 1, height="auto", object_fit="contain", render=False,
+                                 "most", columns=n_top + 1, height="auto", object_fit="contain", render=False, format="png",
                            elem_id=f"{prefix}-top-images"),
         "json": gr.JSON(render=False),
     }

@@ -83,7 +83,7 @@ def main() -> None:
         q = quick_classifier(load_config(None, []), n_images=args.n_images)
         clf = q.classifier
         note = f"Screenshot model: {q.backbone_note}; SAE not trained (app.quick)."
-    image = args.image or sorted(EXAMPLES_DIR.glob("star_*.png"))[0]
+    image = args.image or min(EXAMPLES_DIR.glob("star_*.png"))
     demo = launch(clf, port=_free_port(), prevent_thread_lock=True, quiet=True, note=note)
     try:
         out = capture(demo.local_url, image, args.out)

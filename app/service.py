@@ -198,7 +198,10 @@ class DemoService:
             if index in self._thumbs:
                 self._thumbs.move_to_end(index)
                 return self._thumbs[index]
-        img = self.dataset().image(int(index))
+        try:
+            img = self.dataset().image(int(index))
+        except BadImageError:  # one undecodable dataset image only blanks its own tile
+            return np.full((int(self.clf.data.image_size),) * 2 + (3,), 128, np.uint8)
         with self._thumb_lock:
             self._thumbs[index] = img
             while len(self._thumbs) > 4096:

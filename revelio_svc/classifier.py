@@ -167,7 +167,7 @@ class Classifier:
     # ------------------------------------------------------------------ construction
     @classmethod
     def build(cls, cfg: Config, sae_dir: str | Path, probe_dir: str | Path, store_uri: str | None = None,
-              top_n: int = 16) -> "Classifier":
+              top_n: int = 16) -> Classifier:
         """From a trained SAE and a linear probe on its latents; top images come from the probe's feature store."""
         from .features.store import open_store
         from .probe import load_probe
@@ -241,7 +241,7 @@ class Classifier:
         return d
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> "Classifier":
+    def load(cls, directory: str | Path, device: str | None = None) -> Classifier:
         from safetensors.numpy import load_file
 
         from .probe import load_probe

@@ -75,8 +75,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     except (TrackingUnavailableError, RegistryError) as e:
         return _fail("run", e)
     print(f"pipeline finished in {res.seconds:.0f} s; parent run {res.parent_run_id}")
-    for stage, o in res.stages.items():
-        print(f"  {stage:<12} run {o.run_id}" + (f" (reused from {o.reused_from})" if o.reused_from else ""))
+    for o in res.stages.values():
+        print(f"  {o.stage:<12} run {o.run_id}" + (f" (reused from {o.reused_from})" if o.reused_from else ""))
     for kind, r in res.registrations.items():
         print(f"  {r['name']} version {r['version']}: {'champion' if r['champion'] else 'challenger'} — {r['reason']}")
     return 0

@@ -163,7 +163,7 @@ def demo(cfg: Config, args: argparse.Namespace) -> int:
     try:
         app_main.launch(clf, host=host, port=port, auth=auth, concurrency=concurrency, max_pixels=max_pixels,
                         fewshot_dir=Path(cfg.output_dir) / "fewshot", allow_register=not no_register,
-                        experiment=cfg.tracking.experiment)
+                        experiment=cfg.tracking.experiment, warm=True)
     except OSError as e:  # the port is taken, the address cannot be bound
         print(f"revelio demo: cannot serve on {host}:{port}: {e}. Pick another --port.", file=sys.stderr)
         return 1

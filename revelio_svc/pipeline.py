@@ -157,14 +157,14 @@ def find_cached(experiment_id: str, stage: str, key: str) -> tuple[str, dict[str
 
 
 # --------------------------------------------------------------------------- stages
-def _stage_extract(cfg: Config) -> tuple[dict[str, Any], dict[str, float]]:
+def _stage_extract(cfg: Config, progress: bool = False) -> tuple[dict[str, Any], dict[str, float]]:
     import mlflow
 
     from .features.extract import extract
     from .features.store import open_store
     from .tracking import log_json
 
-    res = extract(cfg, progress=False)
+    res = extract(cfg, progress=progress)
     store = open_store(res.store_uri)
     mlflow.set_tag("config_hash", res.config_hash)
     log_json(store.manifest, "manifest.json", "feature_store")
@@ -372,7 +372,7 @@ def run(cfg: Config, stages: tuple[str, ...] | None = None, progress: bool = Tru
             return out
 
         if "extract" in wanted or any(s in wanted for s in ("train_sae", "train_probe", "register", "sweep")):
-            ex = do("extract", ("data", "backbone", "extract"), _stage_extract, ccfg, {})
+            ex = do("extract", ("data", "backbone", "extract"), lambda c: _stage_extract(c, progress), ccfg, {})
             state["store_uri"] = ex.outputs["store_uri"]
         store = state["store_uri"]
         if any(s in wanted for s in ("train_sae", "train_probe", "register")):

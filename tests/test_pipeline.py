@@ -11,8 +11,16 @@ import pytest
 from mlflow import MlflowClient
 
 from revelio_svc.config import load_config
-from tests.registry.helpers import (PY, REPO, fresh_mlflow, new_store, subprocess_env, template_db,  # noqa: F401
-                                    tiny_overrides, write_config_yaml)
+from tests.registry.helpers import (
+    PY,
+    REPO,
+    new_store,
+    subprocess_env,
+    tiny_overrides,
+    write_config_yaml,
+)
+
+pytest_plugins = ("tests.registry.fixtures",)
 
 NAMES = ("revelio-sae", "revelio-probe", "revelio-classifier")
 CHILD_STAGES = ("extract", "train_sae", "train_probe", "register")
@@ -29,7 +37,7 @@ def project_run(template_db, tiny_unet_dir, tmp_path_factory):
     env.pop("MLFLOW_RUN_ID", None)
     proc = subprocess.run([str(Path(PY).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
                            "--experiment-name", "revelio", "-P", f"config={config}", "-P", "overrides=probe.C=0.5"],
-                          cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return {"uri": uri, "config": config, "tmp": tmp, "log": proc.stdout + proc.stderr}
 
@@ -92,7 +100,7 @@ print(json.dumps({"n_latents": sae.n_latents, "probe_features": probe.n_features
                   "label": clf.explain(img)["label"]}))
 """
     out = subprocess.run([PY, "-c", code], cwd=project_run["tmp"], env=subprocess_env(
-        MLFLOW_TRACKING_URI=project_run["uri"]), capture_output=True, text=True, timeout=300)
+        MLFLOW_TRACKING_URI=project_run["uri"]), capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["n_latents"] == got["probe_features"] == 32

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import subprocess
 
-import mlflow
 import optuna
 import pytest
 from mlflow import MlflowClient
 
 from revelio_svc.config import replace
 from revelio_svc.tune import PARENT_ATTR, tune
-from tests.registry.helpers import PY, REPO, fresh_mlflow, subprocess_env, template_db, trained  # noqa: F401
+from tests.registry.helpers import PY, subprocess_env
+
+pytest_plugins = ("tests.registry.fixtures",)
 
 GOOD, BAD = 3e-3, 1e-7  # SAE learning rates: one that trains in 40 steps, one that does not move at all
 

@@ -8,10 +8,31 @@
 Registered models (see registry/README.md): revelio-sae, revelio-probe, revelio-classifier; aliases
 `champion` (serving; moves only on improvement of the held-out metric) and `challenger` (newest version).
 """
-from .client import (CHALLENGER, CHAMPION, MODEL_NAMES, AliasNotFoundError, MissingArtifactsError,
-                     ModelMismatchError, ModelNotFoundError, ModelRef, Registration, RegistrationError,
-                     RegistryError, check_server, fetch, list_models, load_classifier, load_probe, load_sae,
-                     model_kind, parse_uri, promote, pull, register_model, resolve_version)
+from .client import (
+                     CHALLENGER,
+                     CHAMPION,
+                     MODEL_NAMES,
+                     AliasNotFoundError,
+                     MissingArtifactsError,
+                     ModelMismatchError,
+                     ModelNotFoundError,
+                     ModelRef,
+                     Registration,
+                     RegistrationError,
+                     RegistryError,
+                     check_server,
+                     fetch,
+                     list_models,
+                     load_classifier,
+                     load_probe,
+                     load_sae,
+                     model_kind,
+                     parse_uri,
+                     promote,
+                     pull,
+                     register_model,
+                     resolve_version,
+)
 
 __all__ = [
     "CHALLENGER", "CHAMPION", "MODEL_NAMES", "AliasNotFoundError", "MissingArtifactsError", "ModelMismatchError",

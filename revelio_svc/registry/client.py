@@ -377,7 +377,7 @@ def load_classifier(uri: str, device: str | None = None):
         p = payload_dir(d, "classifier")
         try:
             clf = Classifier.load(p, device=device)
-            clf.adapter  # a bundled backbone is read now, while the fetched files still exist
+            _ = clf.adapter  # a bundled backbone is read now, while the fetched files still exist
         except (OSError, RuntimeError, ValueError) as e:
             raise _wrap_load_error(e, "the classifier", p) from e
         clf.source = info
@@ -575,10 +575,12 @@ def register_model(kind: str, local_dir: str | Path, metrics: dict[str, float], 
     except BaseException as e:
         try:
             client.delete_model_version(name, version)
-        except Exception:
-            pass
-        raise RegistrationError(f"registering {name} version {version} failed ({type(e).__name__}: {e}); the "
-                                "version was deleted so nothing points at a half-registered model") from e
+            cleanup = "the version was deleted so nothing points at a half-registered model"
+        except Exception as de:  # report both: the registry may be unreachable altogether
+            cleanup = (f"deleting the version failed too ({type(de).__name__}: {de}); delete {name} version "
+                       f"{version} by hand")
+        raise RegistrationError(f"registering {name} version {version} failed ({type(e).__name__}: {e}); "
+                                f"{cleanup}") from e
     return Registration(name, version, move, prev, reason, f"models:/{name}/{version}", info.model_uri, metrics)
 
 

@@ -19,9 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import mlflow
+import numpy as np
 from mlflow.pyfunc import PythonModel
 
 # Kept identical to registry/pyfunc_models.py (a test compares them): the file MLflow stores and runs on load.

@@ -15,8 +15,8 @@ def example(shape: str) -> Path:
     return p
 
 
-def write_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
-    Image.fromarray(array, mode=mode).save(path) if mode else Image.fromarray(array).save(path)
+def write_png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
     return path
 
 
@@ -49,5 +49,5 @@ def convertible_files(d: Path) -> dict[str, Path]:
     rgba = np.dstack([rgb, np.where(np.arange(40)[None, :] < 20, 0, 255).repeat(40, 0).astype(np.uint8)])
     alpha = write_png(d / "rgba.png", rgba)
     deep = d / "deep16.png"
-    Image.fromarray((rgb[..., 1].astype(np.uint16) * 257)).save(deep)  # mode I;16, a 16-bit PNG
+    Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(deep)  # mode I;16, a 16-bit PNG
     return {"grayscale": grey, "transparency": alpha, "16-bit": deep}

@@ -53,7 +53,7 @@ def test_classify_matches_the_library_and_explains_the_predicted_class(client, t
         assert [t["caption"].split()[0] for t in tops[k + 1:k + 1 + len(r["top_images"])]] == \
             [f"#{i}" for i in r["top_images"]]
     assert all(f"latent {r['latent']}" in h["caption"] for r, h in zip(rows, heat))
-    plot = bars["value"] if "value" in bars else bars  # the update may wrap the plot data
+    plot = bars.get("value", bars)  # the update may wrap the plot data
     col = {c: i for i, c in enumerate(plot["columns"])}
     assert [d[col["latent"]] for d in plot["data"]] == [f"#{r['latent']}" for r in rows]
     assert [d[col["contribution"]] for d in plot["data"]] == pytest.approx(contribs, abs=1e-4)
@@ -167,6 +167,8 @@ def test_latent_browser_reports_top_images_frequency_and_purity(client, tiny_clf
     counts = np.bincount(labels[rep["top_images"]], minlength=6)
     assert rep["purity"]["shape"]["purity"] == pytest.approx(counts.max() / len(rep["top_images"]))
     assert sum(rep["label_distribution"]["shape"].values()) == len(rep["top_images"])
+    shape_rows = [r for r in dist["data"] if r[0] == "shape"]  # the table shows the same counts
+    assert {r[1]: r[2] for r in shape_rows} == rep["label_distribution"]["shape"]
     assert f"Latent {j}" in md and "Activation frequency" in md
     with pytest.raises(AppError, match="greater than maximum value 31"):  # the Number's own bound check
         client.predict(32, api_name="/latent")
@@ -190,3 +192,27 @@ def test_model_events_share_one_concurrency_limit_and_the_app_binds_loopback(ser
     for name in ("classify", "fewshot_sample", "fewshot_upload", "fewshot_classify", "latent", "latent_search"):
         assert by_name[name].concurrency_limit == 2 and by_name[name].concurrency_id == "model", name
     assert demo._queue.max_size == 64
+
+
+def test_concurrent_requests_get_the_same_answers_as_one_at_a_time(served, tiny_clf):
+    """Two classifications run at once (concurrency 2) must not mix their activations (shared backbone hooks)."""
+    import time
+
+    url = served[0]
+    paths = [example(s) for s in ("star", "circle")]
+    one = Client(url, verbose=False)
+    alone = [_json(one.predict(handle_file(str(p)), api_name="/classify")) for p in paths]
+    # make the forwards overlap and finish out of order (the tiny model alone is too fast to race): every
+    # other forward stalls in its first block while the next one overtakes it
+    delays = iter([0.6, 0.0] * len(paths))
+    slow = tiny_clf.adapter.model.down_blocks[0].register_forward_pre_hook(
+        lambda *_: time.sleep(next(delays, 0.0)))
+    try:
+        clients = [Client(url, verbose=False) for _ in paths]
+        jobs = [c.submit(handle_file(str(p)), api_name="/classify") for c, p in zip(clients, paths)]
+        together = [_json(j.result(timeout=120)) for j in jobs]
+    finally:
+        slow.remove()
+    for a, b in zip(alone, together):
+        assert b["probs"] == pytest.approx(a["probs"], abs=1e-9)
+        assert [r["latent"] for r in b["contributions"]] == [r["latent"] for r in a["contributions"]]

@@ -1,8 +1,4 @@
-"""Shared pieces of the registry, pipeline and tune tests.
-
-Fixtures defined here are imported by the test modules that use them (tests/registry/conftest.py,
-tests/test_pipeline.py, tests/test_tune.py), so one session builds the tiny models once.
-"""
+"""Plain helpers of the registry, pipeline and tune tests (their fixtures are in fixtures.py)."""
 from __future__ import annotations
 
 import os
@@ -12,9 +8,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+PY = sys.executable
 
 
 def tiny_overrides(unet_dir: Path, out: Path) -> list[str]:
@@ -49,22 +45,6 @@ def write_config_yaml(path: Path, overrides: list[str]) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- MLflow stores
-@pytest.fixture(scope="session")
-def template_db(tmp_path_factory) -> Path:
-    """An initialised MLflow SQLite store: creating the tables takes ~10 s, copying the file does not."""
-    import mlflow
-
-    d = tmp_path_factory.mktemp("mlflow_template")
-    cwd = os.getcwd()
-    os.chdir(d)  # the Default experiment's artifact location is resolved against the working directory
-    try:
-        mlflow.MlflowClient(tracking_uri=f"sqlite:///{d / 'mlflow.db'}").search_experiments()
-    finally:
-        os.chdir(cwd)
-    return d / "mlflow.db"
-
-
 def new_store(template_db: Path, where: Path) -> str:
     """A fresh tracking store (copy of the template) with the `revelio` experiment's artifacts under `where`."""
     import mlflow
@@ -74,23 +54,6 @@ def new_store(template_db: Path, where: Path) -> str:
     uri = f"sqlite:///{where / 'mlflow.db'}"
     mlflow.MlflowClient(tracking_uri=uri).create_experiment("revelio", artifact_location=str(where / "artifacts"))
     return uri
-
-
-@pytest.fixture()
-def fresh_mlflow(template_db, tmp_path, monkeypatch) -> str:
-    """A fresh tracking store for one test, set in the environment (subprocesses inherit it)."""
-    import mlflow
-
-    uri = new_store(template_db, tmp_path / "tracking")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("REVELIO_OPTUNA_STORAGE", raising=False)
-    monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("revelio")  # artifacts under this test's directory, never the template's
-    yield uri
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
 
 
 def dead_server_uri() -> str:
@@ -107,40 +70,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
                 "HF_DATASETS_OFFLINE": "1", "GIT_PYTHON_REFRESH": "quiet", "PYTHONWARNINGS": "ignore"})
     env.update(extra)
     return env
-
-
-PY = sys.executable
-
-
-# --------------------------------------------------------------------------- trained parts (no MLflow)
-@pytest.fixture(scope="session")
-def trained(tiny_unet_dir, tmp_path_factory):
-    """(config, store uri, SAE dir, probe dir, SAE metrics, probe metrics) of the tiny chain, built once."""
-    from revelio_svc.config import replace
-    from revelio_svc.features.extract import extract
-    from revelio_svc.probe.stage import train_probe_stage
-    from revelio_svc.sae.trainer import train_sae
-
-    out = tmp_path_factory.mktemp("trained")
-    cfg = tiny_config(tiny_unet_dir, out)
-    store_uri = extract(cfg, progress=False).store_uri
-    cfg = replace(cfg, **{"sae.store": store_uri, "probe.store": store_uri})
-    sae_res = train_sae(cfg, progress=False)
-    cfg = replace(cfg, **{"probe.sae": sae_res.output_dir})
-    probe_res = train_probe_stage(cfg)
-    sae_m = {k: float(v) for k, v in sae_res.metrics.items() if isinstance(v, (int, float))}
-    probe_m = {k: float(v) for k, v in probe_res["metrics"].items() if isinstance(v, (int, float))}
-    return cfg, store_uri, sae_res.output_dir, probe_res["probe_dir"], sae_m, probe_m
-
-
-@pytest.fixture(scope="session")
-def classifier_dir(trained, tmp_path_factory) -> Path:
-    from revelio_svc.classifier import Classifier
-
-    cfg, store_uri, sae_dir, probe_dir, _, _ = trained
-    d = tmp_path_factory.mktemp("classifier")
-    Classifier.build(cfg, sae_dir, probe_dir, store_uri, top_n=6).save(d)
-    return d
 
 
 def dataset_images(cfg, indices) -> list[np.ndarray]:

@@ -16,6 +16,8 @@ from revelio_svc.sae import load_sae
 from revelio_svc.sae.latents import image_latents
 from tests.registry.helpers import dataset_images
 
+pytest_plugins = ("tests.registry.fixtures",)
+
 
 @pytest.fixture(scope="module")
 def clf(classifier_dir):
@@ -83,7 +85,7 @@ def test_explain_contributions_add_up_to_the_logit(clf, trained):
 
 
 def test_top_images_are_where_the_latent_fires_most(clf, trained):
-    cfg, store_uri, sae_dir, *_ = trained
+    _, store_uri, sae_dir, *_ = trained
     store = open_store(store_uri)
     z = image_latents(load_sae(sae_dir), store.feature_set("up_blocks.1", 10, "tokens").load(), pooling="max")
     lat = int(np.argmax(z.max(0)))

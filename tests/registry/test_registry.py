@@ -16,12 +16,19 @@ from PIL import Image
 
 from revelio_svc import registry
 from revelio_svc.classifier import Classifier
-from revelio_svc.registry import (AliasNotFoundError, MissingArtifactsError, ModelMismatchError, ModelNotFoundError,
-                                  RegistrationError)
+from revelio_svc.registry import (
+    AliasNotFoundError,
+    MissingArtifactsError,
+    ModelMismatchError,
+    ModelNotFoundError,
+    RegistrationError,
+)
 from revelio_svc.registry.models import ENTRY_CODE
 from revelio_svc.sae import load_sae
 from revelio_svc.tracking import TrackingUnavailableError
 from tests.registry.helpers import REPO, dataset_images, dead_server_uri
+
+pytest_plugins = ("tests.registry.fixtures",)
 
 TAGS = {"dataset": "shapes", "backbone": "tiny", "hook_point": "up_blocks.1", "timestep": "10"}
 
@@ -147,7 +154,7 @@ def test_config_disagreeing_with_weights_and_missing_files(trained, tmp_path):
 
 def test_classifier_and_probe_pyfunc_pull_and_dead_server(fresh_mlflow, trained, classifier_dir, tmp_path,
                                                           monkeypatch):
-    cfg, store_uri, sae_dir, probe_dir, sae_m, probe_m = trained
+    cfg, _, _, probe_dir, _, probe_m = trained
     img = dataset_images(cfg, [4])[0]
     with mlflow.start_run():
         rc = registry.register_model("classifier", classifier_dir, probe_m, TAGS, "accuracy", example=img)
