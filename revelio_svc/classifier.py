@@ -160,6 +160,8 @@ class Classifier:
         self.feature_dtype = feature_dtype
         self.meta = dict(meta or {})
         self.source: dict[str, Any] = {}
+        # a classifier loaded with a bundled backbone runs it from its own files; this is the id it came from
+        self.backbone_origin: str | None = None
         self._adapter = None
         self._dataset = None
         self._check()
@@ -225,9 +227,13 @@ class Classifier:
         self.probe.save(d / "probe")
         save_file({"indices": np.ascontiguousarray(self.top_indices), "values": np.ascontiguousarray(self.top_values)},
                   str(d / TOP_FILE))
-        bundled = bundle_backbone and _bundle_backbone(self.backbone_cfg, d / "backbone")
+        bundled = bundle_backbone and (_bundle_backbone(self.backbone_cfg, d / "backbone")
+                                       or self._bundle_loaded_backbone(d / "backbone"))
+        bdict = to_dict(self.backbone_cfg)
+        if self.backbone_origin:
+            bdict["id"] = self.backbone_origin
         sf = sae_fields(self.sae)
-        meta = {"format": FORMAT, "version": VERSION, "backbone": to_dict(self.backbone_cfg),
+        meta = {"format": FORMAT, "version": VERSION, "backbone": bdict,
                 "backbone_bundled": bool(bundled), "hook_point": self.hook_point, "timestep": self.timestep,
                 "noise_seed": self.noise_seed, "class_names": self.class_names, "concept": self.concept,
                 "data": to_dict(self.data), "feature_dtype": self.feature_dtype,
@@ -239,6 +245,28 @@ class Classifier:
                 "upload_id": "upload:<sha256(decoded RGB uint8 bytes)[:16]>", **self.meta}
         (d / META).write_text(json.dumps(meta, indent=2, default=str))
         return d
+
+    def with_probe(self, probe, class_names: Sequence[str], concept: str,
+                   meta: dict[str, Any] | None = None) -> Classifier:
+        """Another classifier on the same backbone and SAE (shared, already loaded) with another probe."""
+        new = Classifier(backbone=self.backbone_cfg, hook_point=self.hook_point, timestep=self.timestep,
+                         noise_seed=self.noise_seed, sae=self.sae, probe=probe, class_names=class_names,
+                         concept=concept, data=self.data, top_indices=self.top_indices, top_values=self.top_values,
+                         feature_dtype=self.feature_dtype, meta={**self.meta, **(meta or {})})
+        new.backbone_origin = self.backbone_origin
+        new._adapter, new._dataset = self._adapter, self._dataset
+        return new
+
+    def _bundle_loaded_backbone(self, dst: Path) -> bool:
+        """A classifier that was loaded with a bundled backbone whose files are gone (a fetched temporary
+        copy) still holds the model in memory: write that (safetensors) so the copy stays self-contained."""
+        if self.backbone_origin is None or self._adapter is None or not hasattr(self._adapter.model, "save_pretrained"):
+            return False
+        self._adapter.model.save_pretrained(str(dst), safe_serialization=True)
+        sched = getattr(self._adapter, "scheduler", None)
+        if sched is not None and hasattr(sched, "save_pretrained"):
+            sched.save_pretrained(str(dst))
+        return True
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> Classifier:
@@ -279,11 +307,14 @@ class Classifier:
             bdict["device"] = device
         rest = {k: v for k, v in meta.items() if k in ("store_uri", "store_config_hash", "dataset_fingerprint",
                                                           "probe_metrics", "metrics")}
-        return cls(backbone=from_dict(BackboneConfig, bdict, "backbone"), hook_point=meta["hook_point"],
-                   timestep=meta["timestep"], noise_seed=meta["noise_seed"], sae=sae, probe=probe,
-                   class_names=meta["class_names"], concept=meta.get("concept", ""),
-                   data=from_dict(DataConfig, meta.get("data") or {}, "data"), top_indices=top["indices"],
-                   top_values=top["values"], feature_dtype=meta.get("feature_dtype", "float32"), meta=rest)
+        clf = cls(backbone=from_dict(BackboneConfig, bdict, "backbone"), hook_point=meta["hook_point"],
+                  timestep=meta["timestep"], noise_seed=meta["noise_seed"], sae=sae, probe=probe,
+                  class_names=meta["class_names"], concept=meta.get("concept", ""),
+                  data=from_dict(DataConfig, meta.get("data") or {}, "data"), top_indices=top["indices"],
+                  top_values=top["values"], feature_dtype=meta.get("feature_dtype", "float32"), meta=rest)
+        if meta.get("backbone_bundled"):
+            clf.backbone_origin = meta["backbone"]["id"]
+        return clf
 
     # ------------------------------------------------------------------ lazy parts
     @property

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=7860)
             p.add_argument("--share", action="store_true", help=argparse.SUPPRESS)
+            p.add_argument("--max-pixels", type=int, default=None, help="largest accepted upload (pixels)")
+            p.add_argument("--concurrency", type=int, default=None, help="requests served at once (default 2)")
+            p.add_argument("--no-register", action="store_true", help="hide the few-shot 'register' button")
         if name == "extract":
             p.add_argument("--no-mlflow", action="store_true", help="do not open an MLflow run")
     return parser

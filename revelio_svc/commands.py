@@ -45,3 +45,10 @@ def extract(cfg: Config, args: argparse.Namespace) -> int:
     print(f"feature store: {res.store_uri} ({res.n_rows} rows, {len(res.skipped)} skipped, "
           f"{res.images_per_s:.0f} images·t/s)")
     return 0
+
+
+def demo(cfg: Config, args: argparse.Namespace) -> int:
+    from .demo import demo as run_demo
+
+    return run_demo(cfg, args)
+from .commands_registry import registry, run, sweep, train_probe, train_sae, tune  # noqa: E402,F401

@@ -77,7 +77,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     print(f"pipeline finished in {res.seconds:.0f} s; parent run {res.parent_run_id}")
     for o in res.stages.values():
         print(f"  {o.stage:<12} run {o.run_id}" + (f" (reused from {o.reused_from})" if o.reused_from else ""))
-    for kind, r in res.registrations.items():
+    for r in res.registrations.values():
         print(f"  {r['name']} version {r['version']}: {'champion' if r['champion'] else 'challenger'} — {r['reason']}")
     return 0
 
@@ -101,11 +101,12 @@ def tune(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def registry(cfg: Config, args: argparse.Namespace) -> int:
-    from .registry import RegistryError, list_models, promote, pull
-    from .tracking import TrackingUnavailableError, setup
+    from .registry import RegistryError, check_server, list_models, promote, pull
+    from .tracking import TrackingUnavailableError, setup, tracking_uri
 
     action = args.action
     try:
+        check_server(tracking_uri(cfg.tracking))
         setup(cfg.tracking)
         if action == "list":
             models = list_models()

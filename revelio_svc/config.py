@@ -248,6 +248,15 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    sweep: bool = False  # run the sweep stage in `revelio run`
+    top_images: int = 16  # top-activating dataset images kept per latent in the classifier
+
+    def __post_init__(self) -> None:
+        _check(self.top_images >= 1, "pipeline.top_images", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -257,6 +266,7 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     output_dir: str = "outputs"
     force: bool = False
 

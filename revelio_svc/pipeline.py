@@ -99,8 +99,7 @@ def cache_keys(cfg: Config) -> dict[str, str]:
     sae = config_hash({"extract": ex, "sae": _section(cfg, "sae")})
     probe = config_hash({"extract": ex, "sae": sae if cfg.probe.input == "sae" else None,
                          "probe": _section(cfg, "probe")})
-    reg = config_hash({"sae": sae, "probe": probe, "top_n": option(cfg, "pipeline.top_images", 16),
-                       "names": option(cfg, "pipeline.model_names", None)})
+    reg = config_hash({"sae": sae, "probe": probe, "top_n": option(cfg, "pipeline.top_images", 16)})
     sweep = config_hash({"extract": ex, "probe": _section(cfg, "probe"), "sae": sae})
     return {"extract": ex, "train_sae": sae, "train_probe": probe, "register": reg, "sweep": sweep}
 
@@ -246,11 +245,10 @@ def _stage_register(cfg: Config, store_uri: str, sae_dir: str, probe_dir: str, s
     except Exception as e:  # examples are documentation: a failure here must not stop registration
         print(f"note: input examples fall back to synthetic ones ({type(e).__name__}: {e})")
 
-    r = register_model("sae", sae_dir, sae_metrics, tags, "fvu", higher_is_better=False, example=sae_ex,
-                       name=option(cfg, "pipeline.model_names.sae", None))
+    r = register_model("sae", sae_dir, sae_metrics, tags, "fvu", higher_is_better=False, example=sae_ex)
     regs["sae"] = r.to_dict()
     r = register_model("probe", probe_dir, probe_metrics, tags, "accuracy", higher_is_better=True,
-                       example=lat_ex, name=option(cfg, "pipeline.model_names.probe", None))
+                       example=lat_ex)
     regs["probe"] = r.to_dict()
 
     clf = Classifier.build(cfg, sae_dir, probe_dir, store_uri, top_n=int(option(cfg, "pipeline.top_images", 16)))
@@ -269,8 +267,7 @@ def _stage_register(cfg: Config, store_uri: str, sae_dir: str, probe_dir: str, s
         plt.close(fig)
     except Exception as e:
         print(f"note: no example explanation figure ({type(e).__name__}: {e})")
-    r = register_model("classifier", out, probe_metrics, tags, "accuracy", higher_is_better=True, example=image,
-                       name=option(cfg, "pipeline.model_names.classifier", None))
+    r = register_model("classifier", out, probe_metrics, tags, "accuracy", higher_is_better=True, example=image)
     regs["classifier"] = r.to_dict()
     metrics = {f"{k}.version": float(v["version"]) for k, v in regs.items()}
     metrics.update({f"{k}.is_champion": float(v["champion"]) for k, v in regs.items()})
@@ -290,6 +287,10 @@ class _Parent:
 
         from .tracking import setup
 
+        from .registry.client import check_server
+        from .tracking import tracking_uri
+
+        check_server(tracking_uri(self.cfg.tracking))  # seconds, not minutes of retries, for a dead server
         env_run = os.environ.pop("MLFLOW_RUN_ID", None)  # else every nested start_run would resume it
         self._env_run = env_run
         setup(self.cfg.tracking)

@@ -166,25 +166,27 @@ def _accepts(fn, name: str) -> bool:
 def run_sae_trial(cfg: Config, reporter: Reporter) -> tuple[str, dict[str, float]]:
     """Train one SAE inside the active (trial) run; returns (output dir, final held-out metrics).
 
-    The stage function is used when it can report during training (on_eval / on_step); otherwise the
-    trainer itself, which logs held-out metrics to the trial run every sae.eval_every steps and calls
-    on_step, so pruning works either way (a trial skips the stage's latent interpretation, which no
-    tuning metric of the trainer needs).
+    For the trainer's own metrics (fvu, l0, …) the trainer runs directly: it logs held-out metrics to the
+    trial run every sae.eval_every steps and then calls on_step, where they are reported (and pruned on),
+    and a trial skips the stage's latent interpretation, which those metrics do not need. Metrics of that
+    interpretation (sigma_label, label_purity) need the whole stage; it reports during training only if it
+    takes an on_eval/on_step callback.
     """
-    from .sae.stage import train_sae_stage
+    import mlflow
 
-    kw: dict[str, Any] = {}
-    if _accepts(train_sae_stage, "on_eval"):
-        kw["on_eval"] = reporter.on_eval
-        reporter.eval_every = 0
-    elif _accepts(train_sae_stage, "on_step"):
-        kw["on_step"] = reporter.on_step
-    if kw or reporter.metric not in TRAINER_METRICS:
+    if reporter.metric not in TRAINER_METRICS:
+        from .sae.stage import train_sae_stage
+
+        kw: dict[str, Any] = {}
+        if _accepts(train_sae_stage, "on_eval"):
+            kw["on_eval"] = reporter.on_eval
+            reporter.eval_every = 0
+        elif _accepts(train_sae_stage, "on_step"):
+            kw["on_step"] = reporter.on_step
         if _accepts(train_sae_stage, "progress"):
             kw["progress"] = False
         res = train_sae_stage(cfg, **kw)
         return str(res.get("output_dir") or res.get("sae_dir")), dict(res.get("metrics") or {})
-    import mlflow
 
     from .sae.trainer import train_sae
 
@@ -333,7 +335,6 @@ def parent_run_id(study, created: bool, cfg: Config, experiment_id: str, env_run
 def tune(cfg: Config, n_trials: int | None = None, enqueue: list[dict[str, Any]] | None = None) -> TuneResult:
     """Run n_trials (default tune.n_trials) more trials of the study; `enqueue`: param sets to try first."""
     import mlflow
-    import optuna
 
     from .tracking import setup
 
@@ -345,6 +346,10 @@ def tune(cfg: Config, n_trials: int | None = None, enqueue: list[dict[str, Any]]
     storage = storage_url(cfg)
     n_trials = int(n_trials or tc.n_trials)
 
+    from .registry.client import check_server
+    from .tracking import tracking_uri
+
+    check_server(tracking_uri(cfg.tracking))  # seconds, not minutes of retries, for a dead server
     setup(cfg.tracking)
     env_run = os.environ.pop("MLFLOW_RUN_ID", None)  # else nested start_run calls would resume it
     try:
@@ -489,11 +494,13 @@ def _register_best(cfg: Config, best) -> dict[str, Any] | None:
     marker = f"{tc.study_name}:{best.number}"
     client = mlflow.MlflowClient()
     try:
-        for mv in client.search_model_versions(f"name='{MODEL_NAMES[kind]}'"):
-            if (mv.tags or {}).get("optuna.trial") == marker:
-                return {"name": mv.name, "version": str(mv.version), "already_registered": True}
-    except Exception:
-        pass
+        existing = client.search_model_versions(f"name='{MODEL_NAMES[kind]}'")
+    except Exception as e:  # no such model yet, or a store without search: register (a duplicate is harmless)
+        print(f"tune: could not look for an earlier registration of trial {marker} ({type(e).__name__}); registering")
+        existing = []
+    for mv in existing:
+        if (mv.tags or {}).get("optuna.trial") == marker:
+            return {"name": mv.name, "version": str(mv.version), "already_registered": True}
     out_dir = best.user_attrs.get("output_dir")
     metrics = best.user_attrs.get("metrics") or {}
     tags = version_tags(cfg, {"optuna.trial": marker, "optuna.study": tc.study_name,

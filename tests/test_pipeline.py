@@ -14,7 +14,9 @@ from revelio_svc.config import load_config
 from tests.registry.helpers import (
     PY,
     REPO,
+    isolate_mlflow_env,
     new_store,
+    reset_mlflow_experiment,
     subprocess_env,
     tiny_overrides,
     write_config_yaml,
@@ -34,7 +36,6 @@ def project_run(template_db, tiny_unet_dir, tmp_path_factory):
     overrides = tiny_overrides(tiny_unet_dir, tmp / "out")
     config = write_config_yaml(tmp / "tiny.yaml", overrides)
     env = subprocess_env(MLFLOW_TRACKING_URI=uri, PATH=f"{Path(PY).parent}:{subprocess_env()['PATH']}")
-    env.pop("MLFLOW_RUN_ID", None)
     proc = subprocess.run([str(Path(PY).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
                            "--experiment-name", "revelio", "-P", f"config={config}", "-P", "overrides=probe.C=0.5"],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -42,10 +43,14 @@ def project_run(template_db, tiny_unet_dir, tmp_path_factory):
     return {"uri": uri, "config": config, "tmp": tmp, "log": proc.stdout + proc.stderr}
 
 
+@pytest.fixture(autouse=True)
+def _forget_experiment():
+    yield
+    reset_mlflow_experiment()
+
+
 def use(uri: str, monkeypatch) -> MlflowClient:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
+    isolate_mlflow_env(monkeypatch, uri)
     mlflow.set_experiment("revelio")
     return MlflowClient()
 
@@ -138,6 +143,13 @@ def test_rerun_reuses_every_stage_and_force_recomputes(project_run, monkeypatch)
     assert changed.stages["extract"].reused_from == originals["extract"]
     assert changed.stages["train_sae"].reused_from == originals["train_sae"]
     assert changed.stages["train_probe"].reused_from is None and changed.stages["register"].reused_from is None
+
+    # the sweep stage (pipeline.sweep) as a child of its own, on the reused store
+    swept = run(cfg, stages=("extract", "sweep"), progress=False)
+    assert set(swept.stages) == {"extract", "sweep"} and swept.stages["extract"].reused_from == originals["extract"]
+    sweep_run = client.get_run(swept.stages["sweep"].run_id)
+    assert sweep_run.data.tags["mlflow.parentRunId"] == swept.parent_run_id
+    assert any(a.path.endswith(".png") for a in client.list_artifacts(sweep_run.info.run_id, "sweep/heatmaps"))
 
     forced = run(load_config(project_run["config"], ["probe.C=0.5", "force=true"]), progress=False)
     assert all(o.reused_from is None for o in forced.stages.values())

@@ -8,6 +8,7 @@ deepest one.
 from __future__ import annotations
 
 import hashlib
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,6 +127,12 @@ class BackboneAdapter(ABC):
         wanted = list(dict.fromkeys(names))
         maps: dict[str, torch.Tensor] = {}
         handles = []
+        # hooks live on the shared model: two captures at once would see each other's hooks
+        lock = self.__dict__.setdefault("_capture_lock", threading.Lock())
+        with lock:
+            return self._capture_locked(x_t, t, cond, wanted, maps, handles, stop_early)
+
+    def _capture_locked(self, x_t, t, cond, wanted, maps, handles, stop_early) -> dict[str, torch.Tensor]:
 
         def make_hook(n: str):
             def hook(_module, _inp, out):

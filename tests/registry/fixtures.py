@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.registry.helpers import new_store, tiny_config
+from tests.registry.helpers import (
+    isolate_mlflow_env,
+    new_store,
+    reset_mlflow_experiment,
+    tiny_config,
+)
 
 
 @pytest.fixture(scope="session")
@@ -31,15 +36,13 @@ def fresh_mlflow(template_db, tmp_path, monkeypatch) -> str:
     import mlflow
 
     uri = new_store(template_db, tmp_path / "tracking")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("REVELIO_OPTUNA_STORAGE", raising=False)
+    isolate_mlflow_env(monkeypatch, uri)
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("revelio")  # artifacts under this test's directory, never the template's
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    reset_mlflow_experiment()
 
 
 @pytest.fixture(scope="session")

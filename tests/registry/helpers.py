@@ -56,6 +56,29 @@ def new_store(template_db: Path, where: Path) -> str:
     return uri
 
 
+# set_experiment writes MLFLOW_EXPERIMENT_ID into os.environ and a module global: a later test (or a
+# subprocess such as `mlflow run --experiment-name`) would otherwise inherit another store's experiment
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+               "REVELIO_OPTUNA_STORAGE")
+
+
+def isolate_mlflow_env(monkeypatch, uri: str) -> None:
+    """Point MLflow at `uri` for one test; every MLflow variable comes back as it was afterwards."""
+    import mlflow
+
+    for k in _MLFLOW_ENV:
+        monkeypatch.setenv(k, "")  # records the original value for undo, whatever writes it later
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+
+
+def reset_mlflow_experiment() -> None:
+    from mlflow.tracking import fluent
+
+    fluent._active_experiment_id = None
+
+
 def dead_server_uri() -> str:
     """An http URI on a local port nothing listens on (connections are refused at once)."""
     with socket.socket() as s:
@@ -65,7 +88,7 @@ def dead_server_uri() -> str:
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k not in _MLFLOW_ENV}
     env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
                 "HF_DATASETS_OFFLINE": "1", "GIT_PYTHON_REFRESH": "quiet", "PYTHONWARNINGS": "ignore"})
     env.update(extra)

@@ -119,3 +119,22 @@ def test_config_disagreeing_with_weights_is_refused(classifier_dir, tmp_path):
     shutil.rmtree(d / "probe")
     with pytest.raises(ClassifierFormatError, match="probe is missing"):
         Classifier.load(d)
+
+
+def test_a_fetched_classifier_saves_a_self_contained_copy(classifier_dir, trained, tmp_path):
+    import shutil
+
+    # loaded from a temporary copy (as load_classifier does with a registry download) that is then deleted
+    tmp_copy = tmp_path / "download"
+    shutil.copytree(classifier_dir, tmp_copy)
+    clf = Classifier.load(tmp_copy)
+    img = dataset_images(trained[0], [2])
+    want = clf.predict(img)
+    shutil.rmtree(tmp_copy)
+    # the backbone is written from memory; the reference stays the original id, not the deleted path
+    again = clf.with_probe(clf.probe, clf.class_names, clf.concept, {"note": "same probe"})
+    again.save(tmp_path / "saved")
+    meta = json.loads((tmp_path / "saved" / "classifier.json").read_text())
+    assert meta["backbone_bundled"] and meta["backbone"]["id"] == str(trained[0].backbone.id)
+    assert meta["note"] == "same probe"
+    np.testing.assert_allclose(Classifier.load(tmp_path / "saved").predict(img), want, atol=1e-6)

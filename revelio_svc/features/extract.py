@@ -1,0 +1,224 @@
+"""`revelio extract`: one forward per (image batch, timestep) captures every requested hook point."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..backbones import BackboneAdapter, backbone_describe, load_backbone
+from ..backbones.memory import OOMBackoff
+from ..config import Config, config_hash, to_dict
+from ..data import BadImageError, ImageDataset, assign_split, load_dataset
+from .store import StoreWriter, new_manifest, set_key
+
+
+@dataclass
+class ExtractResult:
+    store_uri: str
+    config_hash: str
+    n_images: int
+    n_rows: int
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    images_per_s: float = 0.0  # images·timesteps per second over the shards computed in this call
+    shards_computed: int = 0
+
+
+def store_config(cfg: Config, ds: ImageDataset) -> dict[str, Any]:
+    """Everything the features depend on; its hash names and guards the store.
+
+    Computable without loading the backbone, so later stages can find the store of a config.
+    """
+    ec = cfg.extract
+    return {
+        "backbone": backbone_describe(cfg.backbone),
+        "prompt_mode": cfg.backbone.prompt_mode,
+        "prompt": (cfg.backbone.generic_prompt if cfg.backbone.prompt_mode == "generic" else
+                   cfg.backbone.class_template if cfg.backbone.prompt_mode == "class" else ""),
+        "resolution": cfg.backbone.resolution,
+        "dataset": {"fingerprint": ds.fingerprint(), **ds.describe()},
+        "split": {"seed": cfg.data.seed, "test_fraction": cfg.data.test_fraction},
+        "hook_points": list(ec.hook_points),
+        "timesteps": list(ec.timesteps),
+        "pooling": list(ec.pooling),
+        "token_hook_points": list(ec.token_hook_points),
+        "token_timesteps": list(ec.token_timesteps),
+        "dtype": ec.dtype,
+        "noise_seed": ec.noise_seed,
+        "shard_size": ec.shard_size,
+    }
+
+
+def default_store_uri(cfg: Config, chash: str) -> str:
+    return str(Path(cfg.output_dir) / "features" / chash)
+
+
+def store_uri_for(cfg: Config, dataset: ImageDataset | None = None) -> str:
+    """Where `extract` with this config writes (or wrote) its store."""
+    if cfg.extract.store:
+        return cfg.extract.store
+    ds = dataset if dataset is not None else load_dataset(cfg.data)
+    return default_store_uri(cfg, config_hash(store_config(cfg, ds), 16))
+
+
+def pool(maps: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, C, H, W) → (B, C) for mean/max, (B, H, W, C) for tokens."""
+    if how == "mean":
+        return maps.float().mean(dim=(2, 3))
+    if how == "max":
+        return maps.float().amax(dim=(2, 3))
+    return maps.float().permute(0, 2, 3, 1)
+
+
+def _decode(ds: ImageDataset, indices: range) -> tuple[list[int], list[np.ndarray], list[dict[str, Any]]]:
+    ids = ds.ids()
+    kept, imgs, skipped = [], [], []
+    for i in indices:
+        try:
+            imgs.append(ds.image(i))
+            kept.append(i)
+        except BadImageError as e:
+            skipped.append({"index": i, "id": ids[i], "reason": str(e)[:300]})
+    return kept, imgs, skipped
+
+
+def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageDataset | None = None,
+            progress: bool = True, on_shard=None) -> ExtractResult:
+    ec = cfg.extract
+    if ec.num_threads:
+        torch.set_num_threads(ec.num_threads)
+    ds = dataset if dataset is not None else load_dataset(cfg.data)
+    adapter = adapter if adapter is not None else load_backbone(cfg.backbone)
+    adapter.validate_hook_points(ec.hook_points)
+    if cfg.backbone.prompt_mode == "class":
+        print("warning: prompt_mode=class puts the class name in the prompt; features leak the label "
+              "(use it for analysis only)")
+
+    conf = store_config(cfg, ds)
+    chash = config_hash(conf, 16)
+    uri = ec.store or default_store_uri(cfg, chash)
+    ids = ds.ids()
+    split = assign_split(ids, cfg.data.seed, cfg.data.test_fraction)
+    concepts = [c.name for c in ds.concepts]
+    labels = {c: ds.labels(c) for c in concepts}
+    n = len(ds)
+    np_dtype = np.float16 if ec.dtype == "float16" else np.float32
+
+    # shapes of every set, from one probe forward on the first decodable image
+    order = [h for h in adapter.hook_points() if h in ec.hook_points] + [
+        h for h in ec.hook_points if h not in adapter.hook_points()]
+    feature_sets: dict[str, dict] = {}
+    writer = None
+    captions_fn = getattr(ds, "caption", None)
+    class_names = ds.label_names().get(concepts[0], []) if concepts else []
+
+    def cond_for(idx: list[int]):
+        if cfg.backbone.prompt_mode == "class":
+            lab = labels[concepts[0]]
+            return adapter.conditioning(len(idx), class_names=[class_names[lab[i]] for i in idx])
+        if cfg.backbone.prompt_mode == "caption":
+            return adapter.conditioning(len(idx), captions=[captions_fn(i) for i in idx])
+        return adapter.conditioning(len(idx))
+
+    n_shards = (n + ec.shard_size - 1) // ec.shard_size
+    backoff = OOMBackoff(ec.batch_size, log=lambda msg: tqdm.write(msg))
+    result = ExtractResult(uri, chash, n, 0)
+    bar = tqdm(total=n * len(ec.timesteps), desc="extract", unit="img·t", disable=not progress)
+    t_compute, work = 0.0, 0
+    for s in range(n_shards):
+        if writer is not None and s in writer.done:
+            bar.update(min(ec.shard_size, n - s * ec.shard_size) * len(ec.timesteps))
+            continue
+        kept, imgs, skipped = _decode(ds, range(s * ec.shard_size, min((s + 1) * ec.shard_size, n)))
+        if writer is None:
+            if not kept and s < n_shards - 1:
+                pass
+            writer, feature_sets = _open_writer(uri, conf, chash, n, ec, ds, adapter, order, imgs, ids, kept,
+                                                cond_for, np_dtype)
+            result.store_uri = writer.uri
+            if s in writer.done:
+                bar.update(min(ec.shard_size, n - s * ec.shard_size) * len(ec.timesteps))
+                continue
+        t0 = time.perf_counter()
+        sets: dict[str, list[np.ndarray]] = {k: [] for k in feature_sets}
+
+        def step(sub: tuple[np.ndarray, list[int]]) -> dict[str, np.ndarray]:
+            sub_imgs, sub_idx = sub
+            x0 = adapter.encode(sub_imgs)
+            cond = cond_for(sub_idx)
+            sub_ids = [ids[i] for i in sub_idx]
+            out: dict[str, np.ndarray] = {}
+            for t in ec.timesteps:
+                maps = adapter.capture(adapter.add_noise(x0, t, sub_ids, ec.noise_seed), t, cond, order)
+                for h, m in maps.items():
+                    for p in ec.poolings_for(h, t):
+                        out[set_key(h, t, p)] = pool(m, p).cpu().numpy().astype(np_dtype)
+                bar.update(len(sub_idx))
+            return out
+
+        for b in range(0, len(kept), ec.batch_size):
+            bidx = kept[b:b + ec.batch_size]
+            # on out-of-memory the batch is split and retried; per-image noise keeps results identical
+            out = backoff.run(step, (np.stack(imgs[b:b + ec.batch_size]), bidx))
+            for k, v in out.items():
+                sets[k].append(v)
+        t_compute += time.perf_counter() - t0
+        work += len(kept) * len(ec.timesteps)
+        kept_arr = np.asarray(kept, np.int64)
+        rows = {"index": kept_arr, "split": split[kept_arr].astype(np.uint8)}
+        for c in concepts:
+            rows[f"label.{c}"] = labels[c][kept_arr].astype(np.int64)
+        arrays = {k: (np.concatenate(v) if v else np.zeros((0, *feature_sets[k]["shape"]), np_dtype))
+                  for k, v in sets.items()}
+        writer.write_shard(s, rows, arrays, skipped)
+        result.shards_computed += 1
+        if skipped:
+            bar.write(f"shard {s}: skipped {len(skipped)} image(s): " +
+                      "; ".join(f"{x['id']} ({x['reason'][:80]})" for x in skipped[:3]))
+        if on_shard is not None:
+            on_shard(s)
+    bar.close()
+    if writer is None:
+        raise RuntimeError("the dataset is empty: nothing to extract")
+    m = writer.manifest
+    result.n_rows = sum(v["n_rows"] for v in m["shards"].values())
+    result.skipped = [x for k in sorted(m["shards"], key=int) for x in m["shards"][k]["skipped"]]
+    result.images_per_s = work / t_compute if t_compute > 0 else 0.0
+    return result
+
+
+def _open_writer(uri, conf, chash, n, ec, ds, adapter, order, imgs, ids, kept, cond_for, np_dtype):
+    if not kept:
+        # find one decodable image anywhere to learn the shapes
+        for i in range(n):
+            try:
+                imgs, kept = [ds.image(i)], [i]
+                break
+            except BadImageError:
+                continue
+        else:
+            raise RuntimeError("no image of the dataset could be decoded; see the skipped list")
+    x0 = adapter.encode(np.stack(imgs[:1]))
+    maps = adapter.capture(adapter.add_noise(x0, ec.timesteps[0], [ids[kept[0]]], ec.noise_seed),
+                           ec.timesteps[0], cond_for(kept[:1]), order)
+    feature_sets = {}
+    for h in order:
+        m = maps[h]
+        for t in ec.timesteps:
+            for p in ec.poolings_for(h, t):
+                shape = list(pool(m, p).shape[1:])
+                feature_sets[set_key(h, t, p)] = {"hook_point": h, "timestep": t, "pooling": p,
+                                                  "shape": shape, "dtype": np.dtype(np_dtype).name}
+    manifest = new_manifest(conf, chash, n, ec.shard_size, ds.label_names(), feature_sets)
+    writer = StoreWriter(uri, manifest)
+    return writer, writer.manifest["feature_sets"]
+
+
+def manifest_params(cfg: Config, res: ExtractResult) -> dict[str, Any]:
+    ec = cfg.extract
+    return {"store_uri": res.store_uri, "config_hash": res.config_hash, "hook_points": list(ec.hook_points),
+            "timesteps": list(ec.timesteps), "pooling": list(ec.pooling), **to_dict(ec)}
