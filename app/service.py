@@ -239,17 +239,12 @@ class DemoService:
     # ------------------------------------------------------------------ few-shot
     def classifier_with(self, fs: FewShotProbe):
         """A Classifier that shares this one's backbone and SAE but predicts with the few-shot probe."""
-        from revelio_svc.classifier import Classifier
-
         c = self.clf
-        new = Classifier(backbone=c.backbone_cfg, hook_point=c.hook_point, timestep=c.timestep,
-                         noise_seed=c.noise_seed, sae=c.sae, probe=fs.probe, class_names=fs.class_names,
-                         concept=fs.concept, data=c.data, top_indices=c.top_indices, top_values=c.top_values,
-                         feature_dtype=c.feature_dtype,
-                         meta={**c.meta, "fewshot": fs.summary(), "base_model": self.info["uri"] or self.info["model"]})
-        # the backbone is the expensive part and is read-only at inference: share the loaded one
-        new._adapter = c._adapter if c._adapter is not None else c.adapter
-        new._dataset = c._dataset
+        # with_probe keeps the backbone's origin, so a saved few-shot classifier stays self-contained
+        new = c.with_probe(fs.probe, fs.class_names, fs.concept,
+                           meta={"fewshot": fs.summary(), "base_model": self.info["uri"] or self.info["model"]})
+        if new._adapter is None:
+            new._adapter = c.adapter
         new.source = {"name": "few-shot probe", "uri": "", "base": self.info}
         return new
 

@@ -69,8 +69,10 @@ def sae_latents(sae, fs: FeatureSet, pooling: str) -> sp.csr_matrix:
 
 
 def default_sae_dir(cfg: Config) -> Path:
-    """Where `train-sae` writes for this config (sae.output, else <output_dir>/sae/<hash of the sae section>)."""
-    return Path(cfg.sae.output) if cfg.sae.output else Path(cfg.output_dir) / "sae" / config_hash(cfg.sae)
+    """Where `train-sae` writes for this config (sae.output, else the trainer's own hashed directory)."""
+    from ..sae.trainer import sae_output_dir
+
+    return sae_output_dir(cfg)
 
 
 def resolve_sae_dir(cfg: Config) -> str:

@@ -367,6 +367,23 @@ def default_output_dir(cfg: Config, key: dict[str, Any]) -> Path:
     return Path(cfg.output_dir) / "sae" / config_hash(key)
 
 
+def buffer_vectors_for(sc: SAEConfig, d_in: int, buffer_mb: float = 512.0) -> int:
+    return max(sc.batch_size, int(buffer_mb * 2**20 / (4 * d_in)))
+
+
+def sae_output_dir(cfg: Config, store: FeatureStore | str | None = None, buffer_mb: float = 512.0) -> Path:
+    """Where `train_sae` writes for this config: later stages find the SAE here without being told."""
+    sc = cfg.sae
+    if sc.output:
+        return Path(sc.output)
+    if store is None:
+        store = resolve_store_uri(cfg)
+    if not isinstance(store, FeatureStore):
+        store = open_store(store)
+    fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling)
+    return default_output_dir(cfg, training_key(sc, store, buffer_vectors_for(sc, fset.dim, buffer_mb)))
+
+
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     torch.save(obj, tmp)
@@ -410,7 +427,7 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
     except KeyError as e:
         raise ConfigError(f"sae.hook_point/sae.timestep/sae.input: {e.args[0]}") from e
     d_in = fset.dim
-    buffer_vectors = max(sc.batch_size, int(buffer_mb * 2**20 / (4 * d_in)))
+    buffer_vectors = buffer_vectors_for(sc, d_in, buffer_mb)
     key = training_key(sc, store, buffer_vectors)
     out = Path(output) if output else Path(sc.output) if sc.output else default_output_dir(cfg, key)
     out.mkdir(parents=True, exist_ok=True)
