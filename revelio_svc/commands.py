@@ -11,10 +11,36 @@ def pretrain(cfg: Config, args: argparse.Namespace) -> int:
     from .tracking import stage_run
 
     with stage_run(cfg, "pretrain", ("pretrain", "data"), tags={"backbone": "unet2d", "dataset": "shapes"},
-                   description="Train the default pixel-space UNet2DModel on procedural shapes"):
+                   description="Train the default pixel-space UNet2DModel on procedural shapes") as run:
         path = run_pretrain(cfg)
-    print(f"backbone written to {path}")
+        version = register_backbone(run.info.run_id) if cfg.tracking.register else None
+    print(f"backbone written to {path}" + (f"; registered as revelio-backbone version {version}" if version else ""))
     return 0
+
+
+def register_backbone(run_id: str, name: str = "revelio-backbone") -> str:
+    """Register the run's `backbone/` directory (a diffusers model folder, not an MLflow model).
+
+    The version is `challenger`; it becomes `champion` when there is none yet (a backbone has no single
+    held-out metric to compare on: promote with `revelio registry promote`).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Diffusion backbones trained by `revelio pretrain` "
+                                                         "(diffusers UNet2DModel folder: config + safetensors)")
+    source = mlflow.get_artifact_uri("backbone")
+    mv = client.create_model_version(name, source=source, run_id=run_id,
+                                     tags={"stage": "pretrain", "dataset": "shapes"})
+    client.set_registered_model_alias(name, "challenger", mv.version)
+    aliases = client.get_registered_model(name).aliases or {}
+    if "champion" not in aliases:
+        client.set_registered_model_alias(name, "champion", mv.version)
+    return str(mv.version)
 
 
 def extract(cfg: Config, args: argparse.Namespace) -> int:

@@ -103,3 +103,8 @@ def test_pretrain_command_logs_curve_and_samples(tmp_path, mlflow_tmp):
     assert len(hist) == 2 and all(np.isfinite(m.value) for m in hist)
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"loss_curve.png", "samples", "backbone"} <= arts
+    mv = mlflow.MlflowClient().get_model_version_by_alias("revelio-backbone", "champion")
+    assert mv.run_id == run.info.run_id
+    local = mlflow.artifacts.download_artifacts(f"models:/revelio-backbone@champion", dst_path=str(tmp_path / "dl"))
+    from revelio_svc.backbones import load_backbone
+    assert "mid_block" in load_backbone(BackboneConfig(id=local)).hook_points()
