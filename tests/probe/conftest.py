@@ -120,4 +120,9 @@ def _mlflow_template(tmp_path_factory) -> Path:
 def mlflow_db(mlflow_tmp, _mlflow_template) -> str:
     """`mlflow_tmp` (a fresh tracking store per test) whose database file starts as a copy of the template."""
     shutil.copy(_mlflow_template, mlflow_tmp.removeprefix("sqlite:///"))
+    import mlflow
+
+    # the template's Default experiment stores artifacts where the template was made; a new experiment
+    # created now keeps them under this test's directory
+    mlflow.set_experiment("probe-tests")
     return mlflow_tmp
