@@ -56,8 +56,12 @@ def sweep(cfg: Config, args: argparse.Namespace) -> int:
     from .tracking import TrackingUnavailableError, stage_run
 
     try:
-        with stage_run(cfg, "sweep", ("data", "backbone", "probe"), tags=_tags(cfg),
+        with stage_run(cfg, "sweep", ("data", "backbone", "extract", "probe"), tags=_tags(cfg),
                        description="Probe accuracy over every (hook point, timestep) with controls"):
+            if not cfg.probe.store:
+                # the sweep needs the store of this config: extract it (resumes; instant when complete)
+                from .features.extract import extract
+                extract(cfg)
             res = sweep_stage(cfg)
     except TrackingUnavailableError as e:
         return _fail("sweep", e)
