@@ -77,6 +77,16 @@ class LocalBackend:
     def local_path(self, rel: str) -> Path | None:
         return self.root / rel
 
+    def remove_stale_temp(self) -> int:
+        """Delete temp files a killed writer left behind (`<name>.<pid>.tmp`); returns how many."""
+        n = 0
+        if self.root.is_dir():
+            for p in self.root.rglob("*.tmp"):
+                if re.fullmatch(r".+\.\d+\.tmp", p.name):
+                    p.unlink(missing_ok=True)
+                    n += 1
+        return n
+
 
 def backend_for(uri: str | Path):
     s = str(uri)
@@ -132,6 +142,10 @@ class StoreWriter:
                     f"with new features. Differences: {'; '.join(diffs[:8]) or 'format'}. Use a new "
                     f"extract.store path (or leave it empty to get one named by the config hash).")
             self.manifest = existing
+            # a killed writer may have left half-written temp files; they are never part of the store
+            cleanup = getattr(self.backend, "remove_stale_temp", None)
+            if cleanup is not None:
+                cleanup()
         else:
             self.manifest = manifest
             self._write_manifest()

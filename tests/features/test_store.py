@@ -105,3 +105,13 @@ def test_files_are_safetensors_not_pickle(tmp_path):
     for f in tmp_path.rglob("*.safetensors"):
         header_len = int.from_bytes(f.read_bytes()[:8], "little")
         json.loads(f.read_bytes()[8:8 + header_len])
+
+
+def test_resuming_writer_removes_stale_temp_files(tmp_path):
+    _write(tmp_path, 10, 4, set())
+    stale = tmp_path / "mid_block" / "t10" / "mean" / "shard-00001.safetensors.12345.tmp"
+    stale.write_bytes(b"half a file")
+    m = json.loads((tmp_path / MANIFEST).read_text())
+    StoreWriter(tmp_path, m)
+    assert not stale.exists()
+    assert len(list(tmp_path.rglob("*.safetensors"))) == 3 * 2
