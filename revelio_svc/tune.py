@@ -392,9 +392,16 @@ def _log_parent_params(cfg: Config, storage: str, space: dict[str, Any]) -> None
     params = {"tune.target": tc.target, "tune.metric": tc.metric, "tune.direction": tc.direction,
               "tune.study_name": tc.study_name, "tune.storage": redact(storage), "tune.pruner": tc.pruner,
               "tune.search_space": json.dumps(space, sort_keys=True)[:6000]}
-    have = mlflow.MlflowClient().get_run(mlflow.active_run().info.run_id).data.params
-    # every worker logs the same values; a param may not be logged twice with different values
-    mlflow.log_params({k: v for k, v in params.items() if k not in have})
+    run_id = mlflow.active_run().info.run_id
+
+    def log_missing() -> None:
+        # every worker logs the same values; a param may not be logged twice with different values
+        have = mlflow.MlflowClient().get_run(run_id).data.params
+        missing = {k: v for k, v in params.items() if k not in have}
+        if missing:
+            mlflow.log_params(missing)
+
+    _retry_clash(log_missing)
 
 
 def _objective(cfg: Config, space: dict[str, Any], d_in: int | None, pid: str):
@@ -448,6 +455,32 @@ def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _retry_clash(fn, attempts: int = 5) -> None:
+    """Run a write to the shared parent run. Workers write the same keys at the same moment, and an
+    insert-or-update is not atomic across processes (SQLite, PostgreSQL): a unique-key clash is retried,
+    and the retry then finds the row and updates it (or skips an identical param)."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for i in range(attempts):
+        try:
+            fn()
+            return
+        except MlflowException as e:
+            clash = any(m in str(e) for m in ("UNIQUE constraint", "IntegrityError", "duplicate key",
+                                               "UniqueViolation"))
+            if not clash or i == attempts - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
+
+
+def _set_parent_tags(tags: dict[str, str]) -> None:
+    import mlflow
+
+    _retry_clash(lambda: mlflow.set_tags(tags))
+
+
 def _finish(cfg: Config, study, storage: str, pid: str, before: set[int]) -> TuneResult:
     import mlflow
     import optuna
@@ -471,8 +504,9 @@ def _finish(cfg: Config, study, storage: str, pid: str, before: set[int]) -> Tun
     mlflow.log_metric("best_value", result.best_value)
     mlflow.log_metric("best_trial", float(best.number))
     # tags, not params: the best moves as workers add trials, and a param may not change
-    mlflow.set_tags({f"best.{k}": str(v) for k, v in best.params.items()})
-    mlflow.set_tag("best_run_id", result.best_run_id or "")
+    tags = {f"best.{k}": str(v) for k, v in best.params.items()}
+    tags["best_run_id"] = result.best_run_id or ""
+    _set_parent_tags(tags)
     mlflow.log_dict({"value": result.best_value, "params": result.best_params, "trial": best.number,
                      "run_id": result.best_run_id, "metric": tc.metric, "direction": tc.direction},
                     "best_params.json")
@@ -507,5 +541,5 @@ def _register_best(cfg: Config, best) -> dict[str, Any] | None:
                               **{f"param.{k}": str(v) for k, v in best.params.items()}})
     with mlflow.start_run(run_id=best.user_attrs["mlflow_run_id"], nested=True):
         reg = register_model(kind, out_dir, metrics, tags, tc.metric, higher_is_better=tc.direction == "maximize")
-    mlflow.set_tag("registered", f"{reg.name}/{reg.version}")
+    _retry_clash(lambda: mlflow.set_tag("registered", f"{reg.name}/{reg.version}"))
     return reg.to_dict()
