@@ -260,9 +260,11 @@ def open_study(cfg: Config, storage: str):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable in practice
                 rdb = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120, **kw)
             break
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
-            # workers starting together on a new database race to create its tables; the loser retries
-            if attempt == 5:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError,
+                sqlalchemy.exc.ProgrammingError) as e:
+            # workers starting together on a new database race to create its tables (PostgreSQL says
+            # DuplicateTable, SQLite is locked or unique-violated); the loser retries
+            if attempt == 5 or (isinstance(e, sqlalchemy.exc.ProgrammingError) and "already exists" not in str(e)):
                 raise
             time.sleep(0.5 * (attempt + 1))
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0, interval_steps=1)
