@@ -272,22 +272,13 @@ class Classifier:
     def load(cls, directory: str | Path, device: str | None = None) -> Classifier:
         from safetensors.numpy import load_file
 
+        from .jsonmeta import read_versioned_json
         from .probe import load_probe
         from .sae import load_sae
 
         d = Path(directory)
         p = d / META
-        if not p.is_file():
-            raise ClassifierFormatError(f"no classifier at {d} (missing {META})")
-        try:
-            meta = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise ClassifierFormatError(f"{p} is not valid JSON: {e}") from e
-        if meta.get("format") != FORMAT:
-            raise ClassifierFormatError(f"{p} is not a revelio classifier (format {meta.get('format')!r})")
-        if meta.get("version") != VERSION:
-            raise ClassifierFormatError(f"{p} has classifier format version {meta.get('version')}; this revelio "
-                                        f"reads {VERSION}")
+        meta = read_versioned_json(p, FORMAT, VERSION, "classifier", ClassifierFormatError)
         for part in ("sae", "probe", TOP_FILE):
             if not (d / part).exists():
                 raise ClassifierFormatError(f"the classifier at {d} is incomplete: {part} is missing")

@@ -23,6 +23,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
+from ..jsonmeta import read_versioned_json
+
 FORMAT = "revelio-probe"
 VERSION = 1
 WEIGHTS = "probe.safetensors"
@@ -138,16 +140,7 @@ class LinearProbe:
 def read_meta(directory: Path, kind: str | None = None) -> dict[str, Any]:
     """The probe's JSON, checked for format, version and (optionally) kind."""
     path = Path(directory) / META
-    if not path.is_file():
-        raise ProbeFormatError(f"no probe at {directory} (missing {META})")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ProbeFormatError(f"{path} is not valid JSON: {e}") from e
-    if meta.get("format") != FORMAT:
-        raise ProbeFormatError(f"{path} is not a revelio probe (format {meta.get('format')!r})")
-    if meta.get("version") != VERSION:
-        raise ProbeFormatError(f"{path} has probe format version {meta.get('version')}; this revelio reads {VERSION}")
+    meta = read_versioned_json(path, FORMAT, VERSION, "probe", ProbeFormatError)
     if kind is not None and meta.get("kind") != kind:
         raise ProbeFormatError(f"{path} holds a {meta.get('kind')!r} probe, not {kind!r}")
     return meta
