@@ -131,6 +131,9 @@ class PretrainConfig:
     sample_every: int = 500
     output: str = "outputs/pretrain"
     save_dtype: Literal["float32", "float16"] = "float16"
+    # start from these weights (a backbone directory or "builtin:shapes-unet") instead of a fresh init;
+    # the optimiser starts fresh, with its warm-up
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         _check(len(self.block_out_channels) >= 2, "pretrain.block_out_channels", "needs at least two levels")

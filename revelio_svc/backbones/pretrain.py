@@ -77,6 +77,8 @@ def pretrain(cfg: Config, log_mlflow: bool = True) -> Path:
     ds = ShapesDataset(n=10**9, image_size=cfg.data.image_size, seed=pc.seed)
     torch.manual_seed(pc.seed)
     model = build_unet(pc, cfg.data.image_size)
+    if pc.init_from:
+        _load_init(model, pc.init_from)
     ema = copy.deepcopy(model).requires_grad_(False) if pc.ema_decay > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=pc.lr, weight_decay=pc.weight_decay)
     sched = default_scheduler()
@@ -172,7 +174,23 @@ def pretrain(cfg: Config, log_mlflow: bool = True) -> Path:
     return path
 
 
+def _load_init(model, ref: str) -> None:
+    """Copy the weights of an existing backbone (same architecture) into `model`."""
+    from diffusers import UNet2DModel
+
+    from .hub import resolve_local
+
+    path = resolve_local(ref)
+    if path is None:
+        raise RuntimeError(f"pretrain.init_from={ref!r} must be a backbone directory or a builtin: name")
+    src = UNet2DModel.from_pretrained(str(path), torch_dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"pretrain.init_from={ref!r} has another architecture than the pretrain config "
+                           f"(missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+
+
 def _arch(pc) -> str:
     return json.dumps({"c": list(pc.block_out_channels), "l": pc.layers_per_block, "g": pc.norm_num_groups,
                        "a": pc.attention_mid_block, "b": pc.batch_size, "lr": pc.lr, "seed": pc.seed,
-                       "w": pc.warmup_steps, "ema": pc.ema_decay}, sort_keys=True)
+                       "w": pc.warmup_steps, "ema": pc.ema_decay, "init": pc.init_from}, sort_keys=True)
