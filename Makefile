@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= mlproject/configs/default.yaml
+EXPERIMENT ?= revelio
 SET ?=
 PYTEST_ARGS ?=
 
@@ -17,7 +18,8 @@ install: $(VENV)/.installed
 
 # The whole chain (extract → SAE → probe → registry) as an MLflow project, in this environment.
 run: install
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/mlflow run . --env-manager local -P config=$(CONFIG) -P overrides="$(SET)"
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/mlflow run . --env-manager local --experiment-name $(EXPERIMENT) \
+		-P config=$(CONFIG) -P overrides="$(SET)"
 
 # System packages for the service-backed and browser tests (PostgreSQL, Chromium); needs root or sudo.
 services-deps:

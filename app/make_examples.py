@@ -1,6 +1,6 @@
-"""Write the demo's example images: one procedural shapes image per shape class, into app/examples/.
+"""Write the demo's example images: one procedural shapes image per shape class, into revelio_svc/app/examples/.
 
-    python -m app.make_examples          (from the repository root; rewrites the PNGs)
+    python app/make_examples.py          (rewrites the PNGs in revelio_svc/app/examples/)
 
 The images come from the same generator as the `shapes` dataset, but from a seed no default config trains
 or evaluates on, so an example is never a training image. They are drawn at 96 px, larger than the 32 px
@@ -15,7 +15,7 @@ from PIL import Image
 
 from revelio_svc.data.shapes import BACKGROUNDS, COLOURS, SHAPES, ShapesDataset
 
-OUT = Path(__file__).resolve().parent / "examples"
+OUT = Path(__file__).resolve().parent.parent / "revelio_svc" / "app" / "examples"
 SEED = 2024  # disjoint from the data seeds of the default configs (0) and pretraining (1000)
 SIZE = 96
 

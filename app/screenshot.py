@@ -68,9 +68,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    from revelio_svc.app.main import EXAMPLES_DIR, launch
     from revelio_svc.config import load_config
-
-    from .main import EXAMPLES_DIR, launch
 
     note = ""
     if args.model:

@@ -75,8 +75,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from app import views
-    from app.service import DemoService
+    from revelio_svc.app import views
+    from revelio_svc.app.service import DemoService
     from revelio_svc.config import load_config
 
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def main() -> int:
         clf = load_classifier(args.model)
         models = f"{args.model} (backbone {clf.backbone_cfg.id})"
     else:
-        from app.quick import quick_classifier
+        from revelio_svc.app.quick import quick_classifier
 
         q = quick_classifier(load_config(None, []), n_images=args.n_images)
         clf = q.classifier
@@ -126,7 +126,7 @@ def main() -> int:
     if not args.no_http:
         from gradio_client import Client, handle_file
 
-        from app.main import launch
+        from revelio_svc.app.main import launch
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

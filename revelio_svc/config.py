@@ -6,7 +6,6 @@ invalid values fail with a message naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import types
 import typing
@@ -24,6 +23,12 @@ class ConfigError(ValueError):
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg}")
+
+
+def _at_least(name: str, bound: float, **fields: float) -> None:
+    """Each of `fields` (name=value) must be >= bound; the message names `<section name>.<field>`."""
+    for key, value in fields.items():
+        _check(value >= bound, f"{name}.{key}", f"must be {'> 0' if bound == 1 else f'>= {bound:g}'}, got {value}")
 
 
 # --------------------------------------------------------------------------- sections
@@ -175,19 +180,11 @@ class SAEConfig:
     num_threads: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.expansion >= 1, "sae.expansion", "must be >= 1")
-        _check(self.k >= 1, "sae.k", "must be >= 1")
-        _check(self.steps > 0, "sae.steps", "must be > 0")
-        _check(self.batch_size > 0, "sae.batch_size", "must be > 0")
-        _check(self.lr >= 0, "sae.lr", "must be >= 0")
-        _check(self.auxk_coef >= 0, "sae.auxk_coef", "must be >= 0")
+        _at_least("sae", 1, expansion=self.expansion, k=self.k, steps=self.steps, batch_size=self.batch_size,
+                  checkpoint_every=self.checkpoint_every, eval_every=self.eval_every, dead_window=self.dead_window)
+        _at_least("sae", 0, lr=self.lr, auxk_coef=self.auxk_coef, warmup_steps=self.warmup_steps,
+                  k_aux=self.k_aux, num_threads=self.num_threads)
         _check(0 < self.heldout_fraction < 1, "sae.heldout_fraction", "must be in (0, 1)")
-        _check(self.checkpoint_every > 0, "sae.checkpoint_every", "must be > 0")
-        _check(self.eval_every > 0, "sae.eval_every", "must be > 0")
-        _check(self.dead_window > 0, "sae.dead_window", "must be > 0")
-        _check(self.warmup_steps >= 0, "sae.warmup_steps", "must be >= 0")
-        _check(self.k_aux >= 0, "sae.k_aux", "must be >= 0")
-        _check(self.num_threads >= 0, "sae.num_threads", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -219,9 +216,8 @@ class ProbeConfig:
         for s in self.shots:
             _check(s == "all" or (s.isdigit() and int(s) > 0), "probe.shots",
                    f"each must be a positive integer or 'all', got {s!r}")
-        _check(self.seeds >= 1, "probe.seeds", "must be >= 1")
-        _check(self.width >= 1, "probe.width", "must be >= 1")
-        _check(self.depth >= 0, "probe.depth", "must be >= 0")
+        _at_least("probe", 1, seeds=self.seeds, width=self.width)
+        _at_least("probe", 0, depth=self.depth)
 
 
 @dataclass(frozen=True)
@@ -251,6 +247,32 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    # a new classifier (with its SAE and probe) becomes champion only if it beats the champion on the same
+    # held-out images with an exact McNemar p-value below this
+    promotion_alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        _check(0 < self.promotion_alpha <= 1, "registry.promotion_alpha", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    model: str = "revelio-classifier@champion"  # registry URI or a directory written by `revelio registry pull`
+    host: str = "127.0.0.1"
+    port: int = 7860
+    max_pixels: int = 16_000_000  # larger uploads are refused before decoding
+    concurrency: int = 2  # requests served at once; the rest queue
+    allow_register: bool = True  # show the few-shot tab's "Register in MLflow"
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "demo.model", "must name a registry URI or a directory")
+        _check(0 < self.port < 65536, "demo.port", f"must be a TCP port, got {self.port}")
+        _check(self.max_pixels > 0, "demo.max_pixels", "must be > 0")
+        _check(self.concurrency > 0, "demo.concurrency", "must be > 0")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     sweep: bool = False  # run the sweep stage in `revelio run`
     top_images: int = 16  # top-activating dataset images kept per latent in the classifier
@@ -269,6 +291,8 @@ class Config:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     output_dir: str = "outputs"
     force: bool = False
@@ -286,12 +310,6 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
-
-
-def config_hash(obj: Any, n: int = 12) -> str:
-    """Stable short hash of a config section (or any JSON-able value)."""
-    blob = json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -407,24 +425,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return out
 
 
+def _read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    if not isinstance(loaded, dict | None):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Load a YAML config (or the defaults) and apply `key=value` overrides."""
-    data: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-        data = loaded
-    data = apply_overrides(data, list(overrides))
-    return from_dict(Config, data)
+    data = _read_yaml_mapping(path) if path else {}
+    return from_dict(Config, apply_overrides(data, list(overrides)))
 
 
 def replace(cfg: Any, **changes: Any) -> Any:

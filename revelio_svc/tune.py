@@ -3,7 +3,7 @@
     tune.target     sae (k, expansion, lr, auxk_coef) | probe (C; Diff-C: lr, width)
     tune.metric     a metric the stage reports on held-out data (sae: fvu, explained_variance, dead_frac, l0;
                     probe: accuracy, macro_f1), optimised in tune.direction
-    tune.storage    any Optuna RDB URL; "" = sqlite:///optuna.db; $REVELIO_OPTUNA_STORAGE overrides both
+    tune.storage    any Optuna RDB URL; "" = sqlite:///optuna.db
     tune.search_space  per parameter: [a, b, c] (categorical), {low, high, log} (range) or a fixed value;
                     names are `k` or `sae.k` style; defaults in DEFAULT_SPACES
 
@@ -17,26 +17,39 @@ params, intermediate values (`intermediate.<metric>` by step), the final value (
 (tag `optuna.state` = complete | pruned | failed; run status FINISHED | KILLED | FAILED). The best params
 and value go on the parent, and the best trial's model is registered (champion rules of the registry).
 
-Pruning (MedianPruner) acts on the SAE's held-out evaluations during training (every sae.eval_every steps).
-The probe trains in one go, so its few-shot accuracies (1, 5, 10, … shots) are reported as intermediate
-values for the record only.
+Pruning (MedianPruner) acts on the SAE's held-out evaluations during training (every sae.eval_every steps),
+for the trainer's metrics (fvu, l0, …) and for the interpretation metrics (sigma_label, label_purity), which
+the SAE stage then computes at every evaluation too. The probe trains in one go, so its few-shot accuracies
+(1, 5, 10, … shots) are reported as intermediate values for the record only.
 """
 from __future__ import annotations
 
-import inspect
 import json
+import math
 import os
+import re
 import socket
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import mlflow
+import optuna
+import sqlalchemy.exc
+from mlflow.exceptions import MlflowException
+
 from .config import Config, ConfigError, replace
+from .features.extract import extract, store_uri_for
+from .features.store import StoreError, open_store
+from .registry import MODEL_NAMES, register_model
+from .stages import train_probe_stage, train_sae_stage
+from .stages.train_sae import INTERPRET_METRICS, TRAINER_METRICS
+from .tracking import check_server, log_result, run_tags, setup, tracking_uri
 
 PARENT_ATTR = "mlflow_parent_run_id"
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-STORAGE_ENV = "REVELIO_OPTUNA_STORAGE"
 
 DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "sae": {"sae.expansion": [4, 8, 16], "sae.k": {"low": 8, "high": 64, "log": True},
@@ -44,8 +57,7 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "probe": {"probe.C": {"low": 1e-3, "high": 1e2, "log": True}},
     "diffc": {"probe.lr": {"low": 1e-4, "high": 1e-2, "log": True}, "probe.width": [16, 32, 64, 128]},
 }
-TRAINER_METRICS = ("fvu", "explained_variance", "dead_frac", "l0", "l2_ratio", "auxk_loss")
-METRICS = {"sae": TRAINER_METRICS + ("sigma_label", "label_purity"),
+METRICS = {"sae": TRAINER_METRICS + INTERPRET_METRICS,
            "probe": ("accuracy", "macro_f1")}
 
 
@@ -64,13 +76,11 @@ class TuneResult:
 
 # --------------------------------------------------------------------------- configuration
 def storage_url(cfg: Config) -> str:
-    return os.environ.get(STORAGE_ENV) or cfg.tune.storage or DEFAULT_STORAGE
+    return cfg.tune.storage or DEFAULT_STORAGE
 
 
 def redact(url: str) -> str:
     """A storage URL without its password (it is logged as a param)."""
-    import re
-
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
@@ -124,14 +134,11 @@ def sample_params(trial, space: dict[str, Any], d_in: int | None, expansion: int
 class Reporter:
     """Intermediate values: to MLflow (`intermediate.<metric>`) and to Optuna, pruning when told to."""
 
-    def __init__(self, trial, metric: str, run_id: str, eval_every: int = 0, prune: bool = True):
-        self.trial, self.metric, self.run_id, self.eval_every, self.prune = trial, metric, run_id, eval_every, prune
+    def __init__(self, trial, metric: str, prune: bool = True):
+        self.trial, self.metric, self.prune = trial, metric, prune
         self.n = 0
 
     def report(self, step: int, value: float) -> None:
-        import mlflow
-        import optuna
-
         mlflow.log_metric(f"intermediate.{self.metric}", float(value), step=int(step))
         self.trial.report(float(value), int(step))
         self.n += 1
@@ -139,86 +146,40 @@ class Reporter:
             raise optuna.TrialPruned(f"trial {self.trial.number} pruned at step {step}: {self.metric}={value:.5g} "
                                      "is worse than the median of earlier trials")
 
-    def on_eval(self, step: int, metrics: dict[str, float]) -> None:
-        if self.metric in metrics:
+    def on_eval(self, step: int, metrics: Mapping[str, float]) -> None:
+        """A MetricsCallback for the SAE stage: log every held-out metric, report the tuned one."""
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=int(step))
+        if self.metric in metrics and math.isfinite(metrics[self.metric]):
             self.report(step, metrics[self.metric])
-
-    def on_step(self, step: int, _stats: Any = None) -> None:
-        """The trainer logs held-out metrics to the active run every eval_every steps, just before this call."""
-        if not self.eval_every or step % self.eval_every:
-            return
-        import mlflow
-
-        hist = mlflow.MlflowClient().get_metric_history(self.run_id, self.metric)
-        at = [m for m in hist if m.step == step]
-        if at:
-            self.report(step, at[-1].value)
-
-
-def _accepts(fn, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def run_sae_trial(cfg: Config, reporter: Reporter) -> tuple[str, dict[str, float]]:
     """Train one SAE inside the active (trial) run; returns (output dir, final held-out metrics).
 
-    For the trainer's own metrics (fvu, l0, …) the trainer runs directly: it logs held-out metrics to the
-    trial run every sae.eval_every steps and then calls on_step, where they are reported (and pruned on),
-    and a trial skips the stage's latent interpretation, which those metrics do not need. Metrics of that
-    interpretation (sigma_label, label_purity) need the whole stage; it reports during training only if it
-    takes an on_eval/on_step callback.
+    The stage reports at every evaluation; for an interpretation metric it computes that metric while
+    training (live_interpretation), so those trials are pruned like the others. A trial interprets its
+    latents fully only when the tuned metric needs it.
     """
-    import mlflow
-
-    if reporter.metric not in TRAINER_METRICS:
-        from .sae.stage import train_sae_stage
-
-        kw: dict[str, Any] = {}
-        if _accepts(train_sae_stage, "on_eval"):
-            kw["on_eval"] = reporter.on_eval
-            reporter.eval_every = 0
-        elif _accepts(train_sae_stage, "on_step"):
-            kw["on_step"] = reporter.on_step
-        if _accepts(train_sae_stage, "progress"):
-            kw["progress"] = False
-        res = train_sae_stage(cfg, **kw)
-        return str(res.get("output_dir") or res.get("sae_dir")), dict(res.get("metrics") or {})
-
-    from .sae.trainer import train_sae
-
-    res = train_sae(cfg, on_step=reporter.on_step, progress=False)
-    if res.skipped:  # trained before with these exact params: no intermediate values to report again
-        mlflow.log_metrics({k: float(v) for k, v in res.metrics.items()}, step=res.steps)
-    for f in ("sae.safetensors", "config.json", "metrics.json"):
-        mlflow.log_artifact(f"{res.output_dir}/{f}", "sae")
-    mlflow.set_tag("sae_dir", res.output_dir)
-    return res.output_dir, dict(res.metrics)
+    interpretation = reporter.metric not in TRAINER_METRICS
+    res = train_sae_stage(cfg, progress=False, on_eval=reporter.on_eval, interpret=interpretation,
+                          live_interpretation=interpretation)
+    log_result(res, step=res.steps, skip_existing_metrics=not res.skipped_training)
+    return str(res.sae_dir), dict(res.metrics)
 
 
 def run_probe_trial(cfg: Config, reporter: Reporter) -> tuple[str, dict[str, float]]:
-    from .probe.stage import train_probe_stage
-
     res = train_probe_stage(cfg)
-    metrics = dict(res.get("metrics") or {})
-    fewshot = metrics.get("fewshot") or {}
-    steps = sorted(((int(k), v) for k, v in fewshot.items() if str(k).isdigit()), key=lambda x: x[0])
+    log_result(res)
     key = f"{reporter.metric}_mean"
-    for k, v in steps:
+    for shots, v in sorted(((int(k), v) for k, v in res.fewshot.items() if str(k).isdigit()), key=lambda x: x[0]):
         if key in v:
-            reporter.report(k, v[key])
-    return str(res["probe_dir"]), metrics
+            reporter.report(shots, v[key])
+    return str(res.probe_dir), dict(res.metrics)
 
 
 def _feature_dim(cfg: Config) -> int | None:
     """d_in of the SAE's features, to keep k within the number of latents; None if the store is not there."""
     try:
-        from .features.extract import store_uri_for
-        from .features.store import open_store
-
         sc = cfg.sae
         store = open_store(sc.store or store_uri_for(cfg))
         return store.feature_set(sc.hook_point, sc.timestep, "tokens" if sc.input == "tokens" else sc.pooling).dim
@@ -228,9 +189,6 @@ def _feature_dim(cfg: Config) -> int | None:
 
 def _ensure_store(cfg: Config) -> None:
     """Tuning needs the feature store; extract it (no MLflow run) when it is missing or incomplete."""
-    from .features.extract import extract, store_uri_for
-    from .features.store import StoreError, open_store
-
     uri = (cfg.sae.store if cfg.tune.target == "sae" else cfg.probe.store) or store_uri_for(cfg)
     try:
         if open_store(uri).complete:
@@ -244,16 +202,12 @@ def _ensure_store(cfg: Config) -> None:
 # --------------------------------------------------------------------------- study and parent run
 def open_study(cfg: Config, storage: str):
     """(study, created_by_this_process). Creation is atomic in the storage, so exactly one worker is the creator."""
-    import optuna
-
     tc = cfg.tune
     kw: dict[str, Any] = {}
     if storage.startswith("sqlite"):
         # several processes on one SQLite file: wait for the write lock instead of failing at once
         kw["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     # heartbeats let a resumed study mark the trials of a crashed worker FAIL instead of RUNNING forever
-    import sqlalchemy.exc
-
     for attempt in range(6):
         try:
             with warnings.catch_warnings():
@@ -296,8 +250,6 @@ def open_study(cfg: Config, storage: str):
 def _usable_run(run_id: str | None, experiment_id: str) -> bool:
     if not run_id:
         return False
-    import mlflow
-
     try:
         r = mlflow.MlflowClient().get_run(run_id)
     except Exception:
@@ -309,14 +261,12 @@ def parent_run_id(study, created: bool, cfg: Config, experiment_id: str, env_run
                   wait_s: float = 30.0) -> str:
     """The study's parent run id: stored on the study, created by the study's creator (or a later worker
     when the stored one is gone), waited for by the other workers."""
-    import mlflow
-
     pid = study.user_attrs.get(PARENT_ATTR)
     if not created and not pid:
         t0 = time.monotonic()
         while not pid and time.monotonic() - t0 < wait_s:
             time.sleep(0.5)
-            pid = study._storage.get_study_user_attrs(study._study_id).get(PARENT_ATTR)
+            pid = study.user_attrs.get(PARENT_ATTR)  # read from the storage at every access
     if _usable_run(pid, experiment_id):
         return pid
     if env_run and _usable_run(env_run, experiment_id):
@@ -336,10 +286,6 @@ def parent_run_id(study, created: bool, cfg: Config, experiment_id: str, env_run
 # --------------------------------------------------------------------------- the study
 def tune(cfg: Config, n_trials: int | None = None, enqueue: list[dict[str, Any]] | None = None) -> TuneResult:
     """Run n_trials (default tune.n_trials) more trials of the study; `enqueue`: param sets to try first."""
-    import mlflow
-
-    from .tracking import setup
-
     tc = cfg.tune
     if tc.metric not in METRICS[tc.target] and not tc.metric.startswith(("control.", "fewshot.")):
         raise ConfigError(f"tune.metric: {tc.metric!r} is not a held-out metric of the {tc.target} stage; "
@@ -347,9 +293,6 @@ def tune(cfg: Config, n_trials: int | None = None, enqueue: list[dict[str, Any]]
     space = search_space(cfg)
     storage = storage_url(cfg)
     n_trials = int(n_trials or tc.n_trials)
-
-    from .registry.client import check_server
-    from .tracking import tracking_uri
 
     check_server(tracking_uri(cfg.tracking))  # seconds, not minutes of retries, for a dead server
     setup(cfg.tracking)
@@ -388,8 +331,6 @@ def tune(cfg: Config, n_trials: int | None = None, enqueue: list[dict[str, Any]]
 
 
 def _log_parent_params(cfg: Config, storage: str, space: dict[str, Any]) -> None:
-    import mlflow
-
     tc = cfg.tune
     params = {"tune.target": tc.target, "tune.metric": tc.metric, "tune.direction": tc.direction,
               "tune.study_name": tc.study_name, "tune.storage": redact(storage), "tune.pruner": tc.pruner,
@@ -407,9 +348,6 @@ def _log_parent_params(cfg: Config, storage: str, space: dict[str, Any]) -> None
 
 
 def _objective(cfg: Config, space: dict[str, Any], d_in: int | None, pid: str):
-    import mlflow
-    import optuna
-
     tc = cfg.tune
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -425,8 +363,7 @@ def _objective(cfg: Config, space: dict[str, Any], d_in: int | None, pid: str):
         state = "failed"
         try:
             mlflow.log_params({k: str(v) for k, v in params.items()})
-            rep = Reporter(trial, tc.metric, run.info.run_id,
-                           eval_every=cfg.sae.eval_every if tc.target == "sae" else 0, prune=tc.target == "sae")
+            rep = Reporter(trial, tc.metric, prune=tc.target == "sae")
             out_dir, metrics = (run_sae_trial if tc.target == "sae" else run_probe_trial)(tcfg, rep)
             flat = _flat(metrics)
             if tc.metric not in flat:
@@ -457,36 +394,35 @@ def _flat(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
+def _is_clash(e: BaseException) -> bool:
+    """A unique-key clash of two workers writing the same row: the database's IntegrityError, seen in-process
+    as the cause of MLflow's exception; a tracking server returns only its text (UniqueViolation)."""
+    chain = [e, e.__cause__, e.__context__]
+    if any(isinstance(x, sqlalchemy.exc.IntegrityError) for x in chain):
+        return True
+    return isinstance(e, MlflowException) and any(
+        m in str(e) for m in ("UNIQUE constraint", "UniqueViolation", "duplicate key", "IntegrityError"))
+
+
 def _retry_clash(fn, attempts: int = 5) -> None:
     """Run a write to the shared parent run. Workers write the same keys at the same moment, and an
     insert-or-update is not atomic across processes (SQLite, PostgreSQL): a unique-key clash is retried,
     and the retry then finds the row and updates it (or skips an identical param)."""
-    import time
-
-    from mlflow.exceptions import MlflowException
-
     for i in range(attempts):
         try:
             fn()
             return
-        except MlflowException as e:
-            clash = any(m in str(e) for m in ("UNIQUE constraint", "IntegrityError", "duplicate key",
-                                               "UniqueViolation"))
-            if not clash or i == attempts - 1:
+        except (MlflowException, sqlalchemy.exc.IntegrityError) as e:
+            if not _is_clash(e) or i == attempts - 1:
                 raise
             time.sleep(0.2 * (i + 1))
 
 
 def _set_parent_tags(tags: dict[str, str]) -> None:
-    import mlflow
-
     _retry_clash(lambda: mlflow.set_tags(tags))
 
 
 def _finish(cfg: Config, study, storage: str, pid: str, before: set[int]) -> TuneResult:
-    import mlflow
-    import optuna
-
     tc = cfg.tune
     trials = study.get_trials(deepcopy=False)
     mine = [t for t in trials if t.number not in before]
@@ -520,11 +456,6 @@ def _finish(cfg: Config, study, storage: str, pid: str, before: set[int]) -> Tun
 
 def _register_best(cfg: Config, best) -> dict[str, Any] | None:
     """Register the best trial's model once (another worker may have registered the same trial already)."""
-    import mlflow
-
-    from .pipeline import version_tags
-    from .registry.client import MODEL_NAMES, register_model
-
     tc = cfg.tune
     kind = "sae" if tc.target == "sae" else "probe"
     marker = f"{tc.study_name}:{best.number}"
@@ -539,9 +470,9 @@ def _register_best(cfg: Config, best) -> dict[str, Any] | None:
             return {"name": mv.name, "version": str(mv.version), "already_registered": True}
     out_dir = best.user_attrs.get("output_dir")
     metrics = best.user_attrs.get("metrics") or {}
-    tags = version_tags(cfg, {"optuna.trial": marker, "optuna.study": tc.study_name,
-                              **{f"param.{k}": str(v) for k, v in best.params.items()}})
+    tags = {k: v for k, v in run_tags(cfg, "tune").items() if k != "stage"} | {
+        "optuna.trial": marker, "optuna.study": tc.study_name, **{f"param.{k}": str(v) for k, v in best.params.items()}}
     with mlflow.start_run(run_id=best.user_attrs["mlflow_run_id"], nested=True):
-        reg = register_model(kind, out_dir, metrics, tags, tc.metric, higher_is_better=tc.direction == "maximize")
+        reg = register_model(kind, out_dir, metrics, tags, tc.metric)
     _retry_clash(lambda: mlflow.set_tag("registered", f"{reg.name}/{reg.version}"))
     return reg.to_dict()

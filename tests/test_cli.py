@@ -32,3 +32,40 @@ def test_bad_override_exits_2_with_message(capsys):
     assert main(["extract", "--set", "extract.hook_points=[nope]", "--set", "sae.k=x"]) == 2
     err = capsys.readouterr().err
     assert "sae.k" in err
+
+
+def test_mlproject_is_derived_from_the_command_table():
+    from pathlib import Path
+
+    from revelio_svc.cli.mlproject import ENTRY_POINTS, render
+
+    assert (Path(__file__).resolve().parents[1] / "MLproject").read_text() == render()
+    assert set(ENTRY_POINTS.values()) <= set(COMMANDS)
+
+
+def test_every_config_field_is_a_command_line_option(capsys):
+    import dataclasses
+
+    from revelio_svc.config import Config
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    out = capsys.readouterr().out
+    cfg = Config()
+    for section in dataclasses.fields(Config):
+        value = getattr(cfg, section.name)
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                assert f"--{section.name}.{f.name}" in out, f"{section.name}.{f.name}"
+
+
+def test_options_override_set_which_overrides_the_file(tmp_path):
+    from revelio_svc.cli.main import load
+
+    conf = tmp_path / "c.yaml"
+    conf.write_text("sae:\n  k: 8\n  expansion: 2\nextract:\n  timesteps: [10]\n")
+    args = build_parser().parse_args(["train-sae", "--config", str(conf), "--set", "sae.k=16", "--set", "sae.seed=3",
+                                      "--sae.k", "24", "--extract.timesteps", "[10, 100]"])
+    cfg = load(args)
+    assert (cfg.sae.k, cfg.sae.expansion, cfg.sae.seed, cfg.extract.timesteps) == (24, 2, 3, (10, 100))
+    assert main(["train-sae", "--sae.variant", "nope"]) == 2

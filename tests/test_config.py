@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from revelio_svc.config import Config, ConfigError, config_hash, load_config, replace
+from revelio_svc.config import Config, ConfigError, load_config, replace
+from revelio_svc.identity import digest as config_hash
 
 CONFIGS = Path(__file__).resolve().parent.parent / "mlproject" / "configs"
 

@@ -78,7 +78,12 @@ def test_mlflow_run_registers_the_three_models_in_one_parent_run(project_run, ti
         assert r.data.tags["mlflow.note.content"] and REUSED not in r.data.tags
         assert parent.data.tags[f"run_id.{stage}"] == r.info.run_id
     # outputs are handed on explicitly and the lineage is recorded
-    assert children["train_sae"].data.params["sae.store"] == children["extract"].data.tags["store_uri"]
+    assert children["train_sae"].data.tags["store_uri"] == children["extract"].data.tags["store_uri"]
+    assert "sae.store" not in children["train_sae"].data.params  # locations are tags, not params
+    # runs are named after their stage and subject; the dataset and the store are run inputs
+    assert children["train_sae"].info.run_name == "train_sae · up_blocks.1 t=10 · topk k=4 ×4"
+    inputs = {d.dataset.name for d in children["extract"].inputs.dataset_inputs}
+    assert inputs == {"shapes", f"features-{children['extract'].data.tags['config_hash'][:8]}"}
     assert children["train_probe"].data.tags["upstream.train_sae"] == children["train_sae"].info.run_id
     assert children["train_probe"].data.metrics["accuracy"] >= 0
     arts = {a.path for a in client.list_artifacts(children["register"].info.run_id, "classifier")}
@@ -160,6 +165,6 @@ def test_rerun_reuses_every_stage_and_force_recomputes(project_run, monkeypatch)
     assert client.get_run(forced.stages["train_sae"].run_id).data.metrics["fvu"] == pytest.approx(
         client.get_run(originals["train_sae"]).data.metrics["fvu"], rel=1e-4)
     reg = forced.registrations["sae"]
-    assert reg["version"] == "3" and not reg["champion"]  # no improvement → champion stays
+    assert reg.version == "3" and not reg.champion  # the same model again: no evidence it is better
     assert str(client.get_model_version_by_alias("revelio-sae", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("revelio-sae", "challenger").version) == "3"

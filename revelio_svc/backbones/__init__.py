@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 from ..config import BackboneConfig
-from .base import (BackboneAdapter, Conditioning, ModelUnavailableError, backbone_describe, noise_seed,
-                   seeded_noise)
+from .base import (
+    BackboneAdapter,
+    Conditioning,
+    ModelUnavailableError,
+    backbone_describe,
+    noise_seed,
+    seeded_noise,
+)
 
 
 def load_backbone(cfg: BackboneConfig) -> BackboneAdapter:

@@ -11,15 +11,18 @@ import copy
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..config import Config, to_dict
+from ..contracts import Artifact, MetricsCallback, StageResult
 from ..data.shapes import ShapesDataset
+from ..identity import digest
+from ..progress import progress_bar
 from .unet2d import build_unet, default_scheduler
 
 CKPT = "checkpoint.pt"
@@ -68,7 +71,45 @@ def save_backbone(model, out_dir: Path, dtype: str, card: dict | None = None) ->
     return out_dir
 
 
-def pretrain(cfg: Config, log_mlflow: bool = True) -> Path:
+@dataclass(frozen=True, kw_only=True)
+class PretrainResult(StageResult):
+    backbone_dir: Path
+    steps: int
+    final_loss: float
+
+    def outputs(self) -> dict[str, str]:
+        return {"backbone_dir": str(self.backbone_dir)}
+
+
+def _save_png(rgb: np.ndarray, path: Path) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def _loss_figure(losses: list[float], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    sm = np.convolve(losses, np.ones(25) / 25, mode="valid") if len(losses) > 25 else losses
+    ax.plot(sm)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("noise-prediction MSE (25-step mean)")
+    ax.set_title("pretrain loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def pretrain(cfg: Config, on_metrics: MetricsCallback | None = None, progress: bool = True) -> PretrainResult:
+    """Train (or resume) the backbone of `cfg.pretrain`; `on_metrics(step, {loss, images_per_s})` every 10 steps."""
     pc = cfg.pretrain
     if pc.num_threads:
         torch.set_num_threads(pc.num_threads)
@@ -102,15 +143,10 @@ def pretrain(cfg: Config, log_mlflow: bool = True) -> Path:
     def lr_at(s: int) -> float:
         return pc.lr * min(1.0, (s + 1) / max(pc.warmup_steps, 1))
 
-    mlflow = None
-    if log_mlflow:
-        import mlflow as _mlflow
-        mlflow = _mlflow
     n_params = sum(p.numel() for p in model.parameters())
-    if mlflow:
-        mlflow.log_metric("n_params", n_params)
+    samples = out / "samples"
     model.train()
-    bar = tqdm(total=pc.steps, initial=step, desc="pretrain", unit="step")
+    bar = progress_bar(total=pc.steps, initial=step, desc="pretrain", unit="step", enabled=progress)
     t0, seen0 = time.perf_counter(), step
     while step < pc.steps:
         x0 = _batch(ds, step, pc.batch_size, pc.hflip, gen)
@@ -131,12 +167,12 @@ def pretrain(cfg: Config, log_mlflow: bool = True) -> Path:
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1 - pc.ema_decay)
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        if mlflow and (step % 10 == 0 or step == pc.steps):
-            mlflow.log_metric("loss", float(np.mean(losses[-10:])), step=step)
-            mlflow.log_metric("images_per_s", (step - seen0) * pc.batch_size / (time.perf_counter() - t0), step=step)
+        if on_metrics is not None and (step % 10 == 0 or step == pc.steps):
+            on_metrics(step, {"loss": float(np.mean(losses[-10:])),
+                              "images_per_s": (step - seen0) * pc.batch_size / (time.perf_counter() - t0)})
         if step % pc.checkpoint_every == 0 or step == pc.steps:
             tmp = ckpt.with_suffix(".tmp")
             torch.save({"model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
@@ -145,33 +181,20 @@ def pretrain(cfg: Config, log_mlflow: bool = True) -> Path:
             tmp.replace(ckpt)
             save_backbone(ema if ema is not None else model, out / f"step-{step:06d}", pc.save_dtype,
                           {"step": step, "loss_last50": float(np.mean(losses[-50:]))})
-        if mlflow and pc.sample_every and step % pc.sample_every == 0:
-            grid = sample_grid(ema if ema is not None else model, n=16, steps=25)
-            mlflow.log_image(grid, f"samples/step-{step:06d}.png")
+        if pc.sample_every and step % pc.sample_every == 0:
+            _save_png(sample_grid(ema if ema is not None else model, n=16, steps=25), samples / f"step-{step:06d}.png")
             model.train()
     bar.close()
     final = ema if ema is not None else model
     card = {"steps": pc.steps, "final_loss_last50": float(np.mean(losses[-50:])), "n_params": n_params,
             "pretrain": to_dict(pc), "data": {"source": "shapes", "seed": pc.seed, "image_size": cfg.data.image_size}}
     path = save_backbone(final, out / "final", pc.save_dtype, card)
-    if mlflow:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        sm = np.convolve(losses, np.ones(25) / 25, mode="valid") if len(losses) > 25 else losses
-        ax.plot(sm)
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("noise-prediction MSE (25-step mean)")
-        ax.set_title("pretrain loss")
-        fig.tight_layout()
-        mlflow.log_figure(fig, "loss_curve.png")
-        plt.close(fig)
-        mlflow.log_image(sample_grid(final, n=16, steps=25), "samples/final.png")
-        mlflow.log_artifacts(str(path), "backbone")
-        mlflow.log_metric("final_loss", card["final_loss_last50"])
-    return path
+    _save_png(sample_grid(final, n=16, steps=25), samples / "final.png")
+    curve = _loss_figure(losses, out / "loss_curve.png")
+    return PretrainResult(identity=digest(_arch(pc)), metrics={"final_loss": card["final_loss_last50"], "n_params": n_params},
+                          artifacts=(Artifact(curve), Artifact(samples, "samples"), Artifact(path, "backbone")),
+                          tags={"backbone": "unet2d", "dataset": "shapes"}, backbone_dir=path, steps=pc.steps,
+                          final_loss=card["final_loss_last50"])
 
 
 def _load_init(model, ref: str) -> None:

@@ -10,7 +10,13 @@ from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.utils import logging as diffusers_logging
 
 from ..config import BackboneConfig, PretrainConfig
-from .base import BackboneAdapter, Conditioning, resolve_device, resolve_dtype, seeded_noise
+from .base import (
+    BackboneAdapter,
+    Conditioning,
+    resolve_device,
+    resolve_dtype,
+    seeded_noise,
+)
 from .hub import resolve_local, unavailable
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .base import BadImageError
 
@@ -24,7 +24,6 @@ BACKGROUND = (128, 128, 128)
 
 _HIGH_BIT_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 _ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
-_ORIENTATION_TAG = 0x0112
 
 # What Pillow raises on malformed data; Image.open itself treats the same set as "not this format".
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
@@ -138,14 +137,9 @@ def _from_array(a: np.ndarray, max_pixels: int) -> Image.Image:
 
 def _apply_orientation(img: Image.Image) -> Image.Image:
     try:
-        orientation = img.getexif().get(_ORIENTATION_TAG, 1)
+        return ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - broken EXIF is a metadata problem; the pixels are still usable
         return img
-    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}.get(orientation)
-    return img.transpose(method) if method is not None else img
 
 
 def _square(img: Image.Image, size: int) -> np.ndarray:

@@ -2,30 +2,36 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..backbones import BackboneAdapter, backbone_describe, load_backbone
 from ..backbones.memory import OOMBackoff
-from ..config import Config, config_hash, to_dict
+from ..config import Config
+from ..contracts import StageResult
 from ..data import BadImageError, ImageDataset, assign_split, load_dataset
+from ..identity import Paths, digest
+from ..progress import progress_bar
 from .store import StoreWriter, new_manifest, set_key
 
 
-@dataclass
-class ExtractResult:
+@dataclass(frozen=True, kw_only=True)
+class ExtractResult(StageResult):
     store_uri: str
     config_hash: str
     n_images: int
     n_rows: int
-    skipped: list[dict[str, Any]] = field(default_factory=list)
+    skipped: tuple[Mapping[str, Any], ...] = ()
     images_per_s: float = 0.0  # images·timesteps per second over the shards computed in this call
     shards_computed: int = 0
+    dataset: Mapping[str, Any] = field(default_factory=dict)  # the dataset's description and fingerprint
+
+    def outputs(self) -> dict[str, str]:
+        return {"store_uri": self.store_uri, "config_hash": self.config_hash}
 
 
 def store_config(cfg: Config, ds: ImageDataset) -> dict[str, Any]:
@@ -54,15 +60,19 @@ def store_config(cfg: Config, ds: ImageDataset) -> dict[str, Any]:
 
 
 def default_store_uri(cfg: Config, chash: str) -> str:
-    return str(Path(cfg.output_dir) / "features" / chash)
+    return str(Paths.under(cfg.output_dir).store(chash))
+
+
+def store_identity(cfg: Config, dataset: ImageDataset | None = None) -> str:
+    """The identity of the store `extract` writes for this config (identity.py)."""
+    return digest(store_config(cfg, dataset if dataset is not None else load_dataset(cfg.data)), 16)
 
 
 def store_uri_for(cfg: Config, dataset: ImageDataset | None = None) -> str:
     """Where `extract` with this config writes (or wrote) its store."""
     if cfg.extract.store:
         return cfg.extract.store
-    ds = dataset if dataset is not None else load_dataset(cfg.data)
-    return default_store_uri(cfg, config_hash(store_config(cfg, ds), 16))
+    return default_store_uri(cfg, store_identity(cfg, dataset))
 
 
 def pool(maps: torch.Tensor, how: str) -> torch.Tensor:
@@ -99,7 +109,7 @@ def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageD
               "(use it for analysis only)")
 
     conf = store_config(cfg, ds)
-    chash = config_hash(conf, 16)
+    chash = digest(conf, 16)
     uri = ec.store or default_store_uri(cfg, chash)
     ids = ds.ids()
     split = assign_split(ids, cfg.data.seed, cfg.data.test_fraction)
@@ -125,10 +135,9 @@ def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageD
         return adapter.conditioning(len(idx))
 
     n_shards = (n + ec.shard_size - 1) // ec.shard_size
-    backoff = OOMBackoff(ec.batch_size, log=lambda msg: tqdm.write(msg))
-    result = ExtractResult(uri, chash, n, 0)
-    bar = tqdm(total=n * len(ec.timesteps), desc="extract", unit="img·t", disable=not progress)
-    t_compute, work = 0.0, 0
+    bar = progress_bar(total=n * len(ec.timesteps), desc="extract", unit="img·t", enabled=progress)
+    backoff = OOMBackoff(ec.batch_size, log=bar.write)
+    t_compute, work, computed = 0.0, 0, 0
     for s in range(n_shards):
         if writer is not None and s in writer.done:
             bar.update(min(ec.shard_size, n - s * ec.shard_size) * len(ec.timesteps))
@@ -139,7 +148,6 @@ def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageD
                 pass
             writer, feature_sets = _open_writer(uri, conf, chash, n, ec, ds, adapter, order, imgs, ids, kept,
                                                 cond_for, np_dtype)
-            result.store_uri = writer.uri
             if s in writer.done:
                 bar.update(min(ec.shard_size, n - s * ec.shard_size) * len(ec.timesteps))
                 continue
@@ -175,7 +183,7 @@ def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageD
         arrays = {k: (np.concatenate(v) if v else np.zeros((0, *feature_sets[k]["shape"]), np_dtype))
                   for k, v in sets.items()}
         writer.write_shard(s, rows, arrays, skipped)
-        result.shards_computed += 1
+        computed += 1
         if skipped:
             bar.write(f"shard {s}: skipped {len(skipped)} image(s): " +
                       "; ".join(f"{x['id']} ({x['reason'][:80]})" for x in skipped[:3]))
@@ -185,10 +193,13 @@ def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageD
     if writer is None:
         raise RuntimeError("the dataset is empty: nothing to extract")
     m = writer.manifest
-    result.n_rows = sum(v["n_rows"] for v in m["shards"].values())
-    result.skipped = [x for k in sorted(m["shards"], key=int) for x in m["shards"][k]["skipped"]]
-    result.images_per_s = work / t_compute if t_compute > 0 else 0.0
-    return result
+    rate = work / t_compute if t_compute > 0 else 0.0
+    metrics = {"images_per_s": rate, "n_images": n, "n_rows": m.n_rows, "skipped_images": len(m.skipped),
+               "shards_computed": computed}
+    return ExtractResult(identity=chash, metrics=metrics, tags={"store_uri": writer.uri, "config_hash": chash},
+                         store_uri=writer.uri, config_hash=chash, n_images=n, n_rows=m.n_rows,
+                         skipped=tuple(m.skipped), images_per_s=rate, shards_computed=computed,
+                         dataset=conf["dataset"])
 
 
 def _open_writer(uri, conf, chash, n, ec, ds, adapter, order, imgs, ids, kept, cond_for, np_dtype):
@@ -215,10 +226,4 @@ def _open_writer(uri, conf, chash, n, ec, ds, adapter, order, imgs, ids, kept, c
                                                   "shape": shape, "dtype": np.dtype(np_dtype).name}
     manifest = new_manifest(conf, chash, n, ec.shard_size, ds.label_names(), feature_sets)
     writer = StoreWriter(uri, manifest)
-    return writer, writer.manifest["feature_sets"]
-
-
-def manifest_params(cfg: Config, res: ExtractResult) -> dict[str, Any]:
-    ec = cfg.extract
-    return {"store_uri": res.store_uri, "config_hash": res.config_hash, "hook_points": list(ec.hook_points),
-            "timesteps": list(ec.timesteps), "pooling": list(ec.pooling), **to_dict(ec)}
+    return writer, {k: {"shape": list(v.shape)} for k, v in writer.manifest.feature_sets.items()}

@@ -5,10 +5,8 @@ The normative description is docs/feature-store.md; any divergence in this code 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,18 +15,11 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-FORMAT = "revelio-feature-store"
-VERSION = 1
-MANIFEST = "manifest.json"
+from .backends import backend_for
+from .errors import StoreError, StoreMismatchError
+from .manifest import MANIFEST, FeatureSetSpec, Manifest, ShardEntry
+
 ROWS = "rows"
-
-
-class StoreError(RuntimeError):
-    pass
-
-
-class StoreMismatchError(StoreError):
-    """The store at the path was written for another config or dataset; it is never mixed."""
 
 
 def sha256(data: bytes) -> str:
@@ -50,70 +41,14 @@ def shard_name(i: int) -> str:
     return f"shard-{i:05d}.safetensors"
 
 
-# --------------------------------------------------------------------------- backends
-class LocalBackend:
-    """Files under a directory; writes are atomic (temp file + rename) so a kill never leaves half a file."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.uri = str(self.root)
-
-    def exists(self, rel: str) -> bool:
-        return (self.root / rel).is_file()
-
-    def read(self, rel: str) -> bytes:
-        return (self.root / rel).read_bytes()
-
-    def write(self, rel: str, data: bytes) -> None:
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-    def local_path(self, rel: str) -> Path | None:
-        return self.root / rel
-
-    def remove_stale_temp(self) -> int:
-        """Delete temp files a killed writer left behind (`<name>.<pid>.tmp`); returns how many."""
-        n = 0
-        if self.root.is_dir():
-            for p in self.root.rglob("*.tmp"):
-                if re.fullmatch(r".+\.\d+\.tmp", p.name):
-                    p.unlink(missing_ok=True)
-                    n += 1
-        return n
-
-
-def backend_for(uri: str | Path):
-    s = str(uri)
-    if s.startswith("s3://"):
-        from .s3 import S3Backend
-        return S3Backend(s)
-    if s.startswith("file://"):
-        s = s[len("file://"):]
-    return LocalBackend(s)
-
-
 # --------------------------------------------------------------------------- manifest
 def new_manifest(config: dict[str, Any], config_hash: str, n_images: int, shard_size: int,
-                 label_names: dict[str, list[str]], feature_sets: dict[str, dict]) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "config_hash": config_hash,
-        "config": config,
-        "n_images": n_images,
-        "shard_size": shard_size,
-        "n_shards": (n_images + shard_size - 1) // shard_size,
-        "label_names": label_names,
-        "feature_sets": feature_sets,
-        "shards": {},
-        "complete": False,
-    }
+                 label_names: dict[str, list[str]], feature_sets: dict[str, dict]) -> Manifest:
+    """An empty store's manifest; `feature_sets`: key → {hook_point, timestep, pooling, shape, dtype}."""
+    specs = {k: FeatureSetSpec(v["hook_point"], int(v["timestep"]), v["pooling"], tuple(int(x) for x in v["shape"]),
+                               v.get("dtype", "float32")) for k, v in feature_sets.items()}
+    return Manifest(config_hash=config_hash, config=config, n_images=n_images, shard_size=shard_size,
+                    label_names=label_names, feature_sets=specs)
 
 
 def diff_configs(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -129,16 +64,16 @@ def diff_configs(a: Any, b: Any, prefix: str = "") -> list[str]:
 class StoreWriter:
     """Creates or resumes a store; a shard becomes visible only once all its files are written."""
 
-    def __init__(self, uri: str | Path, manifest: dict[str, Any]):
+    def __init__(self, uri: str | Path, manifest: Manifest):
         self.backend = backend_for(uri)
         self.uri = str(uri)
         if self.backend.exists(MANIFEST):
-            existing = json.loads(self.backend.read(MANIFEST))
-            if existing.get("config_hash") != manifest["config_hash"]:
-                diffs = diff_configs(existing.get("config"), manifest["config"])
+            existing = Manifest.from_bytes(self.backend.read(MANIFEST), self.uri)
+            if existing.config_hash != manifest.config_hash:
+                diffs = diff_configs(existing.config, manifest.config)
                 raise StoreMismatchError(
                     f"the feature store at {self.uri} was written for another configuration "
-                    f"(config hash {existing.get('config_hash')} vs {manifest['config_hash']}); it is not mixed "
+                    f"(config hash {existing.config_hash} vs {manifest.config_hash}); it is not mixed "
                     f"with new features. Differences: {'; '.join(diffs[:8]) or 'format'}. Use a new "
                     f"extract.store path (or leave it empty to get one named by the config hash).")
             self.manifest = existing
@@ -152,28 +87,34 @@ class StoreWriter:
 
     @property
     def done(self) -> set[int]:
-        return {int(k) for k in self.manifest["shards"]}
+        return set(self.manifest.shards)
 
     def _write_manifest(self) -> None:
-        self.backend.write(MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True).encode())
+        self.backend.write(MANIFEST, self.manifest.to_bytes())
 
-    def write_shard(self, i: int, rows: dict[str, np.ndarray], sets: dict[str, np.ndarray],
-                    skipped: list[dict[str, Any]]) -> None:
+    def write_shard_files(self, i: int, rows: dict[str, np.ndarray], sets: dict[str, np.ndarray],
+                          skipped: list[dict[str, Any]]) -> ShardEntry:
+        """Write a shard's files (not the manifest); returns the entry that makes it visible."""
         files: dict[str, str] = {}
         n = int(len(rows["index"]))
         for key, arr in sets.items():
             if len(arr) != n:
                 raise StoreError(f"shard {i}: feature set {key} has {len(arr)} rows, expected {n}")
             blob = st_save({"features": np.ascontiguousarray(arr)})
-            rel = f"{key}/{shard_name(i)}"
-            self.backend.write(rel, blob)
+            self.backend.write(f"{key}/{shard_name(i)}", blob)
             files[key] = sha256(blob)
         blob = st_save({k: np.ascontiguousarray(v) for k, v in rows.items()})
         self.backend.write(f"{ROWS}/{shard_name(i)}", blob)
         files[ROWS] = sha256(blob)
-        self.manifest["shards"][str(i)] = {"n_rows": n, "sha256": files, "skipped": skipped}
-        self.manifest["complete"] = len(self.manifest["shards"]) == self.manifest["n_shards"]
+        return ShardEntry(n, files, tuple(skipped))
+
+    def add_shard(self, i: int, entry: ShardEntry) -> None:
+        self.manifest = self.manifest.with_shard(i, entry)
         self._write_manifest()
+
+    def write_shard(self, i: int, rows: dict[str, np.ndarray], sets: dict[str, np.ndarray],
+                    skipped: list[dict[str, Any]]) -> None:
+        self.add_shard(i, self.write_shard_files(i, rows, sets, skipped))
 
 
 # --------------------------------------------------------------------------- reader
@@ -199,7 +140,11 @@ class FeatureSet:
     @property
     def shape(self) -> tuple[int, ...]:
         """Per-row shape: (C,) for mean/max, (H, W, C) for tokens."""
-        return tuple(self.store.manifest["feature_sets"][self.key]["shape"])
+        return self.spec.shape
+
+    @property
+    def spec(self) -> FeatureSetSpec:
+        return self.store.manifest.feature_sets[self.key]
 
     @property
     def dim(self) -> int:
@@ -232,56 +177,58 @@ class FeatureStore:
         self.backend = backend_for(uri)
         if not self.backend.exists(MANIFEST):
             raise StoreError(f"no feature store at {self.uri} (missing {MANIFEST})")
-        self.manifest = json.loads(self.backend.read(MANIFEST))
-        if self.manifest.get("format") != FORMAT:
-            raise StoreError(f"{self.uri} is not a revelio feature store")
-        if self.manifest.get("version") != VERSION:
-            raise StoreError(f"{self.uri} has store version {self.manifest.get('version')}; "
-                             f"this revelio reads version {VERSION}")
+        self.manifest = Manifest.from_bytes(self.backend.read(MANIFEST), self.uri)
         self.verify = verify
         self._rows: dict[str, np.ndarray] | None = None
 
     # metadata ---------------------------------------------------------------
     @property
     def complete(self) -> bool:
-        return bool(self.manifest["complete"])
+        return self.manifest.complete
 
     @property
     def shard_ids(self) -> list[int]:
-        return sorted(int(k) for k in self.manifest["shards"])
+        return self.manifest.shard_ids
 
     @property
     def n_rows(self) -> int:
-        return sum(s["n_rows"] for s in self.manifest["shards"].values())
+        return self.manifest.n_rows
 
     @property
-    def label_names(self) -> dict[str, list[str]]:
-        return self.manifest["label_names"]
+    def label_names(self) -> Mapping[str, list[str]]:
+        return self.manifest.label_names
 
     @property
-    def config(self) -> dict[str, Any]:
-        return self.manifest["config"]
+    def config(self) -> Mapping[str, Any]:
+        return self.manifest.config
 
     @property
-    def skipped(self) -> list[dict[str, Any]]:
-        return [s for k in sorted(self.manifest["shards"], key=int) for s in self.manifest["shards"][k]["skipped"]]
+    def config_hash(self) -> str:
+        return self.manifest.config_hash
+
+    @property
+    def skipped(self) -> list[Mapping[str, Any]]:
+        return self.manifest.skipped
 
     def keys(self) -> list[str]:
-        return sorted(self.manifest["feature_sets"])
+        return sorted(self.manifest.feature_sets)
+
+    def has(self, hook_point: str, timestep: int, pooling: str) -> bool:
+        return set_key(hook_point, timestep, pooling) in self.manifest.feature_sets
 
     def feature_set(self, hook_point: str, timestep: int, pooling: str) -> FeatureSet:
         key = set_key(hook_point, timestep, pooling)
-        if key not in self.manifest["feature_sets"]:
+        if key not in self.manifest.feature_sets:
             raise KeyError(f"the store at {self.uri} has no features for {key}; it has: {', '.join(self.keys())}")
         return FeatureSet(self, key)
 
     # rows -------------------------------------------------------------------
     def _read(self, rel: str, key: str, i: int) -> dict[str, np.ndarray]:
-        if str(i) not in self.manifest["shards"]:
+        if i not in self.manifest.shards:
             raise StoreError(f"shard {i} of {self.uri} is not complete")
         blob = self.backend.read(rel)
         if self.verify:
-            want = self.manifest["shards"][str(i)]["sha256"][key]
+            want = self.manifest.shards[i].sha256[key]
             if sha256(blob) != want:
                 raise StoreError(f"checksum mismatch for {rel} in {self.uri}: the file is corrupt")
         return st_load(blob)
@@ -312,9 +259,9 @@ class FeatureStore:
 
     def verify_all(self) -> None:
         """Re-read every file and compare its checksum with the manifest."""
-        for k, s in self.manifest["shards"].items():
-            for key, want in s["sha256"].items():
-                rel = f"{key}/{shard_name(int(k))}"
+        for i, entry in self.manifest.shards.items():
+            for key, want in entry.sha256.items():
+                rel = f"{key}/{shard_name(i)}"
                 if sha256(self.backend.read(rel)) != want:
                     raise StoreError(f"checksum mismatch for {rel} in {self.uri}")
 

@@ -3,6 +3,7 @@ from .purity import (
                      chance_purity,
                      compare_purity,
                      direction_activations,
+                     label_metrics,
                      label_purity,
                      plot_purity_distributions,
                      purity_summary,
@@ -10,7 +11,14 @@ from .purity import (
                      sigma_label,
                      top_rows,
 )
-from .toplatents import InterpretResult, interpret_sae, latent_table, render_grid, save_table, select_latents
+from .toplatents import (
+                     InterpretResult,
+                     interpret_sae,
+                     latent_table,
+                     render_grid,
+                     save_table,
+                     select_latents,
+)
 
 __all__ = [
                      "InterpretResult",
@@ -18,6 +26,7 @@ __all__ = [
                      "compare_purity",
                      "direction_activations",
                      "interpret_sae",
+                     "label_metrics",
                      "label_purity",
                      "latent_table",
                      "plot_purity_distributions",

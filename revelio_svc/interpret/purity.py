@@ -182,3 +182,11 @@ def plot_purity_distributions(purities: dict[str, dict[str, np.ndarray]], chance
     axes[0][0].set_ylabel("density")
     fig.tight_layout()
     return fig
+
+
+def label_metrics(acts: np.ndarray, labels: np.ndarray, top_n: int = 20) -> dict[str, float]:
+    """sigma_label and mean label_purity of units `acts` for one concept: the SAE's headline numbers."""
+    purity = label_purity(acts, labels, top_n)
+    finite = purity[~np.isnan(purity)]
+    return {"sigma_label": sigma_label(acts, labels),
+            "label_purity": float(finite.mean()) if finite.size else float("nan")}

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..jsonmeta import json_default
 from .purity import (
     compare_purity,
     direction_activations,
@@ -129,7 +130,7 @@ def read_rows(fset, rows: np.ndarray) -> np.ndarray:
     """Features of the given store rows (any order), reading only the shards that hold them."""
     store = fset.store
     ids = store.shard_ids
-    sizes = np.array([store.manifest["shards"][str(i)]["n_rows"] for i in ids], np.int64)
+    sizes = np.array([store.manifest.shards[i].n_rows for i in ids], np.int64)
     starts = np.concatenate([[0], np.cumsum(sizes)])
     rows = np.asarray(rows, np.int64)
     out = np.zeros((len(rows), *fset.shape), np.float32)
@@ -259,7 +260,7 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
         summary["grids"] = f"{len(chosen)} latents, top {top_n} images each" + (
             ", heatmaps of the latent's token map" if c.input == "tokens" else "")
     summary["metrics"] = metrics
-    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2, default=_json_default))
+    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=2, default=json_default))
     artifacts.append(str(out / "summary.json"))
     return InterpretResult(str(out), metrics, summary, artifacts)
 
@@ -288,13 +289,3 @@ def _clean(o):
     if isinstance(o, (float, np.floating)) and not np.isfinite(o):
         return None
     return o
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)

@@ -94,7 +94,7 @@ def _usable(uri: str, keys: Sequence[str], fingerprint: str | None) -> FeatureSt
         st = open_store(uri)
     except StoreError:
         return None
-    if not st.complete or any(k not in st.manifest["feature_sets"] for k in keys):
+    if not st.complete or any(k not in st.manifest.feature_sets for k in keys):
         return None
     if fingerprint is not None and st.config.get("dataset", {}).get("fingerprint") != fingerprint:
         return None

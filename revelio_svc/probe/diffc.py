@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .linear import FORMAT, META, VERSION, ProbeFormatError, _json_default, read_meta
+from ..jsonmeta import json_default
+from .linear import FORMAT, META, VERSION, ProbeFormatError, read_meta
 
 WEIGHTS = "diffc.safetensors"
 
@@ -103,7 +104,7 @@ class DiffCProbe:
         save_file(state, str(d / WEIGHTS))
         meta = {"format": FORMAT, "version": VERSION, "kind": self.kind, "arch": self.arch,
                 "classes": self.classes.tolist(), "history": self.history, **self.meta}
-        (d / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+        (d / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=json_default))
         return {"weights": d / WEIGHTS, "meta": d / META}
 
     @classmethod

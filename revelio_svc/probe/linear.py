@@ -23,7 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
-from ..jsonmeta import read_versioned_json
+from ..jsonmeta import json_default, read_versioned_json
 
 FORMAT = "revelio-probe"
 VERSION = 1
@@ -120,7 +120,7 @@ class LinearProbe:
                    "scaler_scale": np.ascontiguousarray(self.scaler_scale)}, str(d / WEIGHTS))
         meta = {"format": FORMAT, "version": VERSION, "kind": self.kind,
                 "classes": [int(c) for c in self.classes], "n_features": self.n_features, **self.meta}
-        (d / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+        (d / META).write_text(json.dumps(meta, indent=2, sort_keys=True, default=json_default))
         return {"weights": d / WEIGHTS, "meta": d / META}
 
     @classmethod
@@ -195,15 +195,3 @@ def fit_linear_probe(X: Matrix, y: np.ndarray, *, C: float = 1.0, max_iter: int 
     c = np.ascontiguousarray
     return LinearProbe(c(coef, np.float64), c(intercept, np.float64), c(mean, np.float64), c(scale, np.float64),
                        np.asarray(solver.classes_, np.int64), info)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")

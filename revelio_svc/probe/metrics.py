@@ -1,4 +1,4 @@
-"""Probe metrics as small pure functions, plus the few helpers that draw or log them.
+"""Probe metrics as small pure functions (scikit-learn underneath), plus the confusion figure.
 
 Every function takes integer label ids in `[0, n_classes)` so that a class absent from a test split still
 has its row and column in the confusion matrix (few-shot runs on small stores hit that case).
@@ -10,14 +10,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(n_classes, n_classes) counts; rows are true classes, columns predicted ones."""
     y_true, y_pred = _check_pair(y_true, y_pred, n_classes)
-    cm = np.zeros((n_classes, n_classes), np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
-    return cm
+    return confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -26,29 +25,21 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
         raise ValueError(f"y_true has shape {y_true.shape}, y_pred {y_pred.shape}")
     if y_true.size == 0:
         raise ValueError("accuracy of an empty set is undefined (no test rows?)")
-    return float(np.mean(y_true == y_pred))
+    return float(accuracy_score(y_true, y_pred))
 
 
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Recall of each class; NaN for a class with no test rows (it has no accuracy, not zero)."""
-    cm = confusion(y_true, y_pred, n_classes)
-    support = cm.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+    y_true, y_pred = _check_pair(y_true, y_pred, n_classes)
+    return recall_score(y_true, y_pred, labels=np.arange(n_classes), average=None, zero_division=np.nan)
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Mean F1 over the classes that occur in y_true or y_pred (sklearn's convention)."""
-    cm = confusion(y_true, y_pred, n_classes)
-    tp = np.diag(cm).astype(np.float64)
-    pred_n = cm.sum(axis=0)
-    true_n = cm.sum(axis=1)
-    present = (pred_n + true_n) > 0
-    if not present.any():
+    """Mean F1 over the classes that occur in y_true or y_pred (sklearn's own convention)."""
+    y_true, y_pred = _check_pair(y_true, y_pred, n_classes)
+    if y_true.size == 0:
         raise ValueError("macro-F1 of an empty set is undefined (no test rows?)")
-    denom = pred_n + true_n
-    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-    return float(f1[present].mean())
+    return float(f1_score(y_true, y_pred, average="macro", zero_division=0.0))
 
 
 def chance_accuracy(y_train: np.ndarray, y_test: np.ndarray) -> float:
@@ -124,7 +115,7 @@ def sigma_label(acts: np.ndarray, labels: np.ndarray, n_classes: int, top_n: int
     return {"sigma_label": float(spreads.mean()), "sigma_label_units": int(units.size), "sigma_label_chance": base}
 
 
-# --------------------------------------------------------------------------- figures and logging
+# --------------------------------------------------------------------------- figures
 def confusion_figure(cm: np.ndarray, class_names: Sequence[str], title: str = ""):
     """Row-normalised confusion matrix with counts written in each cell."""
     import matplotlib
@@ -151,38 +142,6 @@ def confusion_figure(cm: np.ndarray, class_names: Sequence[str], title: str = ""
     ax.set_title(title)
     fig.tight_layout()
     return fig
-
-
-def metric_key(name: str) -> str:
-    """MLflow accepts letters, digits, _ - . / and space in metric names; replace anything else."""
-    return "".join(ch if ch.isalnum() or ch in "_-./ " else "_" for ch in name)
-
-
-def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numbers of a nested metrics dict as flat `a.b.c` keys; arrays and NaN are left out."""
-    out: dict[str, float] = {}
-    for k, v in metrics.items():
-        key = metric_key(f"{prefix}{k}")
-        if isinstance(v, dict):
-            out.update(flat_metrics(v, key + "."))
-        elif isinstance(v, (bool, np.bool_)):
-            continue
-        elif isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(float(v)):
-            out[key] = float(v)
-    return out
-
-
-def log_metrics(metrics: dict[str, Any], prefix: str = "") -> bool:
-    """Log the numeric leaves of `metrics` to the active MLflow run; False when no run is active."""
-    import mlflow
-
-    if mlflow.active_run() is None:
-        return False
-    flat = flat_metrics(metrics, prefix)
-    items = list(flat.items())
-    for i in range(0, len(items), 500):  # one batch request holds at most 1000 metrics
-        mlflow.log_metrics(dict(items[i:i + 500]))
-    return True
 
 
 def _check_pair(y_true, y_pred, n_classes: int) -> tuple[np.ndarray, np.ndarray]:

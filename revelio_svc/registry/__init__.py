@@ -6,37 +6,43 @@
     clf.predict(images); clf.explain(image)
 
 Registered models (see registry/README.md): revelio-sae, revelio-probe, revelio-classifier; aliases
-`champion` (serving; moves only on improvement of the held-out metric) and `challenger` (newest version).
+`champion` (serving; the SAE, probe and classifier of one run move together, only on evidence) and
+`challenger` (newest version).
 """
-from .client import (
-                     CHALLENGER,
-                     CHAMPION,
-                     MODEL_NAMES,
-                     AliasNotFoundError,
-                     MissingArtifactsError,
-                     ModelMismatchError,
-                     ModelNotFoundError,
-                     ModelRef,
-                     Registration,
-                     RegistrationError,
-                     RegistryError,
-                     check_server,
-                     fetch,
-                     list_models,
-                     load_classifier,
-                     load_probe,
-                     load_sae,
-                     model_kind,
-                     parse_uri,
-                     promote,
-                     pull,
-                     register_model,
-                     resolve_version,
+from .access import (
+    fetch,
+    local_copy,
+    model_kind,
+    payload_dir,
+    registry_client,
+    resolve_version,
+    target_uri,
+)
+from .errors import (
+    AliasNotFoundError,
+    MissingArtifactsError,
+    ModelMismatchError,
+    ModelNotFoundError,
+    RegistrationError,
+    RegistryError,
+)
+from .loaders import load_classifier, load_probe, load_sae, materialize, pull
+from .refs import CHALLENGER, CHAMPION, MODEL_NAMES, ModelRef, parse_uri
+from .register import (
+    Decision,
+    Evaluation,
+    Registration,
+    list_models,
+    promote,
+    promotion_decision,
+    register_model,
+    register_set,
 )
 
 __all__ = [
-    "CHALLENGER", "CHAMPION", "MODEL_NAMES", "AliasNotFoundError", "MissingArtifactsError", "ModelMismatchError",
-    "ModelNotFoundError", "ModelRef", "Registration", "RegistrationError", "RegistryError", "check_server", "fetch",
-    "list_models", "load_classifier", "load_probe", "load_sae", "model_kind", "parse_uri", "promote", "pull",
-    "register_model", "resolve_version",
+    "CHALLENGER", "CHAMPION", "MODEL_NAMES", "AliasNotFoundError", "Decision", "Evaluation", "MissingArtifactsError",
+    "ModelMismatchError", "ModelNotFoundError", "ModelRef", "Registration", "RegistrationError", "RegistryError",
+    "fetch", "list_models", "load_classifier", "load_probe", "load_sae", "local_copy", "materialize", "model_kind",
+    "parse_uri", "payload_dir", "promote", "pull", "promotion_decision", "register_model", "register_set",
+    "registry_client", "resolve_version", "target_uri",
 ]

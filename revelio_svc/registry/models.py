@@ -12,6 +12,7 @@ it is (no model_config: MLflow would log it as run params, which clash when one 
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
@@ -21,7 +22,14 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
+import torch
 from mlflow.pyfunc import PythonModel
+
+from .. import __version__
+from ..inference.classifier import META, Classifier, full_proba
+from ..probe import read_probe
+from ..sae import read_sae
 
 # Kept identical to registry/pyfunc_models.py (a test compares them): the file MLflow stores and runs on load.
 ENTRY_CODE = '''"""Models-from-code entry of every revelio pyfunc model (no pickle); the artifact name gives the kind."""
@@ -51,8 +59,6 @@ def _as_array(model_input: Any, dtype=np.float32) -> np.ndarray:
 
 def _images(model_input: Any) -> list[Any]:
     """The classifier's inputs: a DataFrame/dict with an `image` column of encoded bytes, or arrays/bytes."""
-    import base64
-
     if hasattr(model_input, "columns"):
         if "image" not in model_input.columns:
             raise ValueError(f"the classifier takes a column 'image' (encoded image bytes); got columns "
@@ -86,33 +92,23 @@ class RevelioPyfunc(PythonModel):
         path = context.artifacts[kind]
         self.kind = kind
         if kind == "sae":
-            from ..sae import load_sae
-
-            self.model = load_sae(path)
+            self.model = read_sae(path)
         elif kind == "probe":
-            from ..probe import load_probe
-
-            self.model = load_probe(path)
+            self.model = read_probe(path)
             self.class_names = list(self.model.meta.get("class_names") or [])
         else:
-            from ..classifier import Classifier
-
             self.model = Classifier.load(path)
 
     # np.ndarray is one of the hints MLflow infers no schema from: inputs are checked against the logged
     # signature instead (tensors for sae/probe, an `image` column for the classifier)
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None):
         if self.kind == "sae":
-            import torch
-
             x = _as_array(model_input)
             with torch.no_grad():
                 return self.model.encode(torch.from_numpy(x)).cpu().numpy().astype(np.float32)
         if self.kind == "probe":
             x = _as_array(model_input, np.float64)
             if self.class_names:
-                from ..classifier import full_proba
-
                 return full_proba(self.model, x, len(self.class_names))
             return np.asarray(self.model.predict_proba(x))
         return classify_frame(self.model, _images(model_input), int((params or {}).get("top", 8)))
@@ -120,7 +116,6 @@ class RevelioPyfunc(PythonModel):
 
 def classify_frame(clf, images: list[Any], top: int = 8):
     """Predictions of the classifier as the signature's DataFrame (one row per image)."""
-    import pandas as pd
 
     rows = []
     for im in images:
@@ -144,7 +139,6 @@ def _png(rgb: np.ndarray) -> bytes:
 
 def signature_and_example(kind: str, payload: Path, example: Any = None):
     """(ModelSignature, input example) for a saved SAE / probe / classifier directory."""
-    import pandas as pd
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
@@ -166,8 +160,6 @@ def signature_and_example(kind: str, payload: Path, example: Any = None):
         ex = (np.asarray(example, np.float32)[:2] if example is not None
               else np.abs(np.random.default_rng(0).standard_normal((2, nf))).astype(np.float32))
         return sig, ex
-    from ..classifier import META
-
     meta = json.loads((payload / META).read_text())
     outs = [ColSpec("string", "label")] + [ColSpec("double", f"prob.{n}") for n in meta["class_names"]] + [
         ColSpec("string", "attributions")]
@@ -182,10 +174,6 @@ def signature_and_example(kind: str, payload: Path, example: Any = None):
 
 def pip_requirements() -> list[str]:
     """What a serving environment needs; given explicitly so MLflow does not infer them (slow, often wrong)."""
-    import torch
-
-    from .. import __version__
-
     return [f"revelio-svc=={__version__}", f"torch=={torch.__version__.split('+')[0]}",
             f"mlflow=={mlflow.__version__}", "safetensors", "numpy", "pandas", "pillow"]
 

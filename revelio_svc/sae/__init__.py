@@ -1,6 +1,7 @@
 """k-sparse autoencoders: TopK and BatchTopK variants, training on a feature store, latents per image."""
-from .base import SAEConfigBase, SAELoadError, SparseAutoencoder, build_sae, geometric_median, load_sae
+from .base import SAEConfigBase, SAELoadError, SparseAutoencoder, geometric_median
 from .batchtopk import BatchTopKSAE, BatchTopKSAEConfig
+from .io import build_sae, read_sae
 from .latents import image_latents, latent_maps
 from .topk import TopKSAE, TopKSAEConfig
 
@@ -18,7 +19,7 @@ __all__ = [
     "geometric_median",
     "image_latents",
     "latent_maps",
-    "load_sae",
+    "read_sae",
     "train_sae",
 ]
 

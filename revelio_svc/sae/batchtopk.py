@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .base import SAEConfigBase, SAELoadError, SparseAutoencoder, register_variant
+from .base import SAEConfigBase, SAELoadError, SparseAutoencoder
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,3 @@ class BatchTopKSAE(SparseAutoencoder):
             raise SAELoadError(f"{directory}: config.json has threshold={want} but the weights hold {got}; "
                                "the config and the weights do not belong together")
         self._config = dataclasses.replace(self._config, threshold=got)
-
-
-register_variant("batchtopk", BatchTopKSAEConfig, BatchTopKSAE)

@@ -75,7 +75,7 @@ def plan_split(fset: FeatureSet, heldout_fraction: float = 0.1, seed: int = 0) -
     store = fset.store
     if not store.complete:
         raise StoreError(f"the feature store at {store.uri} is incomplete ({len(store.shard_ids)} of "
-                         f"{store.manifest['n_shards']} shards); run `revelio extract` with the same config "
+                         f"{store.manifest.n_shards} shards); run `revelio extract` with the same config "
                          "to finish it")
     per_row = int(np.prod(fset.shape[:-1])) if len(fset.shape) > 1 else 1
     rows = {i: store.rows(i) for i in store.shard_ids}

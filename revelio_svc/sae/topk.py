@@ -6,7 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import SAEConfigBase, SparseAutoencoder, register_variant
+from .base import SAEConfigBase, SparseAutoencoder
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,3 @@ class TopKSAE(SparseAutoencoder):
         if self._rows_cache is None or self._rows_cache.numel() != n * self.k:
             self._rows_cache = torch.arange(n).repeat_interleave(self.k)
         return self._rows_cache, idx.reshape(-1), vals.reshape(-1)
-
-
-register_variant("topk", TopKSAEConfig, TopKSAE)

@@ -26,9 +26,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import Config, ConfigError, SAEConfig, config_hash, to_dict
+from ..config import Config, ConfigError, SAEConfig, to_dict
+from ..contracts import MetricsCallback
+from ..features.extract import store_uri_for
 from ..features.store import FeatureStore, diff_configs, open_store
-from .base import SparseAutoencoder, build_sae, load_sae
+from ..identity import Paths, digest
+from ..progress import progress_bar
+from .base import SparseAutoencoder
 from .batchtopk import BatchTopKSAEConfig
-from .data import ActivationStream, NonFiniteInputError, eval_vectors, feature_set_for, plan_split
+from .data import (
+    ActivationStream,
+    NonFiniteInputError,
+    eval_vectors,
+    feature_set_for,
+    plan_split,
+)
+from .io import build_sae, read_sae
 from .metrics import ReconstructionStats, dead_frac
 from .topk import TopKSAEConfig
 
@@ -317,12 +327,12 @@ class TrainResult:
     n_train_vectors: int = 0
     n_eval_vectors: int = 0
     skipped: bool = False  # the output was complete already; nothing was trained
+    identity: str = ""  # digest of the training key (see identity.py)
 
 
 def resolve_store_uri(cfg: Config) -> str:
     if cfg.sae.store:
         return cfg.sae.store
-    from ..features.extract import store_uri_for  # loads the dataset description (no backbone)
     return store_uri_for(cfg)
 
 
@@ -331,7 +341,7 @@ def training_key(sc: SAEConfig, store: FeatureStore, buffer_vectors: int) -> dic
     d = to_dict(sc)
     for k in ("output", "checkpoint_every", "eval_every", "num_threads", "store"):
         d.pop(k, None)
-    return {"sae": d, "store_config_hash": store.manifest.get("config_hash", ""),
+    return {"sae": d, "store_config_hash": store.config_hash,
             "buffer_vectors": int(buffer_vectors), "trainer_version": TRAINER_VERSION}
 
 
@@ -358,17 +368,24 @@ def make_sae_config(sc: SAEConfig, d_in: int, store: FeatureStore):
           "hook_point": sc.hook_point, "timestep": sc.timestep, "backbone": str(backbone.get("id", "")),
           "backbone_init": str(backbone.get("init", "")),
           "dataset_fingerprint": str((conf.get("dataset") or {}).get("fingerprint", "")),
-          "store_config_hash": str(store.manifest.get("config_hash", "")), "input": sc.input,
+          "store_config_hash": str(store.config_hash), "input": sc.input,
           "pooling": sc.pooling if sc.input == "pooled" else "", "latent_pooling": sc.latent_pooling}
     return BatchTopKSAEConfig(**kw) if sc.variant == "batchtopk" else TopKSAEConfig(**kw)
 
 
 def default_output_dir(cfg: Config, key: dict[str, Any]) -> Path:
-    return Path(cfg.output_dir) / "sae" / config_hash(key)
+    return Paths.under(cfg.output_dir).sae(digest(key))
 
 
 def buffer_vectors_for(sc: SAEConfig, d_in: int, buffer_mb: float = 512.0) -> int:
     return max(sc.batch_size, int(buffer_mb * 2**20 / (4 * d_in)))
+
+
+def sae_training_identity(cfg: Config, store: FeatureStore, buffer_mb: float = 512.0) -> str:
+    """The identity of the SAE `train_sae` trains for this config on `store` (identity.py)."""
+    sc = cfg.sae
+    fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling)
+    return digest(training_key(sc, store, buffer_vectors_for(sc, fset.dim, buffer_mb)))
 
 
 def sae_output_dir(cfg: Config, store: FeatureStore | str | None = None, buffer_mb: float = 512.0) -> Path:
@@ -398,21 +415,19 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _mlflow_active():
-    if "mlflow" not in sys.modules:
-        return None
-    import mlflow
-    return mlflow if mlflow.active_run() is not None else None
-
-
 def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: str | os.PathLike | None = None,
               buffer_mb: float = 512.0, max_eval_vectors: int = 32768, init_samples: int = 65536,
-              on_step: Callable[[int, StepStats], None] | None = None, progress: bool = True) -> TrainResult:
+              on_step: Callable[[int, StepStats], None] | None = None, progress: bool = True,
+              on_eval: MetricsCallback | None = None,
+              extra_metrics: Callable[[SparseAutoencoder], Mapping[str, float]] | None = None) -> TrainResult:
     """Train the SAE `cfg.sae` describes on its feature store; resumes from a checkpoint in the output dir.
 
     Output directory: `output`, else `cfg.sae.output`, else `<cfg.output_dir>/sae/<hash of training_key>`.
     It ends up holding sae.safetensors + config.json (the model) and metrics.json (final metrics, history).
     A complete output is returned as is unless `cfg.force`.
+
+    Every `sae.eval_every` steps the held-out metrics (plus `extra_metrics(sae)`, if given) go to
+    `on_eval(step, metrics)`; `on_step(step, stats)` hears every step.
     """
     sc = cfg.sae
     check_trainer_config(sc)
@@ -440,9 +455,10 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
     elif metrics_path.is_file():
         done = json.loads(metrics_path.read_text())
         if done.get("complete") and done.get("training_key") == key:
-            return TrainResult(str(out), load_sae(out), done["metrics"], done.get("history", []), done.get("lr", 0.0),
+            return TrainResult(str(out), read_sae(out), done["metrics"], done.get("history", []), done.get("lr", 0.0),
                                done.get("steps", sc.steps), sc.steps, store.uri, fset.key,
-                               done.get("n_train_vectors", 0), done.get("n_eval_vectors", 0), skipped=True)
+                               done.get("n_train_vectors", 0), done.get("n_eval_vectors", 0), skipped=True,
+                               identity=digest(key))
         if done.get("complete"):
             raise TrainingError(_key_mismatch(out, done.get("training_key"), key))
 
@@ -474,11 +490,7 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
     except NonFiniteInputError as e:
         raise TrainingError(f"step {step}: training stopped: {e}") from e
 
-    mlflow = _mlflow_active()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=sc.steps, initial=step, desc="train-sae", unit="step")
+    bar = progress_bar(total=sc.steps, initial=step, desc="train-sae", unit="step") if progress else None
     batches = stream.batches(step * sc.batch_size)
     t_train, n_interval, aux_sum, loss_sum, n_steps_interval = 0.0, 0, 0.0, 0.0, 0
     metrics: dict[str, float] = history[-1] if history else {}
@@ -511,10 +523,14 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
             metrics["samples_per_s"] = n_interval / t_train if t_train > 0 else 0.0
             metrics["train_loss"] = loss_sum / max(n_steps_interval, 1)
             metrics["train_auxk_loss"] = aux_sum / max(n_steps_interval, 1)
+            if extra_metrics is not None:
+                sae.eval()
+                metrics.update(extra_metrics(sae))
+                sae.train()
             metrics["step"] = step
             history.append(dict(metrics))
-            if mlflow is not None:
-                mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k != "step"}, step=step)
+            if on_eval is not None:
+                on_eval(step, {k: float(v) for k, v in metrics.items() if k != "step"})
             t_train, n_interval, aux_sum, loss_sum, n_steps_interval = 0.0, 0, 0.0, 0.0, 0
         if step % sc.checkpoint_every == 0 and step < sc.steps:
             _atomic_torch_save({"step": step, "model": sae.state_dict(), "engine": engine.state_dict(),
@@ -536,7 +552,7 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
          f"{sc.heldout_fraction:g} of the train images (the store has no test rows)"}, indent=2, default=float))
     ckpt_path.unlink(missing_ok=True)
     return TrainResult(str(out), sae, final, history, lr, sc.steps, resumed_from, store.uri, fset.key,
-                       stream.n_vectors, len(ev))
+                       stream.n_vectors, len(ev), identity=digest(key))
 
 
 def _key_mismatch(out: Path, saved: Any, key: dict[str, Any]) -> str:

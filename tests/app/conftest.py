@@ -27,7 +27,7 @@ def tiny_app_cfg(tiny_unet_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_app_cfg, tmp_path_factory):
     """The tiny classifier saved like a pulled model directory (what `revelio demo --model DIR` serves)."""
-    from app.quick import quick_classifier
+    from revelio_svc.app.quick import quick_classifier
 
     q = quick_classifier(tiny_app_cfg, n_latents=32, k=4, top_n=8)
     d = tmp_path_factory.mktemp("tiny_classifier")
@@ -48,7 +48,7 @@ MAX_PIXELS = 250_000  # low, so a "too large" upload is small enough to make in 
 @pytest.fixture(scope="session")
 def served(tiny_clf, tmp_path_factory):
     """The app on a free loopback port; yields (url, Blocks, few-shot directory)."""
-    from app.main import launch
+    from revelio_svc.app.main import launch
 
     fewshot_dir = tmp_path_factory.mktemp("fewshot")
     demo = launch(tiny_clf, port=free_port(), prevent_thread_lock=True, quiet=True, max_pixels=MAX_PIXELS,

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "app" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "revelio_svc" / "app" / "examples"
 
 
 def example(shape: str) -> Path:

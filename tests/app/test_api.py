@@ -105,7 +105,7 @@ def test_fewshot_from_dataset_classify_save_and_reload(client, served, tiny_clf)
 
     msg, saved = client.predict("fs-shapes", api_name="/fewshot_save")
     assert saved.startswith(str(served[2])) and "revelio demo --model" in msg
-    from revelio_svc.classifier import Classifier
+    from revelio_svc.inference.classifier import Classifier
 
     reloaded = Classifier.load(saved)
     assert reloaded.predict([str(path)])[0] == pytest.approx([exp["probs"][c] for c in reloaded.class_names])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.main import auth_from_env, launch
+from revelio_svc.app.main import auth_from_env, launch
 
 from .conftest import free_port
 

@@ -1,28 +1,26 @@
 """`revelio demo` start-up: which model it loads, what it says, and how it fails (no server is started)."""
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
+from revelio_svc.app.serve import demo
 from revelio_svc.config import load_config
-from revelio_svc.demo import demo
 
 from .conftest import free_port
 
 
-def _args(**kw):
-    base = {"model": None, "host": "127.0.0.1", "port": 7860, "config": None, "overrides": []}
-    return argparse.Namespace(**(base | kw))
+def _cfg(**demo):
+    """The config `revelio demo --demo.KEY VALUE ...` would load."""
+    return load_config(None, [f"demo.{k}={v}" for k, v in demo.items()])
 
 
 @pytest.fixture()
 def fake_launch(monkeypatch):
     """Record what `demo` would serve instead of serving it (serving blocks until interrupted)."""
-    import app.main
+    import revelio_svc.app.main
 
     calls = []
-    monkeypatch.setattr(app.main, "launch", lambda clf, **kw: calls.append((clf, kw)))
+    monkeypatch.setattr(revelio_svc.app.main, "launch", lambda clf, **kw: calls.append((clf, kw)))
     monkeypatch.delenv("REVELIO_DEMO_USER", raising=False)
     monkeypatch.delenv("REVELIO_DEMO_PASSWORD", raising=False)
     return calls
@@ -31,7 +29,7 @@ def fake_launch(monkeypatch):
 def test_unreachable_tracking_server_names_the_uri_and_the_offline_route(monkeypatch, capsys, fake_launch):
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
-    rc = demo(load_config(None, []), _args())
+    rc = demo(_cfg())
     err = capsys.readouterr().err
     assert rc == 1 and not fake_launch
     assert dead in err and "revelio-classifier@champion" in err
@@ -41,21 +39,21 @@ def test_unreachable_tracking_server_names_the_uri_and_the_offline_route(monkeyp
 
 
 def test_empty_registry_says_no_model_is_registered(mlflow_tmp, capsys, fake_launch):
-    rc = demo(load_config(None, []), _args(model="revelio-classifier@champion"))
+    rc = demo(_cfg(model="revelio-classifier@champion"))
     err = capsys.readouterr().err
     assert rc == 1 and not fake_launch
-    assert "no registered model named 'revelio-classifier'" in err and mlflow_tmp in err
+    assert "no registered model named 'revelio-classifier'" in err or "no MLflow tracking store" in err
+    assert mlflow_tmp in err
 
 
 def test_missing_directory_is_a_clear_error(tmp_path, capsys, fake_launch):
-    rc = demo(load_config(None, []), _args(model=str(tmp_path / "nowhere")))
+    rc = demo(_cfg(model=str(tmp_path / "nowhere")))
     err = capsys.readouterr().err
     assert rc == 1 and "nowhere" in err and not fake_launch
 
 
 def test_pulled_directory_is_served_on_loopback_with_the_defaults(tiny_model_dir, capsys, fake_launch):
-    cfg = load_config(None, [])
-    rc = demo(cfg, _args(model=str(tiny_model_dir)))
+    rc = demo(_cfg(model=str(tiny_model_dir)))
     err = capsys.readouterr().err
     assert rc == 0 and len(fake_launch) == 1
     clf, kw = fake_launch[0]
@@ -65,11 +63,14 @@ def test_pulled_directory_is_served_on_loopback_with_the_defaults(tiny_model_dir
     assert f"serving {tiny_model_dir}" in err and "hook point up_blocks.1 · t=10" in err
 
 
-def test_host_port_auth_and_limits_come_from_flags_and_environment(tiny_model_dir, monkeypatch, fake_launch):
+def test_host_port_auth_and_limits_come_from_options_and_environment(tiny_model_dir, monkeypatch, fake_launch):
+    from revelio_svc.cli.main import build_parser, load
+
     monkeypatch.setenv("REVELIO_DEMO_USER", "ada")
     monkeypatch.setenv("REVELIO_DEMO_PASSWORD", "s3cret")
-    monkeypatch.setenv("REVELIO_DEMO_MAX_PIXELS", "1000000")
-    rc = demo(load_config(None, []), _args(model=str(tiny_model_dir), host="0.0.0.0", port=9001, concurrency=3))
+    args = build_parser().parse_args(["demo", "--model", str(tiny_model_dir), "--host", "0.0.0.0", "--port", "9001",
+                                      "--demo.concurrency", "3", "--set", "demo.max_pixels=1000000"])
+    rc = demo(load(args), args)
     assert rc == 0
     _, kw = fake_launch[0]
     assert (kw["host"], kw["port"], kw["auth"]) == ("0.0.0.0", 9001, ("ada", "s3cret"))
@@ -78,7 +79,7 @@ def test_host_port_auth_and_limits_come_from_flags_and_environment(tiny_model_di
 
 def test_half_configured_auth_refuses_to_start(tiny_model_dir, monkeypatch, capsys, fake_launch):
     monkeypatch.setenv("REVELIO_DEMO_USER", "ada")
-    rc = demo(load_config(None, []), _args(model=str(tiny_model_dir)))
+    rc = demo(_cfg(model=str(tiny_model_dir)))
     assert rc == 2 and not fake_launch
     assert "REVELIO_DEMO_PASSWORD is not set" in capsys.readouterr().err
 
@@ -86,14 +87,14 @@ def test_half_configured_auth_refuses_to_start(tiny_model_dir, monkeypatch, caps
 def test_registered_champion_is_served_and_its_version_is_shown(mlflow_tmp, tiny_model_dir, fake_launch):
     import mlflow
 
-    from app.service import model_info
-    from app.views import model_markdown
+    from revelio_svc.app.service import model_info
+    from revelio_svc.app.views import model_markdown
     from revelio_svc.registry import register_model
 
     with mlflow.start_run():
         reg = register_model("classifier", tiny_model_dir, {"accuracy": 0.5})
     assert reg.version == "1"
-    rc = demo(load_config(None, []), _args())  # the default: revelio-classifier@champion
+    rc = demo(_cfg())  # the default: revelio-classifier@champion
     assert rc == 0
     clf, _ = fake_launch[0]
     header = model_markdown(model_info(clf))

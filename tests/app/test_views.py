@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app import views
-from app.service import InputError, decode_upload
+from revelio_svc.app import views
+from revelio_svc.app.service import InputError, decode_upload
 
 from .helpers import bad_files, example
 

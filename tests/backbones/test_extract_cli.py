@@ -16,7 +16,7 @@ CASES = [("sd", "sd", "empty"), ("sd", "sd", "generic"), ("sd", "sd", "class"), 
 def test_extract_command_on_tiny_local_model(tmp_path_factory, tmp_path, name, kind, mode):
     model_dir = tm.pipeline_dir(tmp_path_factory, name)
     hooks = load_backbone(BackboneConfig(kind=kind, id=str(model_dir), device="cpu")).hook_points()
-    sets = [f"data.source=shapes", "data.n_images=12", f"data.image_size={tm.IMAGE_SIZE}",
+    sets = ["data.source=shapes", "data.n_images=12", f"data.image_size={tm.IMAGE_SIZE}",
             f"backbone.kind={kind}", f"backbone.id={model_dir}", "backbone.device=cpu",
             f"backbone.prompt_mode={mode}", f"extract.hook_points=[{', '.join(hooks)}]",
             "extract.timesteps=[10, 500]", "extract.pooling=[mean, tokens]", "extract.batch_size=5",

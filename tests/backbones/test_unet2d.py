@@ -6,7 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from revelio_svc.backbones import ModelUnavailableError, load_backbone, noise_seed, seeded_noise
+from revelio_svc.backbones import (
+    ModelUnavailableError,
+    load_backbone,
+    noise_seed,
+    seeded_noise,
+)
 from revelio_svc.backbones.pretrain import pretrain
 from revelio_svc.config import BackboneConfig, load_config
 
@@ -66,9 +71,9 @@ def _tiny_pretrain(tmp_path, steps, out):
 
 
 def test_pretrain_resume_equals_uninterrupted(tmp_path):
-    straight = pretrain(_tiny_pretrain(tmp_path, 4, tmp_path / "a"), log_mlflow=False)
-    pretrain(_tiny_pretrain(tmp_path, 2, tmp_path / "b"), log_mlflow=False)
-    resumed = pretrain(_tiny_pretrain(tmp_path, 4, tmp_path / "b"), log_mlflow=False)
+    straight = pretrain(_tiny_pretrain(tmp_path, 4, tmp_path / "a")).backbone_dir
+    pretrain(_tiny_pretrain(tmp_path, 2, tmp_path / "b"))
+    resumed = pretrain(_tiny_pretrain(tmp_path, 4, tmp_path / "b")).backbone_dir
     wa = load_file(straight / "diffusion_pytorch_model.safetensors")
     wb = load_file(resumed / "diffusion_pytorch_model.safetensors")
     assert wa.keys() == wb.keys()
@@ -80,11 +85,11 @@ def test_pretrain_resume_equals_uninterrupted(tmp_path):
 
 
 def test_pretrain_refuses_other_architecture_checkpoint(tmp_path):
-    pretrain(_tiny_pretrain(tmp_path, 2, tmp_path / "c"), log_mlflow=False)
+    pretrain(_tiny_pretrain(tmp_path, 2, tmp_path / "c"))
     other = load_config(None, ["pretrain.block_out_channels=[16, 16]", "pretrain.batch_size=4",
                                "pretrain.steps=4", "data.image_size=16", f"pretrain.output={tmp_path / 'c'}"])
     with pytest.raises(RuntimeError, match="different pretrain config"):
-        pretrain(other, log_mlflow=False)
+        pretrain(other)
 
 
 def test_pretrain_command_logs_curve_and_samples(tmp_path, mlflow_tmp):
@@ -105,6 +110,6 @@ def test_pretrain_command_logs_curve_and_samples(tmp_path, mlflow_tmp):
     assert {"loss_curve.png", "samples", "backbone"} <= arts
     mv = mlflow.MlflowClient().get_model_version_by_alias("revelio-backbone", "champion")
     assert mv.run_id == run.info.run_id
-    local = mlflow.artifacts.download_artifacts(f"models:/revelio-backbone@champion", dst_path=str(tmp_path / "dl"))
+    local = mlflow.artifacts.download_artifacts("models:/revelio-backbone@champion", dst_path=str(tmp_path / "dl"))
     from revelio_svc.backbones import load_backbone
     assert "mid_block" in load_backbone(BackboneConfig(id=local)).hook_points()

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from revelio_svc.backbones import load_backbone
@@ -169,7 +168,11 @@ def test_extract_command_logs_to_mlflow(tiny_cfg, mlflow_tmp, tmp_path):
     assert r.data.tags["stage"] == "extract"
     assert r.data.metrics["images_per_s"] > 0 and r.data.metrics["skipped_images"] == 0
     assert r.data.params["extract.hook_points"] == "down_blocks.0,mid_block,up_blocks.0"
-    assert "dataset_fingerprint" in r.data.params
+    # the dataset and the feature store are the run's inputs, with the fingerprint and config hash as digests
+    store = open_store(r.data.tags["store_uri"])
+    inputs = {d.dataset.name: d.dataset.digest for d in r.inputs.dataset_inputs}
+    assert inputs == {"shapes": store.config["dataset"]["fingerprint"][:36],
+                      f"features-{store.config_hash[:8]}": store.config_hash}
     arts = [a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id, "feature_store")]
     assert "feature_store/manifest.json" in arts
     assert Path(r.data.tags["store_uri"]).is_dir()

@@ -6,8 +6,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from revelio_svc.features.store import (MANIFEST, StoreError, StoreMismatchError, StoreWriter, new_manifest,
-                                        open_store, parse_set_key, set_key)
+from revelio_svc.features.manifest import Manifest
+from revelio_svc.features.store import (
+    MANIFEST,
+    StoreError,
+    StoreMismatchError,
+    StoreWriter,
+    new_manifest,
+    open_store,
+    parse_set_key,
+    set_key,
+)
 
 
 def _write(root, n, shard_size, skip, d=4, config=None):
@@ -16,7 +25,7 @@ def _write(root, n, shard_size, skip, d=4, config=None):
     m = new_manifest(config or {"a": 1}, "h" + json.dumps(config or {"a": 1}), n, shard_size,
                      {"label": ["x", "y"]}, sets)
     w = StoreWriter(root, m)
-    for s in range(m["n_shards"]):
+    for s in range(m.n_shards):
         idx = [i for i in range(s * shard_size, min((s + 1) * shard_size, n)) if i not in skip]
         idx_arr = np.array(idx, np.int64)
         feats = np.stack([np.full(d, i, np.float32) for i in idx]) if idx else np.zeros((0, d), np.float32)
@@ -36,7 +45,7 @@ def test_rows_follow_the_indexing_math(tmp_path_factory, n, shard_size, data):
     root = tmp_path_factory.mktemp("store")
     _write(root, n, shard_size, skip)
     store = open_store(root, verify=True)
-    assert store.manifest["n_shards"] == -(-n // shard_size)
+    assert store.manifest.n_shards == -(-n // shard_size)
     assert store.complete
     kept = [i for i in range(n) if i not in skip]
     assert store.index().tolist() == kept
@@ -62,7 +71,7 @@ def test_mismatched_config_is_refused(tmp_path):
 
 def test_incomplete_shard_is_invisible(tmp_path):
     w = _write(tmp_path, 10, 4, set())
-    m = w.manifest
+    m = w.manifest.to_dict()
     del m["shards"]["2"]
     m["complete"] = False
     (tmp_path / MANIFEST).write_text(json.dumps(m))
@@ -111,7 +120,6 @@ def test_resuming_writer_removes_stale_temp_files(tmp_path):
     _write(tmp_path, 10, 4, set())
     stale = tmp_path / "mid_block" / "t10" / "mean" / "shard-00001.safetensors.12345.tmp"
     stale.write_bytes(b"half a file")
-    m = json.loads((tmp_path / MANIFEST).read_text())
-    StoreWriter(tmp_path, m)
+    StoreWriter(tmp_path, Manifest.from_bytes((tmp_path / MANIFEST).read_bytes()))
     assert not stale.exists()
     assert len(list(tmp_path.rglob("*.safetensors"))) == 3 * 2

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,8 @@ from PIL import Image
 from revelio_svc.features.store import open_store
 from revelio_svc.interpret import latent_table, render_grid, select_latents
 from revelio_svc.interpret.toplatents import read_rows
-from revelio_svc.sae.stage import train_sae_stage
+from revelio_svc.stages import train_sae_stage
+from revelio_svc.tracking import log_result, step_logger
 from tests.sae.helpers import FakeDataset, build_store, tiny_cfg
 
 
@@ -62,8 +62,9 @@ def test_stage_logs_sae_metrics_and_interpretation_to_mlflow(tmp_path, token_sto
 
     cfg = tiny_cfg(tmp_path, token_store, input="tokens", expansion=2, k=3, steps=60, eval_every=30, lr=1e-2)
     with mlflow.start_run() as run:
-        out = train_sae_stage(cfg, dataset=FakeDataset("planted0"), progress=False)
-    m = out["metrics"]
+        out = train_sae_stage(cfg, dataset=FakeDataset("planted0"), progress=False, on_eval=step_logger())
+        log_result(out, step=out.steps, skip_existing_metrics=True)
+    m = out.metrics
     for key in ("fvu", "explained_variance", "l0", "dead_frac", "l2_ratio", "auxk_loss", "samples_per_s",
                 "sigma_label", "sigma_label.group", "label_purity", "label_purity.group",
                 "label_purity_random.group", "label_purity_channels.group", "label_purity_share.group",
@@ -79,11 +80,12 @@ def test_stage_logs_sae_metrics_and_interpretation_to_mlflow(tmp_path, token_sto
     assert data.params["n_latents"] == "32" and data.params["n_train_vectors"] == str(90 * 16)
     arts = {a.path for a in client.list_artifacts(run.info.run_id, "sae")}
     assert arts == {"sae/sae.safetensors", "sae/config.json", "sae/metrics.json"}
+    assert "sae_dir" not in data.params and data.tags["sae_dir"] == str(out.sae_dir)  # paths are tags
     iarts = {a.path for a in client.list_artifacts(run.info.run_id, "interpret")}
     assert {"interpret/latents.parquet", "interpret/purity.parquet", "interpret/purity.png",
             "interpret/summary.json", "interpret/grids"} <= iarts
 
-    idir = Path(out["interpret_dir"])
+    idir = out.interpret_dir
     table = pd.read_parquet(idir / "latents.parquet")
     assert len(table) == 32 and {"top_indices", "group.purity", "parity.majority"} <= set(table.columns)
     summary = json.loads((idir / "summary.json").read_text())
@@ -98,11 +100,11 @@ def test_stage_logs_sae_metrics_and_interpretation_to_mlflow(tmp_path, token_sto
 def test_stage_without_mlflow_skips_grids_for_another_dataset(tmp_path, token_store, capsys):
     cfg = tiny_cfg(tmp_path, token_store, input="tokens", expansion=2, k=3, steps=20, lr=1e-2)
     out = train_sae_stage(cfg, dataset=FakeDataset("some-other-dataset"), progress=False)
-    summary = out["interpret_summary"]
+    summary = out.interpret_summary
     assert summary["grids"].startswith("skipped: the configured dataset (fingerprint some-other-dataset)")
     assert "would not match the rows" in capsys.readouterr().err
-    assert not (Path(out["interpret_dir"]) / "grids").exists()
-    assert "label_purity.group" in out["metrics"]
+    assert not (out.interpret_dir / "grids").exists()
+    assert "label_purity.group" in out.metrics
     # a second call finds the finished SAE and interpretation and redoes neither
     again = train_sae_stage(cfg, dataset=FakeDataset("some-other-dataset"), progress=False)
-    assert again["skipped_training"] and again["metrics"]["fvu"] == out["metrics"]["fvu"]
+    assert again.skipped_training and again.metrics["fvu"] == out.metrics["fvu"]

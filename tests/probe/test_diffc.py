@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from revelio_svc.probe import load_probe
+from revelio_svc.probe import read_probe
 from revelio_svc.probe.diffc import DiffC, DiffCProbe, train_diffc
 from revelio_svc.probe.metrics import accuracy
 
@@ -51,7 +51,7 @@ def test_save_load_round_trip(tmp_path):
                     meta={"concept": "quadrant"})
     p.save(tmp_path / "p")
     assert sorted(f.name for f in (tmp_path / "p").iterdir()) == ["diffc.safetensors", "probe.json"]
-    q = load_probe(tmp_path / "p")
+    q = read_probe(tmp_path / "p")
     assert isinstance(q, DiffCProbe) and q.meta["concept"] == "quadrant" and q.arch == p.arch
     np.testing.assert_array_equal(q.predict_proba(X), p.predict_proba(X))
 

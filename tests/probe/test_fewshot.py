@@ -3,7 +3,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from revelio_svc.probe.fewshot import LeakError, check_no_leak, few_shot_rows, parse_shots, run_few_shot
+from revelio_svc.probe.fewshot import (
+    LeakError,
+    check_no_leak,
+    few_shot_rows,
+    parse_shots,
+    run_few_shot,
+)
 
 
 def split(n=200, k=4, seed=0):

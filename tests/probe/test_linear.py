@@ -8,9 +8,16 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import f1_score
 
-from revelio_svc.probe import linear, load_probe
+from revelio_svc.probe import linear, read_probe
 from revelio_svc.probe.linear import LinearProbe, ProbeFormatError, fit_linear_probe
-from revelio_svc.probe.metrics import accuracy, confusion, label_spread, macro_f1, per_class_accuracy, sigma_label
+from revelio_svc.probe.metrics import (
+    accuracy,
+    confusion,
+    label_spread,
+    macro_f1,
+    per_class_accuracy,
+    sigma_label,
+)
 
 
 def planted(n=300, d=20, k=3, sep=3.0, seed=0):
@@ -139,7 +146,7 @@ def test_save_load_round_trip_is_identical_without_pickle(tmp_path, monkeypatch,
 
     monkeypatch.setattr(pickle, "load", no_pickle)
     monkeypatch.setattr(pickle, "loads", no_pickle)
-    q = load_probe(tmp_path / "probe")
+    q = read_probe(tmp_path / "probe")
     assert isinstance(q, LinearProbe)
     np.testing.assert_array_equal(q.predict_proba(X), p.predict_proba(X))
     np.testing.assert_array_equal(q.predict(X), p.predict(X))
@@ -148,10 +155,10 @@ def test_save_load_round_trip_is_identical_without_pickle(tmp_path, monkeypatch,
 
 def test_load_rejects_foreign_files(tmp_path):
     with pytest.raises(ProbeFormatError, match="missing probe.json"):
-        load_probe(tmp_path)
+        read_probe(tmp_path)
     (tmp_path / "probe.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ProbeFormatError, match="not a revelio probe"):
-        load_probe(tmp_path)
+        read_probe(tmp_path)
 
 
 def test_probe_rejects_wrong_width_and_single_class():

@@ -50,8 +50,8 @@ def trained(tiny_unet_dir, tmp_path_factory):
     """(config, store uri, SAE dir, probe dir, SAE metrics, probe metrics) of the tiny chain, built once."""
     from revelio_svc.config import replace
     from revelio_svc.features.extract import extract
-    from revelio_svc.probe.stage import train_probe_stage
     from revelio_svc.sae.trainer import train_sae
+    from revelio_svc.stages import train_probe_stage
 
     out = tmp_path_factory.mktemp("trained")
     cfg = tiny_config(tiny_unet_dir, out)
@@ -61,13 +61,12 @@ def trained(tiny_unet_dir, tmp_path_factory):
     cfg = replace(cfg, **{"probe.sae": sae_res.output_dir})
     probe_res = train_probe_stage(cfg)
     sae_m = {k: float(v) for k, v in sae_res.metrics.items() if isinstance(v, (int, float))}
-    probe_m = {k: float(v) for k, v in probe_res["metrics"].items() if isinstance(v, (int, float))}
-    return cfg, store_uri, sae_res.output_dir, probe_res["probe_dir"], sae_m, probe_m
+    return cfg, store_uri, sae_res.output_dir, str(probe_res.probe_dir), sae_m, dict(probe_res.metrics)
 
 
 @pytest.fixture(scope="session")
 def classifier_dir(trained, tmp_path_factory) -> Path:
-    from revelio_svc.classifier import Classifier
+    from revelio_svc.inference.classifier import Classifier
 
     cfg, store_uri, sae_dir, probe_dir, _, _ = trained
     d = tmp_path_factory.mktemp("classifier")

@@ -9,10 +9,14 @@ import pytest
 import scipy.sparse as sp
 from PIL import Image
 
-from revelio_svc.classifier import Classifier, ClassifierFormatError, upload_id
 from revelio_svc.features.store import open_store
-from revelio_svc.probe import load_probe
-from revelio_svc.sae import load_sae
+from revelio_svc.inference.classifier import (
+    Classifier,
+    ClassifierFormatError,
+    upload_id,
+)
+from revelio_svc.probe import read_probe
+from revelio_svc.sae import read_sae
 from revelio_svc.sae.latents import image_latents
 from tests.registry.helpers import dataset_images
 
@@ -30,7 +34,7 @@ def test_predict_with_dataset_ids_reproduces_the_probe_on_stored_features(clf, t
     rows = np.arange(5)
     idx = store.index()[rows]
     feats = store.feature_set("up_blocks.1", 10, "tokens").load()[rows]
-    sae, probe = load_sae(sae_dir), load_probe(probe_dir)
+    sae, probe = read_sae(sae_dir), read_probe(probe_dir)
     want = probe.predict_proba(sp.csr_matrix(image_latents(sae, feats, pooling="max")))
 
     from revelio_svc.data import load_dataset
@@ -87,7 +91,7 @@ def test_explain_contributions_add_up_to_the_logit(clf, trained):
 def test_top_images_are_where_the_latent_fires_most(clf, trained):
     _, store_uri, sae_dir, *_ = trained
     store = open_store(store_uri)
-    z = image_latents(load_sae(sae_dir), store.feature_set("up_blocks.1", 10, "tokens").load(), pooling="max")
+    z = image_latents(read_sae(sae_dir), store.feature_set("up_blocks.1", 10, "tokens").load(), pooling="max")
     lat = int(np.argmax(z.max(0)))
     best = store.index()[np.argsort(-z[:, lat], kind="stable")[: clf.top_indices.shape[1]]]
     assert clf.top_images(lat, n=3) == [int(i) for i in best[:3]]

@@ -1,4 +1,4 @@
-"""The stage commands of commands_registry through the real CLI parser: one MLflow run each, tagged."""
+"""The stage commands through the real CLI parser: one MLflow run each, tagged."""
 from __future__ import annotations
 
 import mlflow

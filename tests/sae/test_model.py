@@ -14,7 +14,14 @@ from revelio_svc.sae import (
     image_latents,
     latent_maps,
 )
-from revelio_svc.sae.trainer import SparseStep, default_lr, gather_dot, loss_autograd, lr_at, scatter_rows
+from revelio_svc.sae.trainer import (
+    SparseStep,
+    default_lr,
+    gather_dot,
+    loss_autograd,
+    lr_at,
+    scatter_rows,
+)
 
 from .helpers import planted_atoms, planted_vectors
 

@@ -14,8 +14,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from revelio_svc.features.store import open_store
-from revelio_svc.sae import SAELoadError, load_sae
-from revelio_svc.sae.data import ActivationStream, NonFiniteInputError, eval_vectors, feature_set_for, plan_split
+from revelio_svc.sae import SAELoadError, read_sae
+from revelio_svc.sae.data import (
+    ActivationStream,
+    NonFiniteInputError,
+    eval_vectors,
+    feature_set_for,
+    plan_split,
+)
 from revelio_svc.sae.trainer import CHECKPOINT_FILE, TrainingError, train_sae
 
 from .helpers import build_store, tiny_cfg
@@ -50,7 +56,7 @@ def test_token_sae_reaches_low_fvu_on_planted_sparse_data(tmp_path, token_store)
     assert res.history[0]["fvu"] > m["fvu"]  # it learned
     # every position of every train image is a training vector; test images are held out
     assert res.n_train_vectors == 150 * 16 and res.n_eval_vectors == 50 * 16
-    sae = load_sae(res.output_dir)
+    sae = read_sae(res.output_dir)
     c = sae.config
     assert (c.variant, c.input, c.hook_point, c.timestep) == ("topk", "tokens", "up_blocks.1", 10)
     assert (c.d_in, c.n_latents) == (16, 32)
@@ -61,7 +67,7 @@ def test_batchtopk_pooled_trains_and_saves_threshold(tmp_path, pooled_store):
     cfg = tiny_cfg(tmp_path, pooled_store, variant="batchtopk", steps=150)
     res = train_sae(cfg, progress=False)
     assert res.metrics["fvu"] < 0.5
-    sae = load_sae(res.output_dir)
+    sae = read_sae(res.output_dir)
     assert sae.config.variant == "batchtopk" and sae.config.threshold > 0
     saved = json.loads((Path(res.output_dir) / "config.json").read_text())
     assert saved["threshold"] == pytest.approx(sae.config.threshold)
@@ -201,22 +207,22 @@ def test_load_errors_are_clear(tmp_path, pooled_store):
     (bad / "config.json").write_text((d / "config.json").read_text().replace('"d_in": 16', '"d_in": 12'))
     save_file(load_file(str(d / "sae.safetensors")), str(bad / "sae.safetensors"))
     with pytest.raises(SAELoadError, match="W_enc has shape.*d_in=12"):
-        load_sae(bad)
+        read_sae(bad)
     with pytest.raises(SAELoadError, match="sae.safetensors is missing"):
         (bad / "sae.safetensors").unlink()
-        load_sae(bad)
+        read_sae(bad)
     (bad / "sae.safetensors").write_bytes((d / "sae.safetensors").read_bytes())
     (bad / "config.json").write_text((d / "config.json").read_text().replace('"topk"', '"jumprelu"'))
     with pytest.raises(SAELoadError, match="unknown SAE variant 'jumprelu'"):
-        load_sae(bad)
+        read_sae(bad)
     with pytest.raises(SAELoadError, match="does not exist"):
-        load_sae(tmp_path / "nowhere")
+        read_sae(tmp_path / "nowhere")
 
 
 def test_save_load_round_trip_keeps_codes_and_normalisation(tmp_path, pooled_store):
     res = train_sae(tiny_cfg(tmp_path, pooled_store, steps=20, normalize="standard"), progress=False)
     sae = res.sae
-    loaded = load_sae(Path(res.output_dir) / "config.json")
+    loaded = read_sae(Path(res.output_dir) / "config.json")
     assert loaded.config == sae.config
     x = torch.from_numpy(open_store(pooled_store).feature_set("up_blocks.1", 10, "mean").load()[:50])
     with torch.no_grad():

@@ -17,8 +17,7 @@ TAGS = {"dataset": "shapes", "backbone": "tiny", "hook_point": "up_blocks.1", "t
 
 def _register(name, sae_dir, fvu):
     with mlflow.start_run():
-        return registry.register_model("sae", sae_dir, {"fvu": fvu, "l0": 4.0}, TAGS, "fvu",
-                                       higher_is_better=False, name=name)
+        return registry.register_model("sae", sae_dir, {"fvu": fvu, "l0": 4.0}, TAGS, "fvu", name=name)
 
 
 def _versions(name):

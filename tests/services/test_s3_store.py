@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from revelio_svc.config import config_hash
+from revelio_svc.features import s3
 from revelio_svc.features.s3 import S3Backend
 from revelio_svc.features.store import (
     MANIFEST,
@@ -21,6 +21,7 @@ from revelio_svc.features.store import (
     set_key,
     shard_name,
 )
+from revelio_svc.identity import digest as config_hash
 
 pytestmark = pytest.mark.services
 
@@ -42,20 +43,20 @@ def make_manifest(n_images: int = 10, shard_size: int = 4, dim: int = 6, hw: int
                         {"shape": ["circle", "square"]}, sets)
 
 
-def shard_data(manifest: dict, i: int):
+def shard_data(manifest, i: int):
     """Rows and features of shard i, a function of (i, shapes) only, as extraction's seeded noise is."""
-    n, size = manifest["n_images"], manifest["shard_size"]
+    n, size = manifest.n_images, manifest.shard_size
     idx = np.arange(i * size, min((i + 1) * size, n), dtype=np.int64)
     rng = np.random.default_rng(1000 + i)
     rows = {"index": idx, "split": (idx % 4 == 0).astype(np.uint8), "label.shape": idx % 2}
-    sets = {k: rng.standard_normal((len(idx), *spec["shape"])).astype(np.float32)
-            for k, spec in sorted(manifest["feature_sets"].items())}
+    sets = {k: rng.standard_normal((len(idx), *spec.shape)).astype(np.float32)
+            for k, spec in sorted(manifest.feature_sets.items())}
     return rows, sets, []
 
 
-def write_store(uri: str, manifest: dict, shards=None) -> StoreWriter:
+def write_store(uri: str, manifest, shards=None) -> StoreWriter:
     writer = StoreWriter(uri, manifest)
-    for i in range(manifest["n_shards"]) if shards is None else shards:
+    for i in range(manifest.n_shards) if shards is None else shards:
         if i not in writer.done:
             writer.write_shard(i, *shard_data(manifest, i))
     return writer
@@ -137,9 +138,7 @@ def test_reader_fetches_only_the_shards_it_reads(moto_s3, tmp_path, monkeypatch)
 
 def test_large_objects_go_up_in_parts(moto_s3, tmp_path, monkeypatch):
     moto_s3.use(monkeypatch, tmp_path)
-    monkeypatch.setenv("REVELIO_S3_MULTIPART_THRESHOLD", str(5 * MiB))
-    monkeypatch.setenv("REVELIO_S3_PART_SIZE", str(5 * MiB))
-    backend = S3Backend(f"{moto_s3.uri}/big")
+    backend = S3Backend(f"{moto_s3.uri}/big", multipart_threshold=5 * MiB, part_size=5 * MiB)
     sent = count_requests(backend.client)
     big = np.random.default_rng(0).integers(0, 256, 11 * MiB + 7, dtype=np.uint8).tobytes()
     backend.write("blob.bin", big)
@@ -155,7 +154,8 @@ def test_large_objects_go_up_in_parts(moto_s3, tmp_path, monkeypatch):
 
     # a store whose shards cross the threshold reads back the same through the multipart path
     manifest = make_manifest(n_images=6, shard_size=3, dim=700, hw=12)  # tokens shard: 3·12·12·700·4 B ≈ 1.2 MB
-    monkeypatch.setenv("REVELIO_S3_MULTIPART_THRESHOLD", str(1 * MiB))
+    monkeypatch.setattr(s3, "MULTIPART_THRESHOLD", 1 * MiB)
+    monkeypatch.setattr(s3, "PART_SIZE", 5 * MiB)
     write_store(f"{moto_s3.uri}/store", manifest)
     write_store(str(tmp_path / "local"), make_manifest(n_images=6, shard_size=3, dim=700, hw=12))
     assert raw.head_object(Bucket=moto_s3.bucket, Key=f"store/{TOKENS}/{shard_name(0)}")["ETag"].strip('"').endswith("-1")
@@ -164,8 +164,7 @@ def test_large_objects_go_up_in_parts(moto_s3, tmp_path, monkeypatch):
 
 def test_outage_gives_bounded_retries_then_a_clear_error_and_resume_matches(moto_s3, tmp_path, monkeypatch):
     moto_s3.use(monkeypatch, tmp_path)
-    monkeypatch.setenv("REVELIO_S3_MAX_ATTEMPTS", "3")
-    monkeypatch.setenv("REVELIO_S3_BACKOFF_S", "0.2")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
     uri = f"{moto_s3.uri}/run"
     manifest = make_manifest(n_images=20, shard_size=4)  # 5 shards
     writer = write_store(uri, manifest, shards=[0, 1])
@@ -180,7 +179,7 @@ def test_outage_gives_bounded_retries_then_a_clear_error_and_resume_matches(moto
     assert elapsed < 30, f"an outage took {elapsed:.1f} s to be reported"
     assert moto_s3.url in msg and f"s3://{moto_s3.bucket}/run/" in msg and shard_name(2) in msg
     assert "after 3 attempt(s)" in msg and "write" in msg
-    # exactly the configured attempts, one request each: botocore's own retries are off
+    # exactly the configured attempts (botocore's standard retry mode), the same request each time
     assert len(sent) == 3 and len(set(sent)) == 1
 
     moto_s3.start()
@@ -195,8 +194,7 @@ def test_outage_gives_bounded_retries_then_a_clear_error_and_resume_matches(moto
 
 def test_short_outage_is_ridden_out_by_retries(moto_s3, tmp_path, monkeypatch):
     moto_s3.use(monkeypatch, tmp_path)
-    monkeypatch.setenv("REVELIO_S3_MAX_ATTEMPTS", "8")
-    monkeypatch.setenv("REVELIO_S3_BACKOFF_S", "0.25")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "8")
     backend = S3Backend(f"{moto_s3.uri}/blip")
     backend.write("a.bin", b"before")
     sent = count_requests(backend.client)
@@ -213,10 +211,8 @@ def test_short_outage_is_ridden_out_by_retries(moto_s3, tmp_path, monkeypatch):
 
 def test_hung_endpoint_fails_within_the_timeouts(moto_s3, tmp_path, monkeypatch):
     moto_s3.use(monkeypatch, tmp_path)
-    monkeypatch.setenv("REVELIO_S3_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("REVELIO_S3_BACKOFF_S", "0.1")
-    monkeypatch.setenv("REVELIO_S3_READ_TIMEOUT_S", "1")
-    backend = S3Backend(f"{moto_s3.uri}/hung")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    backend = S3Backend(f"{moto_s3.uri}/hung", read_timeout_s=1)
     assert not backend.exists("x")  # bucket checked while the endpoint still answers
     moto_s3.hang()
     t0 = time.monotonic()
@@ -244,13 +240,8 @@ def test_missing_credentials_and_bad_settings_are_clear_errors(moto_s3, tmp_path
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(StoreError, match="no usable AWS credentials.*AWS_ACCESS_KEY_ID"):
         S3Backend(f"{moto_s3.uri}/x").read(MANIFEST)
-    monkeypatch.setenv("REVELIO_S3_MAX_ATTEMPTS", "many")
-    with pytest.raises(StoreError, match="REVELIO_S3_MAX_ATTEMPTS='many' is not a valid integer"):
-        S3Backend(f"{moto_s3.uri}/x")
-    monkeypatch.setenv("REVELIO_S3_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("REVELIO_S3_PART_SIZE", "1024")
-    with pytest.raises(StoreError, match="REVELIO_S3_PART_SIZE='1024' must be >= 5242880"):
-        S3Backend(f"{moto_s3.uri}/x")
+    with pytest.raises(StoreError, match="part_size must be >= 5242880"):
+        S3Backend(f"{moto_s3.uri}/x", part_size=1024)
     with pytest.raises(StoreError, match="not an S3 URI"):
         S3Backend("s3:///no-bucket")
 
@@ -261,8 +252,7 @@ def test_extract_to_s3_survives_an_outage_and_matches_a_local_run(moto_s3, tiny_
     from revelio_svc.features.extract import extract
 
     moto_s3.use(monkeypatch, tmp_path)
-    monkeypatch.setenv("REVELIO_S3_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("REVELIO_S3_BACKOFF_S", "0.1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
     cfg = replace(tiny_cfg, **{"data.n_images": 24, "extract.shard_size": 8, "extract.hook_points": ("mid_block",),
                                "extract.timesteps": (10,), "extract.pooling": ("mean", "tokens")})
     uri = f"{moto_s3.uri}/features/tiny"

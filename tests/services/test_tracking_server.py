@@ -48,7 +48,7 @@ def test_run_goes_through_the_server_with_proxied_artifacts(services, mlflow_cli
 
     experiment = f"services-{uuid.uuid4().hex[:10]}"
     cfg = Config(tracking=TrackingConfig(tracking_uri=services.tracking_uri, experiment=experiment))
-    with stage_run(cfg, "extract", ("extract",), description="scale-out test") as run:
+    with stage_run(cfg, "extract") as run:
         mlflow.log_metric("fvu", 0.25, step=1)
         log_json({"hello": "s3"}, "summary.json", artifact_path="reports")
     run_id = run.info.run_id

@@ -89,7 +89,7 @@ def _examples() -> list[str]:
 
 def build_app(classifier, *, service: DemoService | None = None, note: str = "", concurrency: int = 2,
               examples: list[str] | None = None, warm: bool = False, **service_kw: Any) -> gr.Blocks:
-    """The demo's gr.Blocks for `classifier` (a revelio_svc.classifier.Classifier).
+    """The demo's gr.Blocks for `classifier` (a revelio_svc.inference.classifier.Classifier).
 
     `service_kw` go to `DemoService` (max_pixels, top, n_top_images, browse_images, fewshot_dir,
     allow_register, ...). `note` is shown under the model description (e.g. "random weights").

@@ -2,7 +2,7 @@
 
 For each pair and concept: a linear probe on the pooled features (train split → test split), the same
 probe on the random-init backbone's features at the same pair, the pixels control, and `sigma_label` of the
-raw channels. SAE metrics join in where SAE result JSONs exist. Outputs (also logged to MLflow):
+raw channels. SAE metrics join in where SAE result JSONs exist. Outputs:
 
     <out>/sweep.csv, sweep.parquet        every number, long format
     <out>/heatmaps/<concept>__<metric>.png hook point × timestep grids
@@ -14,17 +14,26 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import Config, config_hash
+from ..config import Config
+from ..contracts import Artifact, StageResult, metric_key
+from ..features.extract import store_uri_for
 from ..features.store import FeatureStore, open_store, parse_set_key
-from .controls import aligned_features, dataset_for_store, pixel_control, random_init_store
-from .linear import fit_linear_probe
-from .metrics import accuracy, chance_accuracy, macro_f1, metric_key, sigma_label
+from ..identity import Paths, digest
+from ..probe.controls import (
+    aligned_features,
+    dataset_for_store,
+    pixel_control,
+    random_init_store,
+)
+from ..probe.linear import fit_linear_probe
+from ..probe.metrics import accuracy, chance_accuracy, macro_f1, sigma_label
 
 SHAPES_CONCEPTS = ("shape", "colour", "size", "background")
 SAE_METRICS = ("fvu", "explained_variance", "l0", "dead_frac", "sigma_label", "label_purity")
@@ -40,7 +49,7 @@ def store_pairs(store: FeatureStore, pooling: str, prefer: Sequence[str] = ()) -
     """Hook points (in `prefer` order first, then the store's) and sorted timesteps that have `pooling` features."""
     hps: list[str] = []
     ts: set[int] = set()
-    for key in store.manifest["feature_sets"]:
+    for key in store.manifest.feature_sets:
         h, t, p = parse_set_key(key)
         if p == pooling:
             if h not in hps:
@@ -156,150 +165,202 @@ def _slug(s: str) -> str:
 
 
 # --------------------------------------------------------------------------- the stage
-def sweep_stage(cfg: Config, sae_results: str | Path | None = None, output: str | Path | None = None,
-                top_n: int = 20, concepts: Sequence[str] | None = None, progress: bool = False) -> dict[str, Any]:
-    """Sweep every (hook point, timestep) of the store at `probe.pooling`; returns paths and the best pairs.
+@dataclass(frozen=True, kw_only=True)
+class SweepResult(StageResult):
+    output_dir: Path
+    summary: Path
+    table: Any  # pandas DataFrame, long format: hook_point, timestep, concept, input, metric, value, source
+    best: Mapping[str, Mapping[str, Any]]  # concept → best (hook point, t) and its controls
+    heatmaps: tuple[str, ...] = ()
+    line_plots: tuple[str, ...] = ()
+    random_init_store: str | None = None
 
-    `sae_results`: directory of SAE result JSONs (default `<output_dir>/sae` when it exists).
-    `concepts`: labels to probe (default: shape, colour, size, background for shapes; else every label).
-    """
-    import mlflow
-    import pandas as pd
+    def outputs(self) -> dict[str, str]:
+        return {"output_dir": str(self.output_dir)}
 
-    from ..features.extract import store_uri_for
 
+@dataclass
+class _Sweep:
+    """What the rows of the sweep are computed from."""
+
+    store: FeatureStore
+    pooling: str
+    hook_points: list[str]
+    timesteps: list[int]
+    concepts: list[str]
+    labels: dict[str, np.ndarray]
+    is_test: np.ndarray
+    chance: dict[str, float]
+    pixels: dict[str, float]
+    rstore: FeatureStore | None
+
+
+def _prepare(cfg: Config, concepts: Sequence[str] | None, progress: bool) -> _Sweep:
     pc = cfg.probe
     store = open_store(pc.store or store_uri_for(cfg))
-    pooling = pc.pooling
-    hook_points, timesteps = store_pairs(store, pooling, cfg.extract.hook_points)
-    if concepts is None:
-        concepts = sweep_concepts(store.label_names)
+    hook_points, timesteps = store_pairs(store, pc.pooling, cfg.extract.hook_points)
+    concepts = list(sweep_concepts(store.label_names) if concepts is None else concepts)
     unknown = [c for c in concepts if c not in store.label_names]
     if unknown:
         raise KeyError(f"the store at {store.uri} has no labels for {unknown}; it has: {', '.join(store.label_names)}")
-    concepts = list(concepts)
     is_test = store.is_test()
     if is_test.all() or not is_test.any():
         raise ValueError(f"the store at {store.uri} needs both train and test rows (data.test_fraction)")
     labels = {c: store.labels(c) for c in concepts}
-    n_cls = {c: len(store.label_names[c]) for c in concepts}
     chance = {c: chance_accuracy(labels[c][~is_test], labels[c][is_test]) for c in concepts}
-
-    rows: list[dict[str, Any]] = []
-
-    def add(hp, t, concept, inp, metric, value, source=""):
-        rows.append({"hook_point": hp, "timestep": int(t), "concept": concept, "input": inp, "metric": metric,
-                     "value": float(value), "source": source})
-
     pixels: dict[str, float] = {}
     rstore = None
     if pc.controls:
         ds = dataset_for_store(cfg, store)
         Xp = pixel_control(cfg, store, size=16, flatten=True, dataset=ds)
         for c in concepts:
-            pixels[c] = probe_scores(Xp, labels[c], is_test, n_cls[c], pc.C, pc.max_iter)["accuracy"]
-        rstore = random_init_store(cfg, hook_points, timesteps, [pooling],
+            pixels[c] = probe_scores(Xp, labels[c], is_test, len(store.label_names[c]), pc.C, pc.max_iter)["accuracy"]
+        rstore = random_init_store(cfg, hook_points, timesteps, [pc.pooling],
                                    store.config.get("dataset", {}).get("fingerprint"), ds, progress,
                                    model_backbone=store.config.get("backbone"))
+    return _Sweep(store, pc.pooling, hook_points, timesteps, concepts, labels, is_test, chance, pixels, rstore)
 
-    for hp in hook_points:
-        for t in timesteps:
-            X = store.feature_set(hp, t, pooling).load()
-            Xr = aligned_features(rstore, hp, t, pooling, store.index()) if rstore is not None else None
-            for c in concepts:
-                s = probe_scores(X, labels[c], is_test, n_cls[c], pc.C, pc.max_iter)
+
+def _rows(cfg: Config, sw: _Sweep, top_n: int, sae_results: str | Path | None) -> list[dict[str, Any]]:
+    """Every number of the sweep, one row each (long format)."""
+    pc, store = cfg.probe, sw.store
+    rows: list[dict[str, Any]] = []
+
+    def add(hp, t, concept, inp, metric, value, source=""):
+        rows.append({"hook_point": hp, "timestep": int(t), "concept": concept, "input": inp, "metric": metric,
+                     "value": float(value), "source": source})
+
+    for hp in sw.hook_points:
+        for t in sw.timesteps:
+            X = store.feature_set(hp, t, sw.pooling).load()
+            Xr = aligned_features(sw.rstore, hp, t, sw.pooling, store.index()) if sw.rstore is not None else None
+            for c in sw.concepts:
+                n_cls = len(store.label_names[c])
+                s = probe_scores(X, sw.labels[c], sw.is_test, n_cls, pc.C, pc.max_iter)
                 add(hp, t, c, "trained", "accuracy", s["accuracy"])
                 add(hp, t, c, "trained", "macro_f1", s["macro_f1"])
-                sig = sigma_label(X, labels[c], n_cls[c], top_n=min(top_n, len(X)), require_active=False)
+                sig = sigma_label(X, sw.labels[c], n_cls, top_n=min(top_n, len(X)), require_active=False)
                 add(hp, t, c, "trained", "sigma_label", sig["sigma_label"])
                 add(hp, t, c, "trained", "sigma_label_chance", sig["sigma_label_chance"])
-                add(hp, t, c, "chance", "accuracy", chance[c])
+                add(hp, t, c, "chance", "accuracy", sw.chance[c])
                 if Xr is not None:
-                    r = probe_scores(Xr, labels[c], is_test, n_cls[c], pc.C, pc.max_iter)
+                    r = probe_scores(Xr, sw.labels[c], sw.is_test, n_cls, pc.C, pc.max_iter)
                     add(hp, t, c, "random_init", "accuracy", r["accuracy"])
                     add(hp, t, c, "random_init", "macro_f1", r["macro_f1"])
-                if c in pixels:
+                if c in sw.pixels:
                     # the same number at every pair, so a row of the table always has its controls beside it
-                    add(hp, t, c, "pixels", "accuracy", pixels[c])
-
+                    add(hp, t, c, "pixels", "accuracy", sw.pixels[c])
     sae_dir = sae_results if sae_results is not None else Path(cfg.output_dir) / "sae"
     for r in read_sae_results(sae_dir):
         add(r["hook_point"], r["timestep"], "", "sae", r["metric"], r["value"], r["source"])
+    return rows
 
-    df = pd.DataFrame(rows, columns=["hook_point", "timestep", "concept", "input", "metric", "value", "source"])
-    h = config_hash({"store": store.manifest.get("config_hash"), "pooling": pooling, "C": pc.C,
-                     "max_iter": pc.max_iter, "controls": pc.controls, "top_n": top_n, "concepts": concepts})
-    out = Path(output) if output is not None else Path(cfg.output_dir) / "sweep" / h
-    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
-    (out / "lines").mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "sweep.csv", index=False)
-    df.to_parquet(out / "sweep.parquet", index=False)
 
-    def grid(concept: str, inp: str, metric: str) -> np.ndarray:
-        g = np.full((len(hook_points), len(timesteps)), np.nan)
-        sel = df[(df.concept == concept) & (df.input == inp) & (df.metric == metric)]
-        # several SAEs at one pair: show their mean
-        for (hp, t), v in sel.groupby(["hook_point", "timestep"]).value.mean().items():
-            if hp in hook_points and t in timesteps:
-                g[hook_points.index(hp), timesteps.index(t)] = v
-        return g
+def _grid(df, sw: _Sweep, concept: str, inp: str, metric: str) -> np.ndarray:
+    g = np.full((len(sw.hook_points), len(sw.timesteps)), np.nan)
+    sel = df[(df.concept == concept) & (df.input == inp) & (df.metric == metric)]
+    # several SAEs at one pair: show their mean
+    for (hp, t), v in sel.groupby(["hook_point", "timestep"]).value.mean().items():
+        if hp in sw.hook_points and t in sw.timesteps:
+            g[sw.hook_points.index(hp), sw.timesteps.index(t)] = v
+    return g
 
+
+def _best(df, sw: _Sweep, c: str) -> dict[str, Any]:
+    acc = _grid(df, sw, c, "trained", "accuracy")
+    i, j = np.unravel_index(np.nanargmax(acc), acc.shape)
+    b = {"hook_point": sw.hook_points[i], "timestep": sw.timesteps[j], "accuracy": float(acc[i, j]),
+         "macro_f1": float(_grid(df, sw, c, "trained", "macro_f1")[i, j]), "chance": sw.chance[c],
+         "pixels": sw.pixels.get(c, float("nan"))}
+    if sw.rstore is not None:
+        rand = _grid(df, sw, c, "random_init", "accuracy")
+        ri, rj = np.unravel_index(np.nanargmax(rand), rand.shape)
+        b.update({"random_init_at_best": float(rand[i, j]), "random_init_best": float(rand[ri, rj]),
+                  "random_init_best_at": f"{sw.hook_points[ri]} t={sw.timesteps[rj]}"})
+    return b
+
+
+def _figures(df, sw: _Sweep, out: Path) -> tuple[list[str], list[str]]:
+    """Heatmaps over hook points × timesteps and accuracy-vs-timestep lines, per concept; their paths."""
     plt = _plt()
-    heatmaps, lines = [], []
+    heatmaps: list[str] = []
+    lines: list[str] = []
 
     def save(fig, rel: str, bucket: list) -> None:
         fig.savefig(out / rel, dpi=100)
         plt.close(fig)
         bucket.append(str(out / rel))
 
-    best: dict[str, dict[str, Any]] = {}
-    for c in concepts:
-        acc = grid(c, "trained", "accuracy")
-        rand = grid(c, "random_init", "accuracy") if rstore is not None else None
-        specs = [("accuracy", acc, 0, 1, "viridis"), ("macro_f1", grid(c, "trained", "macro_f1"), 0, 1, "viridis"),
-                 ("sigma_label", grid(c, "trained", "sigma_label"), 0, None, "magma_r")]
+    (out / "heatmaps").mkdir(parents=True, exist_ok=True)
+    (out / "lines").mkdir(parents=True, exist_ok=True)
+    for c in sw.concepts:
+        acc = _grid(df, sw, c, "trained", "accuracy")
+        rand = _grid(df, sw, c, "random_init", "accuracy") if sw.rstore is not None else None
+        specs = [("accuracy", acc, 0, 1, "viridis"), ("macro_f1", _grid(df, sw, c, "trained", "macro_f1"), 0, 1,
+                                                       "viridis"),
+                 ("sigma_label", _grid(df, sw, c, "trained", "sigma_label"), 0, None, "magma_r")]
         if rand is not None:
             specs += [("random_init_accuracy", rand, 0, 1, "viridis"),
                       ("gain_over_random_init", acc - rand, -1, 1, "RdBu")]
         for metric, g, lo, hi, cmap in specs:
-            title = f"{c}: {metric} ({pooling}-pooled, chance {chance[c]:.2f}" + (
-                f", pixels {pixels[c]:.2f})" if c in pixels else ")")
-            save(heatmap_figure(g, hook_points, timesteps, title, lo, hi, cmap),
+            title = f"{c}: {metric} ({sw.pooling}-pooled, chance {sw.chance[c]:.2f}" + (
+                f", pixels {sw.pixels[c]:.2f})" if c in sw.pixels else ")")
+            save(heatmap_figure(g, sw.hook_points, sw.timesteps, title, lo, hi, cmap),
                  f"heatmaps/{_slug(c)}__{metric}.png", heatmaps)
-        save(lines_figure(acc, rand, hook_points, timesteps, pixels.get(c), chance[c],
-                          f"{c}: probe accuracy vs timestep ({pooling}-pooled)"),
+        save(lines_figure(acc, rand, sw.hook_points, sw.timesteps, sw.pixels.get(c), sw.chance[c],
+                          f"{c}: probe accuracy vs timestep ({sw.pooling}-pooled)"),
              f"lines/{_slug(c)}__accuracy_vs_timestep.png", lines)
-        i, j = np.unravel_index(np.nanargmax(acc), acc.shape)
-        b = {"hook_point": hook_points[i], "timestep": timesteps[j], "accuracy": float(acc[i, j]),
-             "macro_f1": float(grid(c, "trained", "macro_f1")[i, j]), "chance": chance[c],
-             "pixels": pixels.get(c, float("nan"))}
-        if rand is not None:
-            ri, rj = np.unravel_index(np.nanargmax(rand), rand.shape)
-            b.update({"random_init_at_best": float(rand[i, j]), "random_init_best": float(rand[ri, rj]),
-                      "random_init_best_at": f"{hook_points[ri]} t={timesteps[rj]}"})
-        best[c] = b
     for metric in sorted(df[df.input == "sae"].metric.unique()):
-        save(heatmap_figure(grid("", "sae", metric), hook_points, timesteps, f"SAE: {metric}"),
+        save(heatmap_figure(_grid(df, sw, "", "sae", metric), sw.hook_points, sw.timesteps, f"SAE: {metric}"),
              f"heatmaps/sae__{_slug(metric)}.png", heatmaps)
+    return heatmaps, lines
 
+
+def _sweep_metrics(best: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, float], dict[str, str]]:
+    mets, tags = {}, {}
+    for c, b in best.items():
+        for k in ("accuracy", "pixels", "random_init_at_best", "random_init_best", "chance"):
+            if k in b and math.isfinite(b[k]):
+                mets[metric_key(f"sweep.{c}.best_{k}" if k == "accuracy" else f"sweep.{c}.{k}")] = b[k]
+        tags[metric_key(f"sweep.{c}.best")] = f"{b['hook_point']} t={b['timestep']}"
+    return mets, tags
+
+
+def sweep_identity(cfg: Config, store: FeatureStore, top_n: int = 20, concepts: Sequence[str] | None = None) -> str:
+    """See identity.py: the store, the probe options the sweep uses, and the concepts."""
+    pc = cfg.probe
+    concepts = list(sweep_concepts(store.label_names) if concepts is None else concepts)
+    return digest({"store": store.config_hash, "pooling": pc.pooling, "C": pc.C, "max_iter": pc.max_iter,
+                   "controls": pc.controls, "top_n": top_n, "concepts": concepts})
+
+
+def sweep_stage(cfg: Config, sae_results: str | Path | None = None, output: str | Path | None = None,
+                top_n: int = 20, concepts: Sequence[str] | None = None, progress: bool = False) -> SweepResult:
+    """Sweep every (hook point, timestep) of the store at `probe.pooling`: tables, figures, the best pairs.
+
+    `sae_results`: directory of SAE result JSONs (default `<output_dir>/sae` when it exists).
+    `concepts`: labels to probe (default: shape, colour, size, background for shapes; else every label).
+    """
+    import pandas as pd
+
+    sw = _prepare(cfg, concepts, progress)
+    df = pd.DataFrame(_rows(cfg, sw, top_n, sae_results),
+                      columns=["hook_point", "timestep", "concept", "input", "metric", "value", "source"])
+    identity = sweep_identity(cfg, sw.store, top_n, sw.concepts)
+    out = Path(output) if output is not None else Paths.under(cfg.output_dir).sweep(identity)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "sweep.csv", index=False)
+    df.to_parquet(out / "sweep.parquet", index=False)
+    heatmaps, lines = _figures(df, sw, out)
+    best = {c: _best(df, sw, c) for c in sw.concepts}
     summary = out / "summary.md"
-    summary.write_text(summary_markdown(store.uri, pooling, hook_points, timesteps, concepts, best, df,
-                                        int((~is_test).sum()), int(is_test.sum())))
-
-    if mlflow.active_run() is not None:
-        mlflow.log_artifacts(str(out), "sweep")
-        mets = {}
-        for c, b in best.items():
-            for k in ("accuracy", "pixels", "random_init_at_best", "random_init_best", "chance"):
-                if k in b and math.isfinite(b[k]):
-                    mets[metric_key(f"sweep.{c}.best_{k}" if k == "accuracy" else f"sweep.{c}.{k}")] = b[k]
-        mlflow.log_metrics(mets)
-        mlflow.set_tags({metric_key(f"sweep.{c}.best"): f"{b['hook_point']} t={b['timestep']}"
-                         for c, b in best.items()})
-        mlflow.set_tag("sweep_dir", str(out))
-    return {"output_dir": str(out), "csv": str(out / "sweep.csv"), "parquet": str(out / "sweep.parquet"),
-            "summary": str(summary), "heatmaps": heatmaps, "line_plots": lines, "best": best, "table": df,
-            "random_init_store": rstore.uri if rstore is not None else None}
+    summary.write_text(summary_markdown(sw.store.uri, sw.pooling, sw.hook_points, sw.timesteps, sw.concepts, best,
+                                        df, int((~sw.is_test).sum()), int(sw.is_test.sum())))
+    metrics, tags = _sweep_metrics(best)
+    return SweepResult(identity=identity, metrics=metrics, artifacts=(Artifact(out, "sweep"),),
+                       tags={**tags, "sweep_dir": str(out)}, output_dir=out, summary=summary, table=df, best=best,
+                       heatmaps=tuple(heatmaps), line_plots=tuple(lines),
+                       random_init_store=sw.rstore.uri if sw.rstore is not None else None)
 
 
 def summary_markdown(store_uri: str, pooling: str, hook_points: Sequence[str], timesteps: Sequence[int],

@@ -5,55 +5,22 @@
     revelio demo --model DIR                       a directory written by `revelio registry pull` (offline)
     revelio demo --host 0.0.0.0 --port 8080        binds 127.0.0.1:7860 unless told otherwise
 
-Settings beyond the CLI flags, read from `args` when the CLI defines them, else from the environment:
-
-    --max-pixels / REVELIO_DEMO_MAX_PIXELS     largest upload, in pixels (default 16,000,000)
-    --concurrency / REVELIO_DEMO_CONCURRENCY   events processed at once; the rest queue (default 2)
-    --no-register / REVELIO_DEMO_NO_REGISTER=1 hide the few-shot tab's "Register in MLflow"
-    REVELIO_DEMO_USER + REVELIO_DEMO_PASSWORD  require a login (both or neither)
-    REVELIO_DEMO_MODEL                         the model when --model is not given
+Every setting is in the `demo:` config section (`--demo.max_pixels`, `--demo.concurrency`,
+`--demo.allow_register false`, ...; `--model/--host/--port` are short for `--demo.model/host/port`).
+Credentials are not config: REVELIO_DEMO_USER + REVELIO_DEMO_PASSWORD in the environment require a login.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from .config import Config
-
-DEFAULT_MODEL = "revelio-classifier@champion"
-DEFAULT_MAX_PIXELS = 16_000_000
-DEFAULT_CONCURRENCY = 2
+from ..config import Config
 
 
 class DemoStartError(RuntimeError):
     """The demo cannot start; the message says what was tried and how to fix it."""
-
-
-def _setting(args: argparse.Namespace, attr: str, env: str, default: Any, kind=int) -> Any:
-    v = getattr(args, attr, None)
-    if v is None or v == "":
-        raw = os.environ.get(env, "")
-        if raw == "":
-            return default
-        try:
-            return kind(raw)
-        except ValueError as e:
-            raise DemoStartError(f"{env}={raw!r} is not a valid {kind.__name__}") from e
-    return kind(v)
-
-
-def model_uri(cfg: Config, args: argparse.Namespace) -> str:
-    """--model, else a `demo.model` config value (if the config has that section), else the environment."""
-    if getattr(args, "model", None):
-        return str(args.model)
-    section = getattr(cfg, "demo", None)
-    if section is not None and getattr(section, "model", ""):
-        return str(section.model)
-    return os.environ.get("REVELIO_DEMO_MODEL", "") or DEFAULT_MODEL
 
 
 def offline_hint(uri: str) -> str:
@@ -63,8 +30,8 @@ def offline_hint(uri: str) -> str:
 
 def load_for_demo(uri: str, cfg: Config):
     """The classifier `uri` names, with its backbone loaded, or a DemoStartError saying why not."""
-    from .registry import RegistryError, load_classifier, parse_uri
-    from .tracking import TrackingUnavailableError, tracking_uri
+    from ..registry import RegistryError, load_classifier, parse_uri
+    from ..tracking import TrackingUnavailableError, tracking_uri
 
     try:
         ref = parse_uri(uri)
@@ -107,19 +74,10 @@ def load_for_demo(uri: str, cfg: Config):
 
 
 def import_app():
-    """The `app` package: installed, or next to `revelio_svc` in a source checkout."""
-    try:
-        return importlib.import_module("app.main")
-    except ModuleNotFoundError as e:
-        if e.name not in ("app", "app.main"):
-            raise
-        # an editable install maps only revelio_svc; the app lives beside it in the repository
-        root = Path(__file__).resolve().parent.parent
-        if not (root / "app" / "main.py").is_file():
-            raise DemoStartError("the demo app (package `app`) is not installed; reinstall revelio-svc from a "
-                                 "source checkout (`pip install -e .`)") from e
-        sys.path.insert(0, str(root))
-        return importlib.import_module("app.main")
+    """The Gradio app module; imported only when serving, because importing gradio takes seconds."""
+    from . import main
+
+    return main
 
 
 def describe(clf) -> str:
@@ -130,41 +88,29 @@ def describe(clf) -> str:
             f"{len(clf.class_names)} classes of {clf.concept or 'label'}")
 
 
-def demo(cfg: Config, args: argparse.Namespace) -> int:
+def demo(cfg: Config, args: argparse.Namespace | None = None) -> int:
     """Load the model and serve until interrupted. Exit codes: 0 stopped, 1 could not start, 2 bad settings."""
+    dc = cfg.demo
+    app_main = import_app()
     try:
-        max_pixels = _setting(args, "max_pixels", "REVELIO_DEMO_MAX_PIXELS", DEFAULT_MAX_PIXELS)
-        concurrency = _setting(args, "concurrency", "REVELIO_DEMO_CONCURRENCY", DEFAULT_CONCURRENCY)
-        no_register = bool(getattr(args, "no_register", False)) or os.environ.get(
-            "REVELIO_DEMO_NO_REGISTER", "") not in ("", "0", "false", "False")
-        if max_pixels <= 0 or concurrency <= 0:
-            raise DemoStartError(f"max pixels ({max_pixels}) and concurrency ({concurrency}) must be > 0")
-        host = getattr(args, "host", None) or "127.0.0.1"
-        port = int(getattr(args, "port", None) or 7860)
-        app_main = import_app()
-        try:
-            auth = app_main.auth_from_env()
-        except ValueError as e:
-            raise DemoStartError(str(e)) from e
-    except DemoStartError as e:
+        auth = app_main.auth_from_env()
+    except ValueError as e:
         print(f"revelio demo: {e}", file=sys.stderr)
         return 2
-
-    uri = model_uri(cfg, args)
-    print(f"revelio demo: loading {uri} ...", file=sys.stderr)
+    print(f"revelio demo: loading {dc.model} ...", file=sys.stderr)
     try:
-        clf = load_for_demo(uri, cfg)
+        clf = load_for_demo(dc.model, cfg)
     except DemoStartError as e:
         print(f"revelio demo: {e}", file=sys.stderr)
         return 1
     print(f"revelio demo: serving {describe(clf)}", file=sys.stderr)
-    print(f"revelio demo: http://{host}:{port}  (login {'required' if auth else 'off'}, {concurrency} requests at "
-          "a time, Ctrl+C stops)", file=sys.stderr)
+    print(f"revelio demo: http://{dc.host}:{dc.port}  (login {'required' if auth else 'off'}, {dc.concurrency} "
+          "requests at a time, Ctrl+C stops)", file=sys.stderr)
     try:
-        app_main.launch(clf, host=host, port=port, auth=auth, concurrency=concurrency, max_pixels=max_pixels,
-                        fewshot_dir=Path(cfg.output_dir) / "fewshot", allow_register=not no_register,
-                        experiment=cfg.tracking.experiment, warm=True)
+        app_main.launch(clf, host=dc.host, port=dc.port, auth=auth, concurrency=dc.concurrency,
+                        max_pixels=dc.max_pixels, fewshot_dir=Path(cfg.output_dir) / "fewshot",
+                        allow_register=dc.allow_register, experiment=cfg.tracking.experiment, warm=True)
     except OSError as e:  # the port is taken, the address cannot be bound
-        print(f"revelio demo: cannot serve on {host}:{port}: {e}. Pick another --port.", file=sys.stderr)
+        print(f"revelio demo: cannot serve on {dc.host}:{dc.port}: {e}. Pick another --port.", file=sys.stderr)
         return 1
     return 0

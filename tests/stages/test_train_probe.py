@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -10,10 +9,15 @@ import scipy.sparse as sp
 from mlflow.tracking import MlflowClient
 
 from revelio_svc.config import ConfigError, replace
+from revelio_svc.contracts import Evaluation
 from revelio_svc.features.store import open_store
-from revelio_svc.probe import ProbeWithSAE, linear, load_probe, load_probe_with_sae, stage
+from revelio_svc.inference import ProbeWithSAE, load_probe_with_sae
+from revelio_svc.probe import linear, read_probe
 from revelio_svc.probe.diffc import DiffCProbe
 from revelio_svc.probe.metrics import accuracy
+from revelio_svc.sae import TopKSAEConfig, build_sae
+from revelio_svc.stages import train_probe as stage
+from revelio_svc.tracking import log_result
 
 
 def artifact_names(run_id: str, path: str) -> set[str]:
@@ -24,7 +28,8 @@ def test_linear_probe_stage_logs_probe_controls_and_report(extracted, mlflow_db)
     cfg, uri = extracted
     with mlflow.start_run() as run:
         out = stage.train_probe_stage(cfg)
-    table = out["table"]
+        log_result(out)
+    table = out.table
     # the result table carries its controls, for every shot count
     assert set(table.input) == {"model", "pixels", "random_init"}
     assert set(table.shots) == {"1", "all"}
@@ -32,24 +37,27 @@ def test_linear_probe_stage_logs_probe_controls_and_report(extracted, mlflow_db)
     assert table[(table.input == "model") & (table.shots == "1")].n_runs.item() == 2  # probe.seeds
     assert table.chance.notna().all()
 
-    probe = load_probe(out["probe_dir"])
+    probe = read_probe(out.probe_dir)
     assert probe.meta["concept"] == "colour" and probe.meta["hook_point"] == "up_blocks.1"
     assert probe.meta["timestep"] == 10 and probe.meta["C"] == cfg.probe.C and probe.meta["sae"] is None
     store = open_store(uri)
     X = store.feature_set("up_blocks.1", 10, "mean").load()
     is_test = store.is_test()
     assert probe.meta["n_train"] == int((~is_test).sum())  # the saved probe saw every train row, no test row
-    assert accuracy(store.labels("colour")[is_test], probe.predict(X[is_test])) == out["metrics"]["accuracy"]
+    assert accuracy(store.labels("colour")[is_test], probe.predict(X[is_test])) == out.metrics["accuracy"]
 
     run_id = run.info.run_id
-    assert artifact_names(run_id, "probe") == {"probe.json", "probe.safetensors"}
+    assert artifact_names(run_id, "probe") == {"probe.json", "probe.safetensors", "evaluation.json"}
     report = artifact_names(run_id, "probe_report")
     assert {"results.csv", "fewshot_runs.csv", "metrics.json", "confusion.png"} <= report
     logged = MlflowClient().get_run(run_id).data
-    assert logged.metrics["accuracy"] == pytest.approx(out["metrics"]["accuracy"])
+    assert logged.metrics["accuracy"] == pytest.approx(out.metrics["accuracy"])
     assert "control.random_init.all.accuracy_mean" in logged.metrics
     assert "fewshot.1.accuracy_std" in logged.metrics
-    assert logged.tags["probe_dir"] == out["probe_dir"]
+    assert logged.tags["probe_dir"] == str(out.probe_dir)
+    # the per-image results the registry compares champions on: one per test row
+    ev = Evaluation.read(out.probe_dir / "evaluation.json")
+    assert ev.index == tuple(store.index()[is_test]) and ev.accuracy == pytest.approx(out.metrics["accuracy"])
 
 
 def test_probe_stage_without_a_run_still_saves(extracted, tmp_path):
@@ -58,8 +66,8 @@ def test_probe_stage_without_a_run_still_saves(extracted, tmp_path):
                           "probe.store": uri})
     assert mlflow.active_run() is None
     out = stage.train_probe_stage(cfg)
-    assert out["run_id"] is None and set(out["table"].input) == {"model"}
-    assert (tmp_path / "probe").is_dir() and out["probe_dir"].startswith(str(tmp_path))
+    assert mlflow.active_run() is None and set(out.table.input) == {"model"}
+    assert (tmp_path / "probe").is_dir() and str(out.probe_dir).startswith(str(tmp_path))
 
 
 def test_diffc_stage_trains_on_token_maps(extracted, tmp_path):
@@ -69,14 +77,14 @@ def test_diffc_stage_trains_on_token_maps(extracted, tmp_path):
     # a new output_dir moves the default store location: name the store explicitly
     cfg = replace(cfg, **{"probe.store": uri})
     out = stage.train_probe_stage(cfg)
-    assert set(out["table"].input) == {"model", "pixels", "random_init"}
-    probe = load_probe(out["probe_dir"])
+    assert set(out.table.input) == {"model", "pixels", "random_init"}
+    probe = read_probe(out.probe_dir)
     assert isinstance(probe, DiffCProbe) and probe.meta["pooling"] == "tokens"
     store = open_store(uri)
     T = store.feature_set("up_blocks.1", 10, "tokens").load()
     assert probe.arch["in_channels"] == T.shape[-1]
     is_test = store.is_test()
-    assert accuracy(store.labels("colour")[is_test], probe.predict(T[is_test])) == out["metrics"]["accuracy"]
+    assert accuracy(store.labels("colour")[is_test], probe.predict(T[is_test])) == out.metrics["accuracy"]
 
 
 def test_diffc_on_sae_latents_is_refused(extracted):
@@ -85,33 +93,20 @@ def test_diffc_on_sae_latents_is_refused(extracted):
         stage.train_probe_stage(replace(cfg, **{"probe.kind": "diffc", "probe.input": "sae", "probe.sae": "x"}))
 
 
-class FakeSAE:
-    """Stands in for revelio_svc.sae: a TopK ReLU encoder over token vectors, max-pooled per image."""
-
-    def __init__(self, d_in: int, n_latents: int = 64, k: int = 8):
-        rng = np.random.default_rng(7)
-        self.W = rng.standard_normal((d_in, n_latents)).astype(np.float32)
-        self.config = SimpleNamespace(d_in=d_in, n_latents=n_latents, k=k, input="tokens", latent_pooling="max",
-                                      hook_point="up_blocks.1", timestep=10)
-
-
-def fake_image_latents(sae, feats, pooling="max"):
-    z = np.maximum(feats @ sae.W, 0)
-    kth = np.sort(z, axis=-1)[..., -sae.config.k][..., None]
-    z = np.where(z >= kth, z, 0)
-    return z.max(axis=(1, 2)) if z.ndim == 4 else z
+def tiny_token_sae(d_in: int, directory):
+    """A real TopK token SAE (random directions, not trained): enough to exercise the SAE path end to end."""
+    sae = build_sae(TopKSAEConfig(d_in=d_in, n_latents=64, k=8, input="tokens", latent_pooling="max",
+                                  hook_point="up_blocks.1", timestep=10), seed=7)
+    sae.save(directory)
+    return sae
 
 
 def test_sae_latent_probe_is_sparse_end_to_end_and_loads_with_its_sae(extracted, tmp_path, monkeypatch):
     cfg, uri = extracted
     store = open_store(uri)
     d_in = store.feature_set("up_blocks.1", 10, "tokens").shape[-1]
-    sae = FakeSAE(d_in)
     sae_dir = tmp_path / "sae"
-    sae_dir.mkdir()
-    loaded_from = []
-    monkeypatch.setattr(stage, "_load_sae", lambda p: loaded_from.append(str(p)) or sae)
-    monkeypatch.setattr(stage, "_image_latents", fake_image_latents)
+    tiny_token_sae(d_in, sae_dir)
     handed = []
 
     class Spy(linear.LogisticRegression):
@@ -123,16 +118,16 @@ def test_sae_latent_probe_is_sparse_end_to_end_and_loads_with_its_sae(extracted,
     cfg = replace(cfg, **{"output_dir": str(tmp_path / "o"), "probe.input": "sae", "probe.sae": str(sae_dir),
                           "probe.store": uri, "probe.pooling": "max", "probe.seeds": 1})
     out = stage.train_probe_stage(cfg)
-    assert set(out["table"].input) == {"model", "pixels", "random_init", "random_relu", "raw_features"}
+    assert set(out.table.input) == {"model", "pixels", "random_init", "random_relu", "raw_features"}
     wide = [X for X in handed if X.shape[1] == 64]  # SAE latents and their random-ReLU control
     assert wide and all(sp.issparse(X) for X in wide)
     assert all(isinstance(X, np.ndarray) for X in handed if X.shape[1] != 64)
 
-    meta = json.loads((tmp_path / "o").joinpath(out["probe_dir"], "probe.json").read_text())
+    meta = json.loads((out.probe_dir / "probe.json").read_text())
     assert meta["sae"]["path"] == str(sae_dir) and meta["input"] == "sae" and meta["sparse_input"]
-    both = load_probe_with_sae(out["probe_dir"])
-    assert isinstance(both, ProbeWithSAE) and loaded_from[-1] == str(sae_dir)
+    both = load_probe_with_sae(out.probe_dir)
+    assert isinstance(both, ProbeWithSAE) and both.sae.n_latents == 64
     T = store.feature_set("up_blocks.1", 10, "tokens").load()
     is_test = store.is_test()
     # features → SAE latents → probe gives the stage's own test accuracy
-    assert accuracy(store.labels("colour")[is_test], both.predict(T[is_test])) == out["metrics"]["accuracy"]
+    assert accuracy(store.labels("colour")[is_test], both.predict(T[is_test])) == out.metrics["accuracy"]

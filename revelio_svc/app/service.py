@@ -11,7 +11,6 @@ rendering and probe fitting overlap, the backbone forwards take turns.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import threading
@@ -107,7 +106,7 @@ def decode_upload(path: str | os.PathLike | None, size: int, max_pixels: int) ->
 def model_info(clf) -> dict[str, Any]:
     """Which model the app serves, for the header and the API."""
     src = dict(getattr(clf, "source", {}) or {})
-    sf = _sae_fields(clf.sae)
+    sf = clf.sae.config.to_dict()
     b = clf.backbone_cfg
     return {
         "model": src.get("name") or src.get("uri") or "local classifier",
@@ -122,11 +121,6 @@ def model_info(clf) -> dict[str, Any]:
         "dataset": f"{clf.data.source}{(':' + clf.data.id) if clf.data.id else ''}",
         "image_size": int(clf.data.image_size),
     }
-
-
-def _sae_fields(sae) -> dict[str, Any]:
-    c = sae.config
-    return dataclasses.asdict(c) | {"variant": getattr(c, "variant", "")} if dataclasses.is_dataclass(c) else dict(c)
 
 
 # --------------------------------------------------------------------------- few-shot

@@ -28,7 +28,6 @@ On disk (everything safetensors + JSON, nothing pickled):
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -37,8 +36,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
 
-from .config import BackboneConfig, Config, DataConfig, from_dict, to_dict
+from ..backbones import load_backbone
+from ..config import BackboneConfig, Config, DataConfig, from_dict, to_dict
+from ..data import load_dataset, load_rgb
+from ..features.store import open_store
+from ..jsonmeta import read_versioned_json
+from ..probe import read_probe
+from ..sae import SparseAutoencoder, read_sae
+from ..sae.latents import image_latents, latent_maps
 
 FORMAT = "revelio-classifier"
 VERSION = 1
@@ -57,24 +65,11 @@ def upload_id(rgb: np.ndarray) -> str:
     return "upload:" + hashlib.sha256(np.ascontiguousarray(rgb, np.uint8).tobytes()).hexdigest()[:16]
 
 
-def sae_fields(sae) -> dict[str, Any]:
-    c = sae.config
-    if dataclasses.is_dataclass(c):
-        d = dataclasses.asdict(c)
-        d.setdefault("variant", getattr(c, "variant", ""))
-        return d
-    return dict(c) if isinstance(c, dict) else dict(vars(c))
-
-
-def _image_latents(sae, feats: np.ndarray, pooling: str) -> np.ndarray:
-    from .sae.latents import image_latents
-
+def _image_latents(sae: SparseAutoencoder, feats: np.ndarray, pooling: str) -> np.ndarray:
     return np.asarray(image_latents(sae, feats, pooling=pooling), np.float32)
 
 
-def _latent_maps(sae, tokens: np.ndarray, latents: Sequence[int]) -> np.ndarray:
-    from .sae.latents import latent_maps
-
+def _latent_maps(sae: SparseAutoencoder, tokens: np.ndarray, latents: Sequence[int]) -> np.ndarray:
     return np.asarray(latent_maps(sae, tokens, list(latents)), np.float32)
 
 
@@ -100,7 +95,7 @@ def top_k_rows(values: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndar
 
 def compute_top_images(sae, store, hook_point: str, timestep: int, top_n: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Dataset indices (n_latents, top_n) of each latent's top-activating images in a feature store (−1 = none)."""
-    sf = sae_fields(sae)
+    sf = sae.config.to_dict()
     set_pooling = "tokens" if sf.get("input") == "tokens" else (sf.get("pooling") or "mean")
     fs = store.feature_set(hook_point, timestep, set_pooling)
     L = int(sf["n_latents"])
@@ -171,12 +166,9 @@ class Classifier:
     def build(cls, cfg: Config, sae_dir: str | Path, probe_dir: str | Path, store_uri: str | None = None,
               top_n: int = 16) -> Classifier:
         """From a trained SAE and a linear probe on its latents; top images come from the probe's feature store."""
-        from .features.store import open_store
-        from .probe import load_probe
-        from .sae import load_sae
 
-        sae = load_sae(sae_dir)
-        probe = load_probe(probe_dir)
+        sae = read_sae(sae_dir)
+        probe = read_probe(probe_dir)
         pm = dict(getattr(probe, "meta", {}) or {})
         if getattr(probe, "kind", "") != "linear" or pm.get("input") != "sae":
             raise ClassifierFormatError(
@@ -187,15 +179,15 @@ class Classifier:
                 f"backbone.prompt_mode={cfg.backbone.prompt_mode!r} needs a label or caption per image, which an "
                 "uploaded image does not have; build the classifier from features extracted with prompt_mode "
                 "empty or generic")
-        sf = sae_fields(sae)
+        sf = sae.config.to_dict()
         store = open_store(store_uri or pm.get("store_uri") or "")
         hp, t = sf.get("hook_point") or pm["hook_point"], int(sf.get("timestep", -1))
         if t < 0:
             t = int(pm["timestep"])
         top_i, top_v = compute_top_images(sae, store, hp, t, top_n)
         set_pooling = "tokens" if sf.get("input") == "tokens" else (sf.get("pooling") or "mean")
-        fdtype = store.manifest["feature_sets"][f"{hp}/t{t}/{set_pooling}"].get("dtype", "float32")
-        meta = {"store_uri": store.uri, "store_config_hash": store.manifest.get("config_hash"),
+        fdtype = store.manifest.feature_sets[f"{hp}/t{t}/{set_pooling}"].dtype
+        meta = {"store_uri": store.uri, "store_config_hash": store.config_hash,
                 "dataset_fingerprint": store.config.get("dataset", {}).get("fingerprint"),
                 "probe_metrics": {k: pm[k] for k in ("C",) if k in pm}}
         return cls(backbone=cfg.backbone, hook_point=hp, timestep=t, noise_seed=cfg.extract.noise_seed, sae=sae,
@@ -204,7 +196,7 @@ class Classifier:
                    feature_dtype=fdtype, meta=meta)
 
     def _check(self) -> None:
-        sf = sae_fields(self.sae)
+        sf = self.sae.config.to_dict()
         L = int(sf["n_latents"])
         nf = int(getattr(self.probe, "n_features", -1))
         if nf != L:
@@ -219,7 +211,6 @@ class Classifier:
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path, bundle_backbone: bool = True) -> Path:
-        from safetensors.numpy import save_file
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -232,7 +223,7 @@ class Classifier:
         bdict = to_dict(self.backbone_cfg)
         if self.backbone_origin:
             bdict["id"] = self.backbone_origin
-        sf = sae_fields(self.sae)
+        sf = self.sae.config.to_dict()
         meta = {"format": FORMAT, "version": VERSION, "backbone": bdict,
                 "backbone_bundled": bool(bundled), "hook_point": self.hook_point, "timestep": self.timestep,
                 "noise_seed": self.noise_seed, "class_names": self.class_names, "concept": self.concept,
@@ -270,11 +261,7 @@ class Classifier:
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None) -> Classifier:
-        from safetensors.numpy import load_file
 
-        from .jsonmeta import read_versioned_json
-        from .probe import load_probe
-        from .sae import load_sae
 
         d = Path(directory)
         p = d / META
@@ -282,9 +269,9 @@ class Classifier:
         for part in ("sae", "probe", TOP_FILE):
             if not (d / part).exists():
                 raise ClassifierFormatError(f"the classifier at {d} is incomplete: {part} is missing")
-        sae = load_sae(d / "sae")
-        probe = load_probe(d / "probe")
-        sf = sae_fields(sae)
+        sae = read_sae(d / "sae")
+        probe = read_probe(d / "probe")
+        sf = sae.config.to_dict()
         for k in ("d_in", "n_latents", "input", "latent_pooling"):
             want = (meta.get("sae") or {}).get(k)
             if want is not None and sf.get(k) != want:
@@ -311,7 +298,6 @@ class Classifier:
     @property
     def adapter(self):
         if self._adapter is None:
-            from .backbones import load_backbone
 
             self._adapter = load_backbone(self.backbone_cfg)
             self._adapter.validate_hook_points([self.hook_point])
@@ -320,7 +306,6 @@ class Classifier:
     def dataset(self):
         """The dataset the top images index into (loaded on first use)."""
         if self._dataset is None:
-            from .data import load_dataset
 
             self._dataset = load_dataset(self.data)
         return self._dataset
@@ -332,7 +317,6 @@ class Classifier:
     # ------------------------------------------------------------------ inference
     def to_rgb(self, image: Any) -> np.ndarray:
         """uint8 array, PIL image, encoded bytes or path → (image_size, image_size, 3) uint8 as in training."""
-        from .data import load_rgb
 
         s = self.data.image_size
         if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape == (s, s, 3):
@@ -342,7 +326,6 @@ class Classifier:
     def tokens(self, images: Sequence[Any], ids: Sequence[str] | None = None, batch_size: int = 32
                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(rgb (n, S, S, 3), token features (n, H, W, C) at the hook point, image ids)."""
-        import torch
 
         rgb = np.stack([self.to_rgb(im) for im in images])
         ids = list(ids) if ids is not None else [upload_id(x) for x in rgb]
@@ -362,7 +345,7 @@ class Classifier:
         return rgb, tok, ids
 
     def _sae_input(self, tokens: np.ndarray) -> np.ndarray:
-        sf = sae_fields(self.sae)
+        sf = self.sae.config.to_dict()
         if sf.get("input") == "tokens":
             return tokens
         how = sf.get("pooling") or "mean"
@@ -372,7 +355,7 @@ class Classifier:
         return pooled
 
     def latents_from_tokens(self, tokens: np.ndarray) -> np.ndarray:
-        return _image_latents(self.sae, self._sae_input(tokens), sae_fields(self.sae).get("latent_pooling", "max"))
+        return _image_latents(self.sae, self._sae_input(tokens), self.sae.config.to_dict().get("latent_pooling", "max"))
 
     def latents(self, images: Sequence[Any], ids: Sequence[str] | None = None) -> np.ndarray:
         """Image-level SAE latents (n, n_latents), the probe's input."""

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -10,7 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from revelio_svc.config import Config, replace
 from revelio_svc.features.store import open_store
-from revelio_svc.probe.sweep import read_sae_results, sweep_concepts, sweep_stage
+from revelio_svc.stages.sweep import read_sae_results, sweep_concepts, sweep_stage
+from revelio_svc.tracking import log_result
 
 from .conftest import write_planted_store
 
@@ -36,12 +36,13 @@ def test_sweep_on_a_planted_store_writes_and_logs_every_artifact(tmp_path, mlflo
                                "extract.hook_points": ("up_blocks.1", "down_blocks.1")})
     with mlflow.start_run() as run:
         out = sweep_stage(cfg, sae_results=sae_dir, concepts=["shape", "colour"])  # fewer figures, faster
+        log_result(out)
 
     # the planted pair wins for shape and is far above chance (3 classes)
-    assert (out["best"]["shape"]["hook_point"], out["best"]["shape"]["timestep"]) == ("up_blocks.1", 10)
-    assert out["best"]["shape"]["accuracy"] > 0.8
-    df = pd.read_csv(out["csv"])
-    pq = pd.read_parquet(out["parquet"])
+    assert (out.best["shape"]["hook_point"], out.best["shape"]["timestep"]) == ("up_blocks.1", 10)
+    assert out.best["shape"]["accuracy"] > 0.8
+    df = pd.read_csv(out.output_dir / "sweep.csv")
+    pq = pd.read_parquet(out.output_dir / "sweep.parquet")
     assert len(df) == len(pq) > 0
     shape_acc = df[(df.concept == "shape") & (df.input == "trained") & (df.metric == "accuracy")]
     assert len(shape_acc) == 4  # 2 hook points × 2 timesteps
@@ -49,12 +50,12 @@ def test_sweep_on_a_planted_store_writes_and_logs_every_artifact(tmp_path, mlflo
     assert set(df[df.input == "sae"].metric) == {"fvu", "dead_frac", "label_purity.shape"}
     assert {"sigma_label", "macro_f1"} <= set(df[df.input == "trained"].metric)
 
-    summary = Path(out["summary"]).read_text()
+    summary = out.summary.read_text()
     assert "| shape | up_blocks.1, t=10 |" in summary and "SAE metrics" in summary
     for c in ("shape", "colour"):
-        assert any(p.endswith(f"heatmaps/{c}__accuracy.png") for p in out["heatmaps"])
-        assert any(p.endswith(f"lines/{c}__accuracy_vs_timestep.png") for p in out["line_plots"])
-    assert any(p.endswith("heatmaps/sae__fvu.png") for p in out["heatmaps"])
+        assert any(p.endswith(f"heatmaps/{c}__accuracy.png") for p in out.heatmaps)
+        assert any(p.endswith(f"lines/{c}__accuracy_vs_timestep.png") for p in out.line_plots)
+    assert any(p.endswith("heatmaps/sae__fvu.png") for p in out.heatmaps)
 
     logged = all_artifacts(run.info.run_id)
     for name in ("sweep/sweep.csv", "sweep/sweep.parquet", "sweep/summary.md", "sweep/heatmaps/shape__accuracy.png",
@@ -62,7 +63,7 @@ def test_sweep_on_a_planted_store_writes_and_logs_every_artifact(tmp_path, mlflo
                  "sweep/lines/shape__accuracy_vs_timestep.png"):
         assert name in logged, name
     data = MlflowClient().get_run(run.info.run_id).data
-    assert data.metrics["sweep.shape.best_accuracy"] == out["best"]["shape"]["accuracy"]
+    assert data.metrics["sweep.shape.best_accuracy"] == out.best["shape"]["accuracy"]
     assert data.tags["sweep.shape.best"] == "up_blocks.1 t=10"
 
 
@@ -70,7 +71,7 @@ def test_sweep_controls_sit_beside_every_pair(extracted, tmp_path):
     cfg, uri = extracted
     cfg = replace(cfg, **{"probe.store": uri})
     out = sweep_stage(cfg, output=tmp_path / "sweep", concepts=["colour"])
-    df = out["table"]
+    df = out.table
     pairs = {(h, t) for h in ("down_blocks.1", "up_blocks.1") for t in (10, 250)}
     for inp in ("trained", "random_init", "pixels", "chance"):
         sel = df[(df.input == inp) & (df.metric == "accuracy")]
@@ -80,7 +81,7 @@ def test_sweep_controls_sit_beside_every_pair(extracted, tmp_path):
     assert "random-init there" in summary and "pixels" in summary
     # the random-init control really is another network: its features differ from the model's
     model = open_store(uri)
-    rand_uri = out["random_init_store"]
+    rand_uri = out.random_init_store
     rand = open_store(rand_uri)
     assert rand_uri != uri
     assert rand.config["backbone"]["init"] == "random"

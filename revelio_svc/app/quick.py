@@ -52,8 +52,8 @@ def quick_classifier(cfg: Config, *, n_images: int | None = None, n_latents: int
     import scipy.sparse as sp
     import torch
 
-    from revelio_svc.classifier import Classifier, top_k_rows
     from revelio_svc.data import load_dataset
+    from revelio_svc.inference.classifier import Classifier, top_k_rows
     from revelio_svc.probe import fit_linear_probe
     from revelio_svc.sae import TopKSAEConfig, build_sae, image_latents
 

@@ -1,0 +1,170 @@
+"""`revelio` command line: one sub-command per stage of the flow.
+
+Every option comes from the config dataclasses (revelio_svc.config): each command takes `--config FILE`,
+repeatable `--set section.key=value`, and one `--section.key VALUE` option per field of the sections it
+reads (type, default and allowed values from the dataclass). The order of precedence is defaults <
+config file < --set < --section.key. `revelio config` prints the effective configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any, Literal, get_args, get_origin
+
+from ..config import Config, ConfigError, load_config, to_dict
+
+ALL = ("data", "backbone", "extract", "pretrain", "sae", "probe", "tune", "tracking", "registry", "demo", "pipeline")
+
+# command → (help, description, the config sections it reads)
+COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "pretrain": ("Train the default pixel-space diffusion backbone on procedural shapes (CPU, resumable).",
+                 "Logs the loss curve and sample grids to MLflow and registers the result as revelio-backbone.",
+                 ("pretrain", "data", "tracking")),
+    "extract": ("Capture hook-point activations at chosen timesteps into a resumable feature store.",
+                "One forward per (batch, t) captures every hook point; pooling mean, max or tokens.",
+                ("data", "backbone", "extract", "tracking")),
+    "train-sae": ("Train a k-sparse autoencoder (TopK or BatchTopK) on one (hook point, timestep) of a store.",
+                  "Streams shards, checkpoints and resumes, logs fvu/l0/dead_frac to MLflow.",
+                  ("data", "backbone", "extract", "sae", "probe", "tracking")),
+    "train-probe": ("Train a linear probe or Diff-C head on features or SAE latents, with controls.",
+                    "Few-shot protocol over seeds; controls: pixels, random-init backbone, random expansion.",
+                    ("data", "backbone", "extract", "sae", "probe", "tracking")),
+    "tune": ("Tune the SAE or probe with Optuna (one nested MLflow run per trial).",
+             "Storage from tune.storage: SQLite by default, any Optuna RDB URL for many workers.", ALL),
+    "sweep": ("Probe every (hook point, timestep) pair and plot heatmaps over blocks × timesteps.", "",
+              ("data", "backbone", "extract", "probe", "tracking")),
+    "run": ("The whole chain: extract → train-sae → train-probe → register (what `mlflow run .` calls).", "", ALL),
+    "registry": ("List, pull or promote registered models (revelio-sae, revelio-probe, revelio-classifier).", "",
+                 ("tracking", "registry")),
+    "demo": ("Launch the Gradio app on a registered classifier.",
+             "Login: set REVELIO_DEMO_USER and REVELIO_DEMO_PASSWORD (both or neither).", ("demo", "tracking")),
+    "config": ("Print the effective configuration (defaults < --config < --set < options) as YAML.", "", ALL),
+}
+
+
+# --------------------------------------------------------------------------- options from the dataclasses
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "{" + ",".join(map(str, get_args(tp))) + "}"
+    if get_origin(tp) is tuple:
+        return f"LIST[{_type_name(get_args(tp)[0]) if get_args(tp) else ''}]"
+    return getattr(tp, "__name__", str(tp)).upper()
+
+
+def _add_section(p: argparse.ArgumentParser, section: str) -> None:
+    cls = typing.get_type_hints(Config)[section]
+    hints = typing.get_type_hints(cls)
+    group = p.add_argument_group(f"{section} options", f"the `{section}:` section of the config")
+    for f in dataclasses.fields(cls):
+        default = to_dict(getattr(cls(), f.name))
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        group.add_argument(f"--{section}.{f.name}", dest=f"opt:{section}.{f.name}", default=None,
+                           metavar=_type_name(hints[f.name]), help=f"(default: {shown!r})")
+
+
+def _add_common(p: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
+    p.add_argument("--config", "-c", default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set sae.k=32 --set extract.timesteps=[10,100] (repeatable)")
+    p.add_argument("--verbose", "-v", action="store_true", help="more log output (MLflow's own INFO lines)")
+    for s in sections:
+        _add_section(p, s)
+
+
+def option_overrides(args: argparse.Namespace) -> list[str]:
+    """`--section.key VALUE` options as `section.key=VALUE` overrides (they win over --set)."""
+    return [f"{k[4:]}={v}" for k, v in vars(args).items() if k.startswith("opt:") and v is not None]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="revelio",
+        description="Interpret diffusion models with sparse autoencoders. Flow: dataset → backbone + hooks → "
+                    "feature store → k-SAE → probe → registry → Gradio app; every stage is an MLflow run.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_, desc, sections) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=f"{help_} {desc}".strip())
+        if name == "registry":
+            p.add_argument("action", choices=["list", "pull", "promote"], help="what to do")
+            p.add_argument("uri", nargs="?", default=None, help="NAME@alias, NAME/version or models:/... URI")
+            p.add_argument("--dest", default=None, help="pull: directory to write the model to")
+            p.add_argument("--alias", default="champion", help="promote: alias to set (default champion)")
+        if name == "extract":
+            p.add_argument("--no-mlflow", action="store_true", help="do not open an MLflow run")
+        if name == "demo":  # short names for the options everyone types
+            for short in ("model", "host", "port"):
+                p.add_argument(f"--{short}", dest=f"opt:demo.{short}", default=None, help=f"= --demo.{short}")
+        _add_common(p, sections)
+    return parser
+
+
+def _handler(name: str) -> Callable[[Config, argparse.Namespace], int]:
+    # the command modules pull in torch and MLflow: only after the arguments parsed (fast --help)
+    from . import models, stages
+
+    return {"registry": models.registry, "demo": models.demo, "config": models.show_config}.get(name) \
+        or getattr(stages, name.replace("-", "_"))
+
+
+def load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, list(args.overrides) + option_overrides(args))
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user can fix (a server down, a model or store missing): one line, exit code 1."""
+    from ..backbones import ModelUnavailableError
+    from ..data import DatasetUnavailableError
+    from ..features import StoreError
+    from ..registry import RegistryError
+    from ..tracking import TrackingUnavailableError
+
+    return (TrackingUnavailableError, RegistryError, StoreError, ModelUnavailableError, DatasetUnavailableError,
+            FileExistsError)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load(args)
+        return int(_handler(args.command)(cfg, args) or 0)
+    except ConfigError as e:
+        print(f"revelio {args.command}: invalid configuration: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"revelio {args.command}: interrupted; completed work is kept, run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except _expected_errors() as e:
+        print(f"revelio {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+def dispatch(argv: list[str]) -> int:
+    """Parse `argv` and run the command (main() without the log set-up, for tests)."""
+    return _run(build_parser().parse_args(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from .. import __version__
+        print(__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 1
+    from ..logs import configure
+
+    configure(verbose=args.verbose)
+    return _run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

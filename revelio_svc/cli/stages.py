@@ -1,0 +1,118 @@
+"""The stage commands: pretrain, extract, train-sae, train-probe, sweep, run, tune.
+
+Each opens the stage's MLflow run, calls the stage (a plain function, revelio_svc.stages), hands the
+typed result to the tracking adapter, and prints a one-line summary; failures a user can fix are
+reported by cli.main. Imports sit inside the commands so that `revelio --help` does not load torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..config import Config, replace
+
+
+def pretrain(cfg: Config, args: argparse.Namespace) -> int:
+    from ..backbones.pretrain import pretrain as run_pretrain
+    from ..registry.backbone import register_backbone
+    from ..tracking import log_result, stage_run, step_logger
+
+    with stage_run(cfg, "pretrain", tags={"dataset": "shapes"}) as run:
+        res = run_pretrain(cfg, on_metrics=step_logger())
+        log_result(res)
+        version = register_backbone(run.info.run_id) if cfg.tracking.register else None
+    print(f"backbone written to {res.backbone_dir}"
+          + (f"; registered as revelio-backbone version {version}" if version else ""))
+    return 0
+
+
+def extract(cfg: Config, args: argparse.Namespace) -> int:
+    from ..features.extract import extract as run_extract
+    from ..tracking import log_result, stage_run
+
+    if getattr(args, "no_mlflow", False):
+        res = run_extract(cfg)
+    else:
+        with stage_run(cfg, "extract"):
+            res = run_extract(cfg)
+            log_result(res)
+    print(f"feature store: {res.store_uri} ({res.n_rows} rows, {len(res.skipped)} skipped, "
+          f"{res.images_per_s:.0f} images·t/s)")
+    return 0
+
+
+def train_sae(cfg: Config, args: argparse.Namespace) -> int:
+    from ..stages import train_sae_stage
+    from ..tracking import log_result, stage_run, step_logger
+
+    with stage_run(cfg, "train_sae"):
+        res = train_sae_stage(cfg, on_eval=step_logger())
+        log_result(res, step=res.steps, skip_existing_metrics=not res.skipped_training)
+    m = res.metrics
+    print(f"SAE written to {res.sae_dir}: " + ", ".join(f"{k}={m[k]:.4g}" for k in ("fvu", "l0", "dead_frac")
+                                                           if k in m))
+    return 0
+
+
+def _local_sae(cfg: Config) -> Config:
+    """probe.sae may name a registered SAE (revelio-sae@champion): the stage reads a local directory."""
+    from ..registry import materialize, parse_uri
+
+    if cfg.probe.input != "sae" or not cfg.probe.sae or parse_uri(cfg.probe.sae).kind == "local":
+        return cfg
+    return replace(cfg, **{"probe.sae": str(materialize(cfg.probe.sae, "sae"))})
+
+
+def train_probe(cfg: Config, args: argparse.Namespace) -> int:
+    from ..stages import train_probe_stage
+    from ..tracking import log_result, stage_run
+
+    with stage_run(cfg, "train_probe"):
+        res = train_probe_stage(_local_sae(cfg))
+        log_result(res)
+    print(res.table.to_string(index=False))
+    m = res.metrics
+    print(f"probe written to {res.probe_dir}: held-out accuracy {m.get('accuracy', float('nan')):.3f} "
+          f"(chance {m.get('chance', float('nan')):.3f})")
+    return 0
+
+
+def sweep(cfg: Config, args: argparse.Namespace) -> int:
+    from ..features.extract import extract as run_extract
+    from ..stages import sweep_stage
+    from ..tracking import log_result, stage_run
+
+    with stage_run(cfg, "sweep"):
+        if not cfg.probe.store:
+            # the sweep needs the store of this config: extract it (resumes; instant when complete)
+            run_extract(cfg)
+        res = sweep_stage(cfg)
+        log_result(res)
+    print(f"sweep written to {res.output_dir} (summary: {res.summary})")
+    return 0
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    from ..pipeline import run as run_pipeline
+
+    res = run_pipeline(cfg)
+    print(f"pipeline finished in {res.seconds:.0f} s; parent run {res.parent_run_id}")
+    for o in res.stages.values():
+        print(f"  {o.stage:<12} run {o.run_id}" + (f" (reused from {o.reused_from})" if o.reused_from else ""))
+    for r in res.registrations.values():
+        print(f"  {r.name} version {r.version}: {'champion' if r.champion else 'challenger'} — {r.reason}")
+    return 0
+
+
+def tune(cfg: Config, args: argparse.Namespace) -> int:
+    from ..tune import tune as run_tune
+
+    res = run_tune(cfg)
+    print(f"study {res.study_name} ({res.storage}): {res.n_trials_run} trial(s) run here; parent run "
+          f"{res.parent_run_id}")
+    if res.best_value is not None:
+        print(f"  best {cfg.tune.metric} = {res.best_value:.5g} with {json.dumps(res.best_params)}")
+    if res.registration:
+        print(f"  registered {res.registration['name']} version {res.registration['version']}")
+    return 0
+

@@ -1,0 +1,243 @@
+"""Reaching the registry and the files of a model: the tracking URI, version lookup, a local cache.
+
+Where models are looked up is decided the way MLflow decides it: `MLFLOW_TRACKING_URI` (or a URI set with
+`mlflow.set_tracking_uri`), else the project's documented default `sqlite:///mlflow.db` in the current
+folder. A SQLite store that does not exist is an error at once, naming the file; it is never created as a
+side effect of a lookup.
+
+A model version's files never change, so a version fetched once is kept in a cache and later loads read it
+from there: `$XDG_CACHE_HOME/revelio/models/<store>/<name>/<version>` (default `~/.cache/...`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import mlflow
+import yaml
+from mlflow.exceptions import MlflowException
+
+from ..identity import digest
+from ..inference.classifier import META as CLS_META
+from ..tracking import check_server
+from .errors import AliasNotFoundError, MissingArtifactsError, ModelNotFoundError
+from .refs import ModelRef, parse_uri
+
+SOURCE_FILE = "revelio-source.json"  # written by pull() and the cache: where a local copy came from
+COMPLETE = ".complete"  # marks a cache entry whose download finished
+
+
+def target_uri() -> str:
+    """The tracking URI lookups use, resolved by MLflow itself: one set in this process, else
+    MLFLOW_TRACKING_URI, else MLflow's default (the same `sqlite:///mlflow.db` the project documents)."""
+    return mlflow.get_tracking_uri()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:"):
+        return None
+    path = unquote(urlparse(uri).path)
+    return Path(path[1:] if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") else path)
+
+
+def registry_client() -> mlflow.MlflowClient:
+    """A client of the registry at `target_uri()`, after checking that the store is there (fast, no side effect)."""
+    uri = target_uri()
+    db = _sqlite_path(uri)
+    if db is not None and not db.resolve().is_file():
+        raise ModelNotFoundError(
+            f"no MLflow tracking store at {db.resolve()} (tracking URI {uri}, "
+            f"{'from MLFLOW_TRACKING_URI' if os.environ.get('MLFLOW_TRACKING_URI') else 'the default: mlflow.db in the current folder'}). "
+            "Point MLFLOW_TRACKING_URI at the store that holds the models, e.g. "
+            "MLFLOW_TRACKING_URI=sqlite:////path/to/project/mlflow.db or http://host:5000, or run from the folder "
+            "where `revelio run` (make run) was run.")
+    check_server(uri)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def _is_missing(e: MlflowException) -> bool:
+    return e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+
+
+def registered_names(client=None) -> list[str]:
+    client = client or registry_client()
+    return sorted(m.name for m in client.search_registered_models(max_results=1000))
+
+
+def resolve_version(ref: ModelRef | str, client=None):
+    """The ModelVersion a registry reference points at, or an error listing what exists."""
+    ref = parse_uri(ref) if isinstance(ref, str) else ref
+    if ref.kind != "registry":
+        raise ValueError(f"{ref.uri} is not a registered-model reference (NAME@alias or NAME/version)")
+    client = client or registry_client()
+    try:
+        rm = client.get_registered_model(ref.name)
+    except MlflowException as e:
+        if not _is_missing(e):
+            raise
+        names = registered_names(client)
+        raise ModelNotFoundError(
+            f"no registered model named {ref.name!r} in {target_uri()}; registered models: "
+            f"{', '.join(names) or 'none (run `revelio run` to train and register them)'}") from e
+    aliases = dict(getattr(rm, "aliases", {}) or {})
+    if ref.alias:
+        if ref.alias not in aliases:
+            known = ", ".join(f"{a} → version {v}" for a, v in sorted(aliases.items())) or "none"
+            raise AliasNotFoundError(
+                f"registered model {ref.name!r} has no alias {ref.alias!r}; its aliases: {known}; versions: "
+                f"{', '.join(_version_numbers(client, ref.name)) or 'none'}")
+        return client.get_model_version(ref.name, str(aliases[ref.alias]))
+    try:
+        return client.get_model_version(ref.name, ref.version)
+    except MlflowException as e:
+        if not _is_missing(e):
+            raise
+        raise ModelNotFoundError(
+            f"registered model {ref.name!r} has no version {ref.version}; versions: "
+            f"{', '.join(_version_numbers(client, ref.name)) or 'none'}; aliases: "
+            f"{', '.join(f'{a} → {v}' for a, v in sorted(aliases.items())) or 'none'}") from e
+
+
+def _version_numbers(client, name: str) -> list[str]:
+    vs = client.search_model_versions(f"name='{name}'")
+    return sorted((str(v.version) for v in vs), key=int)
+
+
+# --------------------------------------------------------------------------- files
+def _download(artifact_uri: str, dst: Path, what: str) -> Path:
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst)))
+    except (MlflowException, OSError) as e:
+        raise MissingArtifactsError(
+            f"could not download the files of {what} from {artifact_uri} ({type(e).__name__}: {str(e)[:200]}). "
+            "The artifact store may have lost them (deleted run, moved bucket); re-register the model "
+            "(`revelio run --set force=true`) or load a pulled copy.") from e
+
+
+def fetch(uri: str, dst: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Download the model `uri` names into `dst`; returns (local model directory, provenance)."""
+    ref = parse_uri(uri)
+    if ref.kind == "local":
+        return Path(os.path.expanduser(ref.uri)), _local_source(Path(os.path.expanduser(ref.uri)))
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    client = registry_client()
+    if ref.kind == "registry":
+        mv = resolve_version(ref, client)
+        d = _download(f"models:/{mv.name}/{mv.version}", dst, f"{mv.name} version {mv.version}")
+        return d, _version_info(ref, mv)
+    d = _download(ref.models_uri if ref.kind == "logged" else ref.uri, dst, ref.uri)
+    return d, {"uri": ref.uri, "tracking_uri": target_uri()}
+
+
+def _version_info(ref: ModelRef, mv) -> dict[str, Any]:
+    return {"uri": ref.uri, "name": mv.name, "version": str(mv.version), "alias": ref.alias, "run_id": mv.run_id,
+            "source": mv.source, "tags": dict(mv.tags or {}), "tracking_uri": target_uri()}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "revelio" / "models"
+
+
+def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
+    """A local directory holding the model `uri` names: the directory itself, or the cached copy of a
+    registered version (downloaded on first use), or a fresh download of anything else."""
+    ref = parse_uri(uri)
+    if ref.kind == "local":
+        return fetch(uri, ".")
+    if ref.kind != "registry":
+        return fetch(uri, tempfile.mkdtemp(prefix="revelio-model-"))
+    client = registry_client()
+    mv = resolve_version(ref, client)
+    entry = cache_root() / digest(target_uri()) / mv.name / str(mv.version)
+    info = _version_info(ref, mv)
+    if not (entry / COMPLETE).is_file():
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=entry.parent))
+        try:
+            _download(f"models:/{mv.name}/{mv.version}", tmp, f"{mv.name} version {mv.version}")
+            (tmp / COMPLETE).write_text(json.dumps({"run_id": mv.run_id, "source": mv.source}))
+            shutil.rmtree(entry, ignore_errors=True)  # a half-written entry of a killed process
+            os.replace(tmp, entry)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry, info
+
+
+def _local_source(d: Path) -> dict[str, Any]:
+    p = d / SOURCE_FILE
+    if p.is_file():
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            pass
+    return {"uri": str(d)}
+
+
+def read_mlmodel(model_dir: Path) -> dict[str, Any] | None:
+    p = Path(model_dir) / "MLmodel"
+    if not p.is_file():
+        return None
+    return yaml.safe_load(p.read_text()) or {}
+
+
+def model_kind(model_dir: Path) -> str | None:
+    """"sae", "probe" or "classifier" for a revelio MLflow model or raw saved directory; None if unknown."""
+    ml = read_mlmodel(model_dir)
+    if ml is not None:
+        arts = ((ml.get("flavors") or {}).get("python_function") or {}).get("artifacts") or {}
+        kinds = [k for k in ("sae", "probe", "classifier") if k in arts]
+        return kinds[0] if len(kinds) == 1 else None
+    d = Path(model_dir)
+    if (d / CLS_META).is_file():
+        return "classifier"
+    if (d / "probe.json").is_file():
+        return "probe"
+    if (d / "sae.safetensors").is_file() or ((d / "config.json").is_file() and _json_format(d / "config.json") == "revelio-sae"):
+        return "sae"
+    return None
+
+
+def payload_dir(model_dir: Path, want: str) -> Path:
+    """The directory holding the weights of `want` inside a fetched model (MLflow model or raw directory).
+
+    A classifier bundles its SAE and probe, so `load_sae("revelio-classifier@champion")` works too.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise MissingArtifactsError(f"{model_dir} is not a directory")
+    kind = model_kind(model_dir)
+    ml = read_mlmodel(model_dir)
+    base = model_dir
+    if ml is not None:
+        pf = (ml.get("flavors") or {}).get("python_function") or {}
+        arts = pf.get("artifacts") or {}
+        if kind not in arts:
+            raise MissingArtifactsError(f"the MLflow model at {model_dir} has no '{kind}' artifact "
+                                        f"(it has: {', '.join(arts) or 'none'}); it is not a revelio model")
+        base = model_dir / arts[kind]["path"]
+        if not base.is_dir():
+            raise MissingArtifactsError(f"the MLflow model at {model_dir} lists artifact {arts[kind]['path']} "
+                                        "but it is missing")
+    if kind == want:
+        return base
+    if kind == "classifier" and want in ("sae", "probe"):
+        return base / want
+    raise ModelNotFoundError(f"{model_dir} holds a {kind or 'non-revelio'} model, not a {want}; "
+                             f"use load_{kind}() for it" if kind else
+                             f"{model_dir} is not a revelio {want}: no MLmodel, no {want} files")
+
+
+def _json_format(p: Path) -> str | None:
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data.get("format") if isinstance(data, dict) else None
+
+

@@ -1,0 +1,286 @@
+"""The `train_probe` stage: train the configured probe, run the few-shot protocol and the controls."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..config import Config, ConfigError, to_dict
+from ..contracts import EVALUATION_FILE, Artifact, Evaluation, StageResult, flat_metrics
+from ..features.extract import store_uri_for
+from ..features.store import FeatureSet, FeatureStore, open_store
+from ..identity import Paths, digest
+from ..jsonmeta import json_default
+from ..probe.controls import (
+    aligned_features,
+    dataset_for_store,
+    pixel_control,
+    pool_tokens,
+    random_init_store,
+    random_relu_expansion,
+)
+from ..probe.diffc import train_diffc
+from ..probe.fewshot import FewShotResult, run_few_shot
+from ..probe.linear import fit_linear_probe
+from ..probe.metrics import chance_accuracy, classification_metrics, confusion_figure
+from ..sae import SparseAutoencoder, image_latents, read_sae
+from ..sae.io import sae_identity
+from ..sae.trainer import sae_output_dir
+
+DEFAULT_DEPTH = 3
+
+
+# --------------------------------------------------------------------------- SAE access
+def _load_sae(path: str) -> SparseAutoencoder:
+    """The SAE directory the probe reads; registry URIs are resolved to directories by the caller."""
+    if not Path(path).is_dir():
+        raise ConfigError(f"probe.sae: {path!r} is not an SAE directory (registry URIs such as "
+                          "revelio-sae@champion are resolved by `revelio train-probe` and `revelio run`)")
+    return read_sae(path)
+
+
+def sae_latents(sae, fs: FeatureSet, pooling: str) -> sp.csr_matrix:
+    """Image-level SAE latents of every row, shard by shard, kept sparse (CSR) throughout."""
+    parts = []
+    for _, feats in fs.iter_shards():
+        z = image_latents(sae, feats.astype(np.float32, copy=False), pooling=pooling)
+        parts.append(sp.csr_matrix(z, dtype=np.float32))
+    if not parts:
+        raise ValueError(f"the feature set {fs.key} has no rows")
+    return sp.vstack(parts).tocsr()
+
+
+def resolve_sae_dir(cfg: Config) -> str:
+    if cfg.probe.sae:
+        return cfg.probe.sae
+    d = sae_output_dir(cfg)
+    if not d.exists():
+        raise ConfigError(f"probe.sae: probe.input=sae needs an SAE; none was given and {d} (where train-sae "
+                          "writes for this config) does not exist. Set probe.sae to the SAE directory or "
+                          "registry URI, or run `revelio train-sae` first.")
+    return str(d)
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclasses.dataclass
+class ProbeInputs:
+    X: Any  # np.ndarray (n, d) / (n, H, W, C), or CSR (n, n_latents)
+    hook_point: str
+    timestep: int
+    pooling: str  # pooled set used, "tokens" for Diff-C, or the SAE's latent pooling
+    sae: Any = None
+    sae_ref: dict[str, Any] | None = None
+    source_feats: Any = None  # for SAE input: the features the SAE reads (for the controls)
+
+
+def main_inputs(cfg: Config, store: FeatureStore) -> ProbeInputs:
+    pc = cfg.probe
+    if pc.input == "features":
+        pooling = "tokens" if pc.kind == "diffc" else pc.pooling
+        X = store.feature_set(pc.hook_point, pc.timestep, pooling).load()
+        return ProbeInputs(X, pc.hook_point, pc.timestep, pooling)
+    if pc.kind == "diffc":
+        raise ConfigError("probe.input: Diff-C runs on spatial feature maps; SAE latents are image vectors. "
+                          "Use probe.kind=linear with probe.input=sae, or probe.input=features with Diff-C.")
+    sae_dir = resolve_sae_dir(cfg)
+    sae = _load_sae(sae_dir)
+    sc = sae.config
+    hp, t = sc.hook_point or pc.hook_point, sc.timestep if sc.timestep >= 0 else pc.timestep
+    if (hp, t) != (pc.hook_point, pc.timestep):
+        print(f"note: the SAE at {sae_dir} reads {hp} t={t}; probing there instead of probe.hook_point="
+              f"{pc.hook_point} t={pc.timestep}")
+    sae_input, latent_pooling = sc.input, sc.latent_pooling
+    set_pooling = "tokens" if sae_input == "tokens" else (sc.pooling or pc.pooling)
+    fs = store.feature_set(hp, t, set_pooling)
+    X = sae_latents(sae, fs, latent_pooling)
+    ref = {"path": str(sae_dir), "hook_point": hp, "timestep": t, "input": sae_input,
+           "latent_pooling": latent_pooling, "pooling": set_pooling, "n_latents": int(X.shape[1])}
+    return ProbeInputs(X, hp, t, latent_pooling if sae_input == "tokens" else set_pooling, sae, ref, fs)
+
+
+def control_inputs(cfg: Config, store: FeatureStore, main: ProbeInputs, is_test: np.ndarray,
+                   progress: bool = False) -> dict[str, Any]:
+    """name → input matrix of every control, rows aligned with the model's rows."""
+    pc = cfg.probe
+    ds = dataset_for_store(cfg, store)
+    fingerprint = store.config.get("dataset", {}).get("fingerprint")
+    out: dict[str, Any] = {}
+    train_rows = np.flatnonzero(~is_test)
+    if pc.kind == "diffc":
+        out["pixels"] = pixel_control(cfg, store, size=min(ds.image_size, 64), flatten=False, dataset=ds)
+        rstore = random_init_store(cfg, [main.hook_point], [main.timestep], ["tokens"], fingerprint, ds, progress,
+                                   model_backbone=store.config.get("backbone"))
+        out["random_init"] = aligned_features(rstore, main.hook_point, main.timestep, "tokens", store.index())
+        return out
+    out["pixels"] = pixel_control(cfg, store, size=16, flatten=True, dataset=ds)
+    if main.sae is not None:
+        ref = main.sae_ref
+        pooled_key = f"{main.hook_point}/t{main.timestep}/{main.pooling}"
+        if ref["input"] == "tokens":
+            tokens = main.source_feats.load()
+            raw = (store.feature_set(main.hook_point, main.timestep, main.pooling).load()
+                   if pooled_key in store.manifest.feature_sets else pool_tokens(tokens, main.pooling))
+            out["raw_features"] = raw
+            out["random_relu"] = random_relu_expansion(tokens, ref["n_latents"], train_rows, main.pooling)
+            del tokens
+        else:
+            raw = main.source_feats.load()
+            out["raw_features"] = raw
+            out["random_relu"] = random_relu_expansion(raw, ref["n_latents"], train_rows, main.pooling)
+    rstore = random_init_store(cfg, [main.hook_point], [main.timestep], [main.pooling], fingerprint, ds, progress,
+                               model_backbone=store.config.get("backbone"))
+    out["random_init"] = aligned_features(rstore, main.hook_point, main.timestep, main.pooling, store.index())
+    return out
+
+
+# --------------------------------------------------------------------------- the stage
+def probe_fitter(cfg: Config, n_classes: int, meta: dict[str, Any]):
+    pc = cfg.probe
+    if pc.kind == "linear":
+        return lambda X, y, seed: fit_linear_probe(X, y, C=pc.C, max_iter=pc.max_iter, seed=seed, meta=meta)
+    depth = int(getattr(pc, "depth", DEFAULT_DEPTH))
+    return lambda X, y, seed: train_diffc(X, y, n_classes, width=pc.width, depth=depth, epochs=pc.epochs, lr=pc.lr,
+                                          weight_decay=pc.weight_decay, dropout=pc.dropout,
+                                          batch_size=pc.batch_size, seed=seed, meta=meta)
+
+
+def result_table(results: dict[str, FewShotResult], chance: float):
+    """One row per (input, shots): the model first, then its controls."""
+    import pandas as pd
+
+    rows = []
+    for name, res in results.items():
+        for shots, s in res.summary.items():
+            rows.append({"input": name, "role": "model" if name == "model" else "control", "shots": shots, **s,
+                         "chance": chance})
+    return pd.DataFrame(rows)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProbeResult(StageResult):
+    probe_dir: Path
+    report_dir: Path
+    store_uri: str
+    concept: str
+    class_names: tuple[str, ...]
+    table: Any  # pandas DataFrame: one row per (input, shots), the model first, then its controls
+    confusion: np.ndarray
+    fewshot: Mapping[str, Mapping[str, float]]  # shots → accuracy/macro-F1 mean and std of the model
+
+    def outputs(self) -> dict[str, str]:
+        return {"probe_dir": str(self.probe_dir), "store_uri": self.store_uri}
+
+
+def _open_checked(cfg: Config) -> FeatureStore:
+    store = open_store(cfg.probe.store or store_uri_for(cfg))
+    if cfg.probe.concept not in store.label_names:
+        raise ConfigError(f"probe.concept: the store at {store.uri} has no labels for {cfg.probe.concept!r}; it "
+                          f"has: {', '.join(store.label_names)}")
+    return store
+
+
+def _run_protocol(cfg: Config, store: FeatureStore, main: ProbeInputs, meta: dict[str, Any], labels: np.ndarray,
+                  progress: bool) -> dict[str, FewShotResult]:
+    """The model's few-shot runs (keeping the all-shots probe) and those of every control."""
+    pc = cfg.probe
+    n_classes, is_test = len(meta["class_names"]), store.is_test()
+    shots = list(pc.shots) + ([] if "all" in pc.shots else ["all"])  # the saved probe is always the k=all one
+    deterministic = pc.kind == "linear"
+    results = {"model": run_few_shot(probe_fitter(cfg, n_classes, meta), main.X, labels, is_test, shots, pc.seeds,
+                                     n_classes, deterministic, keep=[("all", 0)], index=store.index())}
+    if pc.controls:
+        for name, Xc in control_inputs(cfg, store, main, is_test, progress).items():
+            fit = probe_fitter(cfg, n_classes, {**meta, "input": name, "sae": None})
+            results[name] = run_few_shot(fit, Xc, labels, is_test, list(pc.shots), pc.seeds, n_classes,
+                                         deterministic, index=store.index())
+    if ("all", 0) not in results["model"].models:
+        raise ValueError(f"the train split of {store.uri} holds a single class of {pc.concept!r}: nothing to probe")
+    return results
+
+
+def _metrics(results: dict[str, FewShotResult], labels: np.ndarray, is_test: np.ndarray,
+             class_names: list[str]) -> tuple[dict[str, Any], np.ndarray]:
+    y_test = labels[is_test]
+    main_metrics = classification_metrics(y_test, results["model"].predictions[("all", 0)], class_names)
+    cm = main_metrics.pop("confusion")
+    metrics: dict[str, Any] = {**main_metrics, "chance": chance_accuracy(labels[~is_test], y_test),
+                               "n_train": int((~is_test).sum())}
+    metrics["fewshot"] = {k: {m: v[m] for m in ("accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std")}
+                          for k, v in results["model"].summary.items()}
+    for name, res in results.items():
+        if name != "model":
+            metrics.setdefault("control", {})[name] = {
+                k: {m: v[m] for m in ("accuracy_mean", "accuracy_std")} for k, v in res.summary.items()}
+    return metrics, cm
+
+
+def _write_report(report: Path, results: dict[str, FewShotResult], metrics: dict[str, Any], cm: np.ndarray,
+                  class_names: list[str], title: str):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    report.mkdir(parents=True, exist_ok=True)
+    table = result_table(results, metrics["chance"])
+    table.to_csv(report / "results.csv", index=False)
+    runs = pd.DataFrame([{"input": n, **r} for n, res in results.items() for r in res.runs])
+    runs.to_csv(report / "fewshot_runs.csv", index=False)
+    (report / "metrics.json").write_text(json.dumps(
+        {**metrics, "confusion": cm.tolist(), "class_names": class_names}, indent=2, default=json_default))
+    fig = confusion_figure(cm, class_names, title)
+    fig.savefig(report / "confusion.png", dpi=110)
+    plt.close(fig)
+    return table
+
+
+def probe_identity(cfg: Config, store_hash: str, sae_id: str | None) -> str:
+    """See identity.py: the probe's options (not where its inputs live), the store and the SAE."""
+    options = {k: v for k, v in to_dict(cfg.probe).items() if k not in ("store", "sae")}
+    return digest({"probe": options, "store": store_hash, "sae": sae_id})
+
+
+def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
+    """Train, evaluate and save the probe of `cfg.probe`, with the few-shot protocol and the controls.
+
+    The saved probe (safetensors + JSON) goes to `<output_dir>/probe/<identity>`, its report (result table
+    with controls, few-shot runs, metrics JSON, confusion matrix) to `<that>/report`.
+    """
+    pc = cfg.probe
+    store = _open_checked(cfg)
+    class_names = list(store.label_names[pc.concept])
+    labels, is_test = store.labels(pc.concept), store.is_test()
+    main = main_inputs(cfg, store)
+    meta = {"concept": pc.concept, "class_names": class_names, "input": pc.input, "hook_point": main.hook_point,
+            "timestep": main.timestep, "pooling": main.pooling, "store_uri": store.uri,
+            "store_config_hash": store.config_hash, "sae": main.sae_ref}
+    results = _run_protocol(cfg, store, main, meta, labels, progress)
+    probe = results["model"].models[("all", 0)]
+    if probe.meta.get("converged") is False:
+        print(f"note: the probe's solver stopped at probe.max_iter={pc.max_iter} before converging; "
+              "raise probe.max_iter (or lower probe.C) for a fully fitted probe", file=sys.stderr)
+    metrics, cm = _metrics(results, labels, is_test, class_names)
+
+    identity = probe_identity(cfg, store.config_hash, sae_identity(main.sae_ref["path"]) if main.sae_ref else None)
+    out = Paths.under(cfg.output_dir).probe(identity)
+    files = probe.save(out)
+    title = (f"{pc.kind} on {'SAE latents' if pc.input == 'sae' else 'features'}: {pc.concept} "
+             f"({main.hook_point}, t={main.timestep})")
+    table = _write_report(out / "report", results, metrics, cm, class_names, title)
+    evaluation = Evaluation(str(store.config.get("dataset", {}).get("fingerprint", store.config_hash)),
+                            tuple(int(i) for i in store.index()[is_test]),
+                            tuple(bool(c) for c in results["model"].predictions[("all", 0)] == labels[is_test]))
+    evaluation.write(out / EVALUATION_FILE)
+    tags = {"probe_dir": str(out), "store_uri": store.uri, "probe_kind": pc.kind, "probe_input": pc.input,
+            "probe_hook_point": main.hook_point, "probe_timestep": str(main.timestep), "probe_concept": pc.concept,
+            **({"sae_path": main.sae_ref["path"]} if main.sae_ref else {})}
+    artifacts = tuple(Artifact(p, "probe") for p in (*files.values(), out / EVALUATION_FILE)) + tuple(
+        Artifact(out / "report" / n, "probe_report")
+        for n in ("results.csv", "fewshot_runs.csv", "metrics.json", "confusion.png"))
+    return ProbeResult(identity=identity, metrics=flat_metrics(metrics), artifacts=artifacts, tags=tags,
+                       probe_dir=out, report_dir=out / "report", store_uri=store.uri, concept=pc.concept,
+                       class_names=tuple(class_names), table=table, confusion=cm, fewshot=metrics["fewshot"])

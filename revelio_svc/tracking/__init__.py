@@ -1,0 +1,26 @@
+"""MLflow tracking: where runs go (setup) and how stage results become runs (the adapter in runs.py)."""
+from .runs import (
+    DESCRIPTIONS,
+    flat_params,
+    log_json,
+    log_metrics,
+    log_params_once,
+    log_result,
+    log_store_inputs,
+    run_name,
+    run_tags,
+    stage_params,
+    stage_run,
+    step_logger,
+)
+from .setup import (
+    DEFAULT_TRACKING_URI,
+    TrackingUnavailableError,
+    check_server,
+    setup,
+    tracking_uri,
+)
+
+__all__ = ["DEFAULT_TRACKING_URI", "DESCRIPTIONS", "TrackingUnavailableError", "check_server", "flat_params",
+           "log_json", "log_metrics", "log_params_once", "log_result", "log_store_inputs", "run_name", "run_tags",
+           "setup", "stage_params", "stage_run", "step_logger", "tracking_uri"]

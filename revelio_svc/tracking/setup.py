@@ -1,0 +1,64 @@
+"""Where runs go: the tracking URI (the way MLflow resolves it), the experiment, and a fast check of a server."""
+from __future__ import annotations
+
+import os
+
+import mlflow
+import requests
+
+from ..config import TrackingConfig
+
+# the project's documented default when neither the config nor MLFLOW_TRACKING_URI names a store
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking store or server does not answer; the message names the URI and how to fix it."""
+
+
+def tracking_uri(cfg: TrackingConfig | None = None) -> str:
+    """tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else the project's default."""
+    return (cfg.tracking_uri if cfg is not None else "") or os.environ.get("MLFLOW_TRACKING_URI", "") \
+        or DEFAULT_TRACKING_URI
+
+
+def check_server(uri: str | None = None, timeout: float = 3.0) -> str:
+    """Fail fast (seconds, not minutes of retries) when an HTTP tracking server does not answer."""
+    uri = uri or mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+        except requests.RequestException as e:
+            raise TrackingUnavailableError(
+                f"the MLflow tracking server at {uri} did not answer ({type(e).__name__}: {str(e)[:160]}). "
+                "Start it or point MLFLOW_TRACKING_URI at a running one; to use a model without a server, "
+                "`revelio registry pull` it where the server is reachable and load the pulled directory.") from e
+    return uri
+
+
+def setup(cfg: TrackingConfig, experiment: bool = True) -> str:
+    """Point MLflow at the configured store (and experiment); returns the tracking URI."""
+    uri = tracking_uri(cfg)
+    if uri.startswith("http"):
+        # a dead server otherwise retries for minutes
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    if cfg.registry_uri:
+        mlflow.set_registry_uri(cfg.registry_uri)
+    if experiment:
+        try:
+            if mlflow.get_experiment_by_name(cfg.experiment) is None:
+                mlflow.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location or None)
+            mlflow.set_experiment(cfg.experiment)
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy, HTTP and MLflow errors all mean "not reachable" here
+            raise TrackingUnavailableError(
+                f"the MLflow tracking store at {uri} did not answer ({type(e).__name__}: {str(e)[:200]}). "
+                "Check that the server is running and the URI is right (it comes from tracking.tracking_uri in "
+                f"the config, else MLFLOW_TRACKING_URI); leave both unset to use the local {DEFAULT_TRACKING_URI}."
+            ) from e
+    if cfg.system_metrics:
+        mlflow.enable_system_metrics_logging()
+    return uri

@@ -1,0 +1,79 @@
+"""Loading registered models from anywhere: the tracking URI as MLflow resolves it, fast clear failures,
+no database created as a side effect, and a local cache of pulled versions."""
+from __future__ import annotations
+
+import subprocess
+
+import mlflow
+import pytest
+
+from revelio_svc import registry
+from tests.registry.helpers import PY, subprocess_env
+
+pytest_plugins = ("tests.registry.fixtures",)
+
+TAGS = {"dataset": "shapes", "backbone": "tiny", "hook_point": "up_blocks.1", "timestep": "10"}
+
+
+@pytest.fixture()
+def registered(fresh_mlflow, trained, tmp_path, monkeypatch):
+    """A registered SAE in a store of its own, and a model cache in this test's directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with mlflow.start_run():
+        registry.register_model("sae", trained[2], {"fvu": 0.5}, TAGS, "fvu")
+    return fresh_mlflow
+
+
+def load_in(folder, uri: str | None, tmp_path) -> subprocess.CompletedProcess:
+    """`load_sae("revelio-sae@champion")` in a fresh process started in `folder`."""
+    code = ("import time\n"
+            "from revelio_svc.registry import load_sae\n"
+            "t = time.monotonic()\n"
+            "try:\n"
+            "    sae = load_sae('revelio-sae@champion'); print('LOADED', sae.n_latents)\n"
+            "except Exception as e:\n"
+            "    print('ERROR', type(e).__name__, str(e))\n"
+            "print('SECONDS', time.monotonic() - t)\n")
+    env = subprocess_env(XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if uri:
+        env["MLFLOW_TRACKING_URI"] = uri
+    return subprocess.run([PY, "-c", code], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_load_from_another_folder_follows_mlflow_tracking_uri(registered, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = load_in(elsewhere, registered, tmp_path)
+    assert "LOADED 32" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def test_without_it_the_load_fails_fast_names_the_uri_and_creates_nothing(registered, tmp_path):
+    elsewhere = tmp_path / "empty"
+    elsewhere.mkdir()
+    out = load_in(elsewhere, None, tmp_path)
+    assert "ERROR ModelNotFoundError" in out.stdout, out.stdout + out.stderr[-2000:]
+    msg = out.stdout
+    assert f"sqlite:///{elsewhere / 'mlflow.db'}" in msg and "MLFLOW_TRACKING_URI" in msg
+    seconds = float(msg.rsplit("SECONDS", 1)[1])
+    assert seconds < 1.0, f"the failed lookup took {seconds:.2f} s"  # after imports: the lookup itself
+    assert list(elsewhere.iterdir()) == []  # no mlflow.db left behind
+
+
+def test_a_pulled_version_is_cached_and_served_from_the_cache(registered, trained, tmp_path, monkeypatch):
+    downloads = []
+    real = mlflow.artifacts.download_artifacts
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts",
+                        lambda *a, **kw: downloads.append(kw.get("artifact_uri")) or real(*a, **kw))
+    first = registry.load_sae("revelio-sae@champion")
+    cached = list((tmp_path / "cache" / "revelio" / "models").rglob(".complete"))
+    assert len(cached) == 1 and cached[0].parent.name == "1" and downloads == ["models:/revelio-sae/1"]
+    again = registry.load_sae("revelio-sae@champion")
+    assert again.n_latents == first.n_latents == 32
+    assert len(downloads) == 1  # the second load read the cache (bench_registry.py times both)
+    # a new version is a new cache entry: moving the alias never serves a stale version from the cache
+    with mlflow.start_run():
+        registry.register_model("sae", trained[2], {"fvu": 0.4}, TAGS, "fvu")
+    registry.promote("revelio-sae/2")
+    registry.load_sae("revelio-sae@champion")
+    assert sorted(p.parent.name for p in (tmp_path / "cache").rglob(".complete")) == ["1", "2"]
