@@ -154,7 +154,8 @@ class SAEConfig:
     expansion: int = 8
     k: int = 32
     relu: bool = True
-    normalize: Literal["none", "standard", "scalar"] = "scalar"
+    normalize: Literal["none", "standard", "scalar", "whiten"] = "scalar"
+    whiten_power: float = 1.0  # normalize=whiten: principal variances λ → λ^(1 − power); 1 = full whitening
     lr: float = 0.0  # 0 = scaled with the number of latents
     warmup_steps: int = 100
     steps: int = 2000
@@ -178,6 +179,7 @@ class SAEConfig:
         _check(self.batch_size > 0, "sae.batch_size", "must be > 0")
         _check(self.lr >= 0, "sae.lr", "must be >= 0")
         _check(self.auxk_coef >= 0, "sae.auxk_coef", "must be >= 0")
+        _check(0 < self.whiten_power <= 1, "sae.whiten_power", "must be in (0, 1]")
         _check(0 < self.heldout_fraction < 1, "sae.heldout_fraction", "must be in (0, 1)")
         _check(self.checkpoint_every > 0, "sae.checkpoint_every", "must be > 0")
         _check(self.eval_every > 0, "sae.eval_every", "must be > 0")
