@@ -341,6 +341,8 @@ def training_key(sc: SAEConfig, store: FeatureStore, buffer_vectors: int) -> dic
     d = to_dict(sc)
     for k in ("output", "checkpoint_every", "eval_every", "num_threads", "store"):
         d.pop(k, None)
+    if sc.normalize != "whiten":  # only read when whitening; keeps the keys of other runs as they were
+        d.pop("whiten_power", None)
     return {"sae": d, "store_config_hash": store.config_hash,
             "buffer_vectors": int(buffer_vectors), "trainer_version": TRAINER_VERSION}
 
@@ -365,6 +367,7 @@ def make_sae_config(sc: SAEConfig, d_in: int, store: FeatureStore):
     conf = store.config or {}
     backbone = conf.get("backbone", {}) if isinstance(conf.get("backbone"), dict) else {}
     kw = {"d_in": d_in, "n_latents": n_latents, "k": sc.k, "relu": sc.relu, "normalize": sc.normalize,
+          "whiten_power": sc.whiten_power,
           "hook_point": sc.hook_point, "timestep": sc.timestep, "backbone": str(backbone.get("id", "")),
           "backbone_init": str(backbone.get("init", "")),
           "dataset_fingerprint": str((conf.get("dataset") or {}).get("fingerprint", "")),
