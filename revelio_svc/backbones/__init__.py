@@ -13,6 +13,7 @@ from .base import (
 
 
 def load_backbone(cfg: BackboneConfig) -> BackboneAdapter:
+    # one adapter module per kind, imported on demand: SD/SDXL/DiT pull in transformers (seconds)
     if cfg.kind == "unet2d":
         from .unet2d import UNet2DAdapter
         return UNet2DAdapter(cfg)

@@ -117,7 +117,10 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Failures a user can fix (a server down, a model or store missing): one line, exit code 1."""
+    """Failures a user can fix (a server down, a model or store missing): one line, exit code 1.
+
+    Imported here, not at the top: the modules behind them load torch and MLflow, and --help should not.
+    """
     from ..backbones import ModelUnavailableError
     from ..data import DatasetUnavailableError
     from ..features import StoreError

@@ -75,7 +75,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 # --------------------------------------------------------------------------- figures
 def confusion_figure(cm: np.ndarray, class_names: Sequence[str], title: str = ""):
     """Row-normalised confusion matrix with counts written in each cell."""
-    import matplotlib
+    import matplotlib  # deferred: pyplot picks a backend on import, and most callers never draw
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

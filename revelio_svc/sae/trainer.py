@@ -52,7 +52,7 @@ from .data import (
     plan_split,
 )
 from .io import build_sae, read_sae
-from .metrics import ReconstructionStats, dead_frac
+from .metrics import ReconstructionStats, dead_frac, normalized_mse
 from .topk import TopKSAEConfig
 
 TRAINER_VERSION = 1
@@ -260,8 +260,6 @@ class SparseStep:
 def loss_autograd(sae: SparseAutoencoder, xn: torch.Tensor, dead_mask: torch.Tensor | None = None,
                   auxk_coef: float = 1.0 / 32, k_aux: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The training objective with autograd (reference for `SparseStep`): returns (loss, auxk_loss)."""
-    from .metrics import normalized_mse
-
     k_aux = k_aux if k_aux > 0 else max(1, sae.d_in // 2)
     B = xn.shape[0]
     pre = sae.pre_activations(xn)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..config import Config
 from ..contracts import Artifact, StageResult, metric_key
@@ -107,7 +108,7 @@ def read_sae_results(directory: str | Path | None) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- figures
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: pyplot picks a backend on import
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -342,8 +343,6 @@ def sweep_stage(cfg: Config, sae_results: str | Path | None = None, output: str 
     `sae_results`: directory of SAE result JSONs (default `<output_dir>/sae` when it exists).
     `concepts`: labels to probe (default: shape, colour, size, background for shapes; else every label).
     """
-    import pandas as pd
-
     sw = _prepare(cfg, concepts, progress)
     df = pd.DataFrame(_rows(cfg, sw, top_n, sae_results),
                       columns=["hook_point", "timestep", "concept", "input", "metric", "value", "source"])
