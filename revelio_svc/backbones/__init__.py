@@ -7,6 +7,9 @@ from .base import (BackboneAdapter, Conditioning, ModelUnavailableError, backbon
 
 
 def load_backbone(cfg: BackboneConfig) -> BackboneAdapter:
+    if cfg.id.startswith("arch:"):  # full-size architecture, random weights (backbones/arch.py)
+        from .arch import load_arch_backbone
+        return load_arch_backbone(cfg)
     if cfg.kind == "unet2d":
         from .unet2d import UNet2DAdapter
         return UNet2DAdapter(cfg)
