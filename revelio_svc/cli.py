@@ -13,6 +13,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "Logs the loss curve and sample grids to MLflow and registers the result as revelio-backbone."),
     "extract": ("Capture hook-point activations at chosen timesteps into a resumable feature store.",
                 "One forward per (batch, t) captures every hook point; pooling mean, max or tokens."),
+    "plan": ("Before extracting: shapes and bytes per hook point, exact store size, peak memory and run time.",
+             "Store size is exact (every file); memory and time are estimates (fake-tensor forward, timed probe). "
+             "Exits 1 when the store would not fit the destination's free space."),
     "train-sae": ("Train a k-sparse autoencoder (TopK or BatchTopK) on one (hook point, timestep) of a store.",
                   "Streams shards, checkpoints and resumes, logs fvu/l0/dead_frac to MLflow."),
     "train-probe": ("Train a linear probe or Diff-C head on features or SAE latents, with controls.",
@@ -59,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--no-register", action="store_true", help="hide the few-shot 'register' button")
         if name == "extract":
             p.add_argument("--no-mlflow", action="store_true", help="do not open an MLflow run")
+        if name == "plan":
+            p.add_argument("--no-probe", action="store_true", help="no timed forward (no run-time estimate)")
+            p.add_argument("--json", action="store_true", help="print the plan as JSON")
     return parser
 
 

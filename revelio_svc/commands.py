@@ -44,11 +44,19 @@ def register_backbone(run_id: str, name: str = "revelio-backbone") -> str:
 
 
 def extract(cfg: Config, args: argparse.Namespace) -> int:
+    import sys
+
     from .features.extract import extract as run_extract
+    from .features.plan import InsufficientSpaceError, preflight
     from .tracking import log_json, stage_run
 
+    try:  # the plan first: its figures, and a refusal (nothing written) when the store would not fit
+        pl, kw = preflight(cfg)
+    except InsufficientSpaceError as e:
+        print(f"revelio extract: {e}", file=sys.stderr)
+        return 1
     if getattr(args, "no_mlflow", False):
-        res = run_extract(cfg)
+        res = run_extract(cfg, **kw)
     else:
         import mlflow
 
@@ -57,7 +65,8 @@ def extract(cfg: Config, args: argparse.Namespace) -> int:
                 "timesteps": ",".join(map(str, cfg.extract.timesteps))}
         with stage_run(cfg, "extract", ("data", "backbone", "extract"), tags=tags,
                        description="Capture hook-point activations into a feature store"):
-            res = run_extract(cfg)
+            log_json(pl.to_dict(), "plan.json", "feature_store")
+            res = run_extract(cfg, **kw)
             from .features.store import open_store
             store = open_store(res.store_uri)
             mlflow.set_tag("store_uri", res.store_uri)
@@ -70,6 +79,23 @@ def extract(cfg: Config, args: argparse.Namespace) -> int:
                 log_json(res.skipped, "skipped_images.json", "feature_store")
     print(f"feature store: {res.store_uri} ({res.n_rows} rows, {len(res.skipped)} skipped, "
           f"{res.images_per_s:.0f} images·t/s)")
+    return 0
+
+
+def plan(cfg: Config, args: argparse.Namespace) -> int:
+    import json
+    import sys
+
+    from .features.plan import InsufficientSpaceError, format_plan
+    from .features.plan import plan as make_plan
+
+    p = make_plan(cfg, probe=not getattr(args, "no_probe", False))
+    print(json.dumps(p.to_dict(), indent=1) if getattr(args, "json", False) else format_plan(p))
+    try:
+        p.ensure_fits()
+    except InsufficientSpaceError as e:
+        print(f"revelio plan: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
