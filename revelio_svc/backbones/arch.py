@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -247,5 +248,74 @@ def load_arch_backbone(cfg: BackboneConfig) -> BackboneAdapter:
     return ArchDiTAdapter(cfg)
 
 
-__all__ = ["build_random", "check_arch_config", "count_params", "is_arch_id", "load_arch_backbone", "materialize_",
-           "meta_part", "stand_in_tokenizer", "tensor_seed"]
+# --------------------------------------------------------------------------- shapes without weights
+def denoiser_part(spec: ArchSpec) -> str:
+    return "unet" if "unet" in spec.parts else "transformer"
+
+
+def hook_shapes(spec: ArchSpec, resolution: int = 0) -> dict[str, tuple[int, int, int]]:
+    """Every hook point's map (C, H, W) for one image at `resolution` (0 = native), from a forward on the
+    meta device: the real module code, no weights, no arithmetic."""
+    from .dit import dit_hook_points
+    from .sd import tokens_to_map, unet_hook_points
+
+    part = denoiser_part(spec)
+    conf = spec.part(part)
+    with torch.device("meta"):
+        model = _model_class(conf["_class_name"]).from_config(conf)
+    names = unet_hook_points(model) if part == "unet" else dit_hook_points(model)
+    shapes: dict[str, tuple[int, int, int]] = {}
+
+    def hook(name):
+        def fn(_m, _i, out):
+            shapes[name] = tuple(int(x) for x in tokens_to_map(name, out).shape[1:])
+        return fn
+
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    scale = 2 ** (len(spec.parts["vae"]["block_out_channels"]) - 1)
+    side = (resolution or spec.native_resolution) // scale
+    try:
+        with torch.device("meta"), torch.no_grad():
+            x = torch.empty(1, conf["in_channels"], side, side)
+            ts = torch.full((1,), 10)
+            if part == "unet":
+                kw: dict[str, Any] = {"encoder_hidden_states": torch.empty(1, 77, conf["cross_attention_dim"])}
+                if conf.get("addition_embed_type") == "text_time":
+                    pooled = spec.parts["text_encoder_2"]["projection_dim"]
+                    kw["added_cond_kwargs"] = {"text_embeds": torch.empty(1, pooled), "time_ids": torch.empty(1, 6)}
+                model(x, ts, **kw)
+            else:
+                model(x, timestep=ts, class_labels=torch.zeros(1, dtype=torch.long))
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: shapes[n] for n in names}
+
+
+def models_markdown(store_dtypes: tuple[str, ...] = ("float16", "float32")) -> str:
+    """The per-model hook-point tables of docs/models.md (native resolution, bytes per image per pooling)."""
+    from .arch_configs import ARCHS
+
+    out = []
+    for spec in ARCHS.values():
+        res = spec.native_resolution
+        out.append(f"### `{spec.id}` — {spec.published}, {res} px\n")
+        dt = " / ".join(store_dtypes)
+        out.append(f"| hook point | map C × H × W | mean or max, bytes/image ({dt}) | tokens H × W × C | "
+                   f"tokens, bytes/image ({dt}) |")
+        out.append("|---|---|---|---|---|")
+        for name, (c, h, w) in hook_shapes(spec).items():
+            item = [np.dtype(d).itemsize for d in store_dtypes]
+            pooled = " / ".join(f"{c * i:,}" for i in item)
+            tokens = " / ".join(f"{h * w * c * i:,}" for i in item)
+            out.append(f"| `{name}` | {c} × {h} × {w} | {pooled} | {h} × {w} × {c} | {tokens} |")
+        out.append("")
+    return "\n".join(out)
+
+
+__all__ = ["build_random", "check_arch_config", "count_params", "is_arch_id", "hook_shapes", "load_arch_backbone",
+           "materialize_", "meta_part", "models_markdown", "stand_in_tokenizer", "tensor_seed"]
+
+
+if __name__ == "__main__":  # python -m revelio_svc.backbones.arch  → the tables of docs/models.md
+    print(models_markdown())

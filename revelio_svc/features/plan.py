@@ -32,7 +32,7 @@ import shutil
 import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,6 +291,7 @@ class ForwardAnalysis:
     encode_peak: int  # bytes live at the peak of encode (preprocessing + VAE) at the batch
     capture_peak: int  # bytes live at the peak of the capture forward (inputs, activations, maps)
     batch: int
+    latent_shape: tuple[int, ...] = ()  # what encode gives for the batch
 
 
 def analyse_forward(adapter, image: np.ndarray, cond, hook_points: Sequence[str], t: int,
@@ -319,7 +320,7 @@ def analyse_forward(adapter, image: np.ndarray, cond, hook_points: Sequence[str]
             del maps, x_t, x0
     # cond tensors are resident during capture (the prompt cache); count them with the capture
     cond_bytes = sum(int(x.untyped_storage().nbytes()) for x in _leaves(cond_fake))
-    return ForwardAnalysis(shapes, enc.peak, cap.peak + cond_bytes, batch)
+    return ForwardAnalysis(shapes, enc.peak, cap.peak + cond_bytes, batch, x0_shape)
 
 
 def _leaves(cond) -> list[torch.Tensor]:
@@ -378,6 +379,7 @@ class TimePlan:
     capture_s_per_image_t: float
     total_s: float  # encode every image once + capture every (image, timestep)
     probe_wall_s: float  # what the probe itself took
+    probe_resolution: int = 0  # the encode was timed at this resolution (scaled by FLOPs when not native)
 
     @property
     def images_t_per_s(self) -> float:
@@ -455,25 +457,79 @@ def _sync(device: torch.device) -> None:
 
 
 PROBE_BUDGET_S = 2.0  # a second, batched probe runs when it should take about this long or less
+CPU_PROBE_MAX_RES = 256  # above this, the CPU probe encodes at half the side and scales by FLOPs
 
 
-def _timed_probe(cfg: Config, adapter, ds, index: int, image: np.ndarray, order: list[str],
-                 batch: int) -> tuple[TimePlan, dict[str, tuple[int, ...]]]:
-    """Real encode + capture of the first image (the shapes check and a warm-up), then, when that was quick
-    or the device is CUDA, a timed encode + capture of a larger batch (up to the configured one)."""
+@contextmanager
+def _resolution(adapter, res: int) -> Iterator[None]:
+    old = adapter.resolution
+    adapter.resolution = res
+    try:
+        yield
+    finally:
+        adapter.resolution = old
+
+
+def _flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    aten = torch.ops.aten
+    mapping = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):  # not in torch's own table
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = cpu_sdpa
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+def encode_flops(adapter, image: np.ndarray, res: int) -> int:
+    """FLOPs (matmul, convolution, attention) of encoding one image at `res`, counted on fake tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    counter = _flop_counter()
+    with fake_weights(adapter_modules(adapter), mode), _resolution(adapter, res), mode, counter, torch.no_grad():
+        adapter.encode(image[None])
+    return int(counter.get_total_flops())
+
+
+def _timed_probe(cfg: Config, adapter, ds, index: int, image: np.ndarray, order: list[str], batch: int,
+                 analysis: ForwardAnalysis) -> tuple[TimePlan, dict[str, tuple[int, ...]]]:
+    """Timed real forwards: encode of the first image and capture of one latent (also the shapes check).
+
+    On CUDA both are repeated at the configured batch after that warm-up. On the CPU, a second, batched
+    run follows when the first was quick (PROBE_BUDGET_S); above CPU_PROBE_MAX_RES px the encode is timed
+    at half the side and scaled by the ratio of its FLOPs (counted on fake tensors), since on the CPU the
+    VAE encode of one full-size image alone can take most of a minute.
+    """
     ec = cfg.extract
     t = ec.timesteps[0]
     ids = ds.ids()
+    cuda = adapter.device.type == "cuda"
+    res = int(getattr(adapter, "resolution", 0) or 0)
+    scale = int(getattr(adapter, "vae_scale_factor", 1) or 1)
+    probe_res = res
+    if not cuda and res > CPU_PROBE_MAX_RES and (res // 2) % scale == 0:
+        probe_res = res // 2
+    enc_factor = 1.0
+    if probe_res != res:
+        small = encode_flops(adapter, image, probe_res)
+        enc_factor = encode_flops(adapter, image, res) / small if small else (res / probe_res) ** 2
     t_start = time.perf_counter()
+    g = torch.Generator().manual_seed(0)
 
     def run(b: int) -> tuple[float, float, dict]:
         images = np.repeat(image[None], b, axis=0)
         cond = _cond_for(cfg, adapter, ds, [index] * b)  # text encoding happens here, once per distinct prompt
         _sync(adapter.device)
         t0 = time.perf_counter()
-        x0 = adapter.encode(images)
+        with _resolution(adapter, probe_res) if probe_res != res else nullcontext():
+            adapter.encode(images)
         _sync(adapter.device)
-        t_enc = time.perf_counter() - t0
+        t_enc = (time.perf_counter() - t0) * enc_factor
+        # the capture runs on a latent of the real shape (its values change neither the shapes nor the time)
+        x0 = torch.randn((b, *analysis.latent_shape[1:]), generator=g).to(adapter.device)
         x_t = adapter.add_noise(x0, t, [ids[index]] * b, ec.noise_seed)
         _sync(adapter.device)
         t0 = time.perf_counter()
@@ -487,13 +543,14 @@ def _timed_probe(cfg: Config, adapter, ds, index: int, image: np.ndarray, order:
         del maps
         probe_batch = 1
         first = t_enc + t_cap
-        if adapter.device.type == "cuda" or first < PROBE_BUDGET_S:
-            b = batch if adapter.device.type == "cuda" else min(batch, max(1, int(PROBE_BUDGET_S / max(first, 1e-3))))
+        if cuda or first < PROBE_BUDGET_S:
+            b = batch if cuda else min(batch, max(1, int(PROBE_BUDGET_S / max(first, 1e-3))))
             t_enc, t_cap, _ = run(b)
             probe_batch = b
     n, n_t = len(ds), len(ec.timesteps)
     total = n * t_enc + n * n_t * t_cap
-    tp = TimePlan(str(adapter.device), probe_batch, t_enc, t_cap, total, time.perf_counter() - t_start)
+    tp = TimePlan(str(adapter.device), probe_batch, t_enc, t_cap, total, time.perf_counter() - t_start,
+                  probe_res)
     return tp, shapes
 
 
@@ -560,7 +617,7 @@ def plan(cfg: Config, dataset: ImageDataset | None = None, adapter=None, probe: 
     notes = []
     tp, verified = None, False
     if probe and len(done) < len(rows_per_shard):
-        tp, real_shapes = _timed_probe(cfg, adapter, ds, index, image, order, batch)
+        tp, real_shapes = _timed_probe(cfg, adapter, ds, index, image, order, batch, analysis)
         if real_shapes != analysis.shapes:
             raise RuntimeError(f"the fake-tensor forward gave map shapes {analysis.shapes} but the real one "
                                f"{real_shapes}; please report this")
@@ -617,7 +674,9 @@ def format_plan(p: Plan) -> str:
                  f"{human_bytes(m.capture_peak)}) + shard buffers ≤ {human_bytes(m.shard_buffers)}")
     if p.time is not None:
         t = p.time
-        lines.append(f"run time (estimate from a {t.probe_wall_s:.1f} s probe at batch {t.probe_batch} on {t.device}): "
+        enc_at = (f", encode timed at {t.probe_resolution} px and scaled by FLOPs"
+                  if t.probe_resolution not in (0, p.resolution) else "")
+        lines.append(f"run time (estimate from a {t.probe_wall_s:.1f} s probe at batch {t.probe_batch} on {t.device}{enc_at}): "
                      f"{human_seconds(t.total_s)} — encode {t.encode_s_per_image:.3f} s/image, capture "
                      f"{t.capture_s_per_image_t:.3f} s per image·t ({t.images_t_per_s:.2f} images·t/s)")
     for note in p.notes:
