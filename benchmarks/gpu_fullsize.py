@@ -134,9 +134,6 @@ def extraction(name: str, args, tiny_root: Path | None) -> dict:
         res[m] = {"seconds_per_batch": s, "images_per_s": batch / s, "images_t_per_s": batch * len(timesteps) / s,
                   "peak_memory": peaks[m]}
     res["speedup"] = res["per_block_t"]["seconds_per_batch"] / res["ours"]["seconds_per_batch"]
-    del a
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
     return res
 
 
@@ -238,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             r = extraction(name, args, Path(tmp) if args.tiny else None)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the model of the previous architecture is gone
             results["extraction"].append(r)
             o, s = r["ours"], r["per_block_t"]
             print(f"{name:13s} {r['resolution']:5d}px {r['dtype']:9s} batch {r['batch']:3d}, {len(r['hook_points'])} "

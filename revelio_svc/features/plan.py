@@ -43,7 +43,7 @@ from torch import nn
 
 from ..config import Config, config_hash
 from ..data import BadImageError, ImageDataset, load_dataset
-from .store import MANIFEST, ROWS, backend_for, new_manifest, set_key, shard_name
+from .store import MANIFEST, ROWS, backend_for, new_manifest, set_key
 
 SHA256_HEX = "0" * 64  # the manifest stores one SHA-256 hex digest per file: fixed length
 
@@ -269,8 +269,9 @@ def weight_bytes(modules: Sequence[nn.Module]) -> int:
 
 
 @contextmanager
-def fake_weights(modules: Sequence[nn.Module], mode) -> Iterator[None]:
-    """Temporarily swap every parameter and buffer for a fake twin (same shape/dtype/device, no data)."""
+def fake_weights(modules: Sequence[nn.Module], mode) -> Iterator[list[torch.Tensor]]:
+    """Temporarily swap every parameter and buffer for a fake twin (same shape/dtype/device, no data);
+    yields the twins (so that a LiveBytes can leave them and their views out)."""
     swapped = []
     twins: dict[int, torch.Tensor] = {}
     try:
@@ -279,7 +280,7 @@ def fake_weights(modules: Sequence[nn.Module], mode) -> Iterator[None]:
                 twins[id(t)] = mode.from_tensor(t)
             getattr(sub, where)[n] = twins[id(t)]
             swapped.append((sub, where, n, t))
-        yield
+        yield list(twins.values())
     finally:
         for sub, where, n, t in swapped:
             getattr(sub, where)[n] = t
@@ -302,14 +303,15 @@ def analyse_forward(adapter, image: np.ndarray, cond, hook_points: Sequence[str]
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     modules = adapter_modules(adapter)
     images = np.repeat(image[None], batch, axis=0)
-    with fake_weights(modules, mode):
-        enc = LiveBytes()
+    with fake_weights(modules, mode) as weights:
+        # weights are resident, counted apart (weight_bytes): neither they nor views of them (W.t()) count here
+        enc = LiveBytes(exclude=weights)
         with mode, enc, torch.no_grad():
             x0 = adapter.encode(images)
             x0_shape, x0_dtype = tuple(x0.shape), x0.dtype
             del x0
         cond_fake = _fake_cond(cond, batch, mode)
-        cap = LiveBytes(exclude=_leaves(cond_fake))
+        cap = LiveBytes(exclude=[*weights, *_leaves(cond_fake)])
         with mode, cap, torch.no_grad():
             x0 = torch.empty(x0_shape, dtype=x0_dtype, device=adapter.device)  # held across timesteps
             noise = torch.empty(x0_shape, dtype=torch.float32, device=adapter.device)

@@ -41,7 +41,7 @@ TIMESTEP = 100
 
 def _run(tmp_path: Path, arch: str, kind: str, dtype: str, res: int, hooks: list[str]) -> dict:
     image = res or NATIVE[arch]
-    sets = [f"data.source=shapes", "data.n_images=2", f"data.image_size={image}", f"backbone.kind={kind}",
+    sets = ["data.source=shapes", "data.n_images=2", f"data.image_size={image}", f"backbone.kind={kind}",
             f"backbone.id={arch}", "backbone.init=random", "backbone.device=cpu", f"backbone.dtype={dtype}",
             f"backbone.resolution={res}", f"extract.hook_points=[{', '.join(hooks)}]",
             f"extract.timesteps=[{TIMESTEP}]", "extract.pooling=[mean, tokens]", "extract.dtype=float16",
