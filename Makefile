@@ -31,9 +31,9 @@ services-deps:
 test: install services-deps
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-# Without services and browser: what a developer runs while editing.
+# Without services, browser and the full-size model runs: what a developer runs while editing.
 test-fast: install
-	$(VENV)/bin/pytest -q -m "not services and not browser" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not services and not browser and not fullsize" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/bench_extract.py
