@@ -43,13 +43,11 @@ _VAE_SD = {
     "scaling_factor": 0.18215,
 }
 
-_UNET_SD_COMMON = {
+# what every UNet2DConditionModel config here shares (SD 1.x, SD 2.x and SDXL base alike)
+_UNET_BASE = {
     "_class_name": "UNet2DConditionModel",
     "act_fn": "silu",
-    "block_out_channels": [320, 640, 1280, 1280],
     "center_input_sample": False,
-    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
     "mid_block_type": "UNetMidBlock2DCrossAttn",
     "downsample_padding": 1,
     "dual_cross_attention": False,
@@ -63,6 +61,13 @@ _UNET_SD_COMMON = {
     "norm_num_groups": 32,
     "num_class_embeds": None,
     "only_cross_attention": False,
+}
+
+_UNET_SD_COMMON = {
+    **_UNET_BASE,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
 
 # CLIP ViT-L/14 text tower (SD 1.x text_encoder, SDXL text_encoder)
@@ -164,33 +169,18 @@ SDXL_BASE = ArchSpec(
             "pooled text + 6 time ids",
     parts={
         "unet": {
-            "_class_name": "UNet2DConditionModel",
-            "act_fn": "silu",
+            **_UNET_BASE,
             "addition_embed_type": "text_time",
             "addition_embed_type_num_heads": 64,
             "addition_time_embed_dim": 256,
             "attention_head_dim": [5, 10, 20],
             "block_out_channels": [320, 640, 1280],
-            "center_input_sample": False,
             "class_embed_type": None,
             "conv_in_kernel": 3,
             "conv_out_kernel": 3,
             "cross_attention_dim": 2048,  # 768 (text_encoder) + 1280 (text_encoder_2)
             "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
             "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-            "mid_block_type": "UNetMidBlock2DCrossAttn",
-            "downsample_padding": 1,
-            "dual_cross_attention": False,
-            "flip_sin_to_cos": True,
-            "freq_shift": 0,
-            "in_channels": 4,
-            "out_channels": 4,
-            "layers_per_block": 2,
-            "mid_block_scale_factor": 1,
-            "norm_eps": 1e-05,
-            "norm_num_groups": 32,
-            "num_class_embeds": None,
-            "only_cross_attention": False,
             "projection_class_embeddings_input_dim": 2816,  # 6 time ids × 256 + pooled text 1280
             "resnet_time_scale_shift": "default",
             "sample_size": 128,

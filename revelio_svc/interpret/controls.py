@@ -70,6 +70,11 @@ def matched_random(sae: SparseAutoencoder, seed: int, calibration=None) -> Spars
     ctrl.W_enc.copy_(w)
     ctrl.W_dec.copy_(w)
     ctrl.b_enc.zero_()
+    return _finish(ctrl, sae, calibration)
+
+
+def _finish(ctrl: SparseAutoencoder, sae: SparseAutoencoder, calibration) -> SparseAutoencoder:
+    """A BatchTopK control gets its threshold calibrated (it has no training run to estimate one)."""
     if sae.config.variant == "batchtopk":
         if calibration is None:
             raise ValueError("a BatchTopK control needs calibration vectors to set its threshold")
@@ -87,12 +92,7 @@ def sae_init(sae: SparseAutoencoder, seed: int, sample=None, calibration=None) -
     _copy_input_side(ctrl, sae)
     if sample is not None:
         ctrl.b_pre.copy_(geometric_median(ctrl.normalize(_vectors(sample))[:8192]))
-    if sae.config.variant == "batchtopk":
-        if calibration is None:
-            raise ValueError("a BatchTopK control needs calibration vectors to set its threshold")
-        ctrl.threshold.fill_(calibrate_threshold(ctrl, calibration))
-    ctrl.eval()
-    return ctrl
+    return _finish(ctrl, sae, calibration)
 
 
 def control_sae(sae: SparseAutoencoder, kind: str, seed: int, sample=None) -> SparseAutoencoder:
