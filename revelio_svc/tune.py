@@ -1,8 +1,11 @@
 """`revelio tune`: Optuna over the SAE or the probe against a held-out metric, every trial an MLflow run.
 
     tune.target     sae (k, expansion, lr, auxk_coef) | probe (C; Diff-C: lr, width)
-    tune.metric     a metric the stage reports on held-out data (sae: fvu, explained_variance, dead_frac, l0;
-                    probe: accuracy, macro_f1), optimised in tune.direction
+    tune.metric     a metric the stage reports on held-out data (sae: fvu, explained_variance, dead_frac, l0,
+                    and the interpretation report's: sigma_label, label_purity, label_purity_share.<concept>,
+                    sparse_probe.k<k>, dissection.detectors and their gap.* against the matched random
+                    dictionary, e.g. gap.label_purity_share.shape; probe: accuracy, macro_f1), optimised
+                    in tune.direction
     tune.storage    any Optuna RDB URL; "" = sqlite:///optuna.db
     tune.search_space  per parameter: [a, b, c] (categorical), {low, high, log} (range) or a fixed value;
                     names are `k` or `sae.k` style; defaults in DEFAULT_SPACES
@@ -57,6 +60,10 @@ DEFAULT_SPACES: dict[str, dict[str, Any]] = {
     "probe": {"probe.C": {"low": 1e-3, "high": 1e2, "log": True}},
     "diffc": {"probe.lr": {"low": 1e-4, "high": 1e-2, "log": True}, "probe.width": [16, 32, 64, 128]},
 }
+# families of metrics the stages report per concept or per k (label_purity_share.shape, gap.sparse_probe.k16, …)
+PREFIXES = {"sae": ("gap.", "control.", "label_purity", "sigma_label.", "sparse_probe.", "dissection.",
+                    "classes_with_pure_unit."),
+            "probe": ("control.", "fewshot.")}
 METRICS = {"sae": TRAINER_METRICS + INTERPRET_METRICS,
            "probe": ("accuracy", "macro_f1")}
 
@@ -160,7 +167,7 @@ def run_sae_trial(cfg: Config, reporter: Reporter) -> tuple[str, dict[str, float
     training (live_interpretation), so those trials are pruned like the others. A trial interprets its
     latents fully only when the tuned metric needs it.
     """
-    interpretation = reporter.metric not in TRAINER_METRICS
+    interpretation = reporter.metric not in TRAINER_METRICS  # the report's metrics, computed while training
     res = train_sae_stage(cfg, progress=False, on_eval=reporter.on_eval, interpret=interpretation,
                           live_interpretation=interpretation)
     log_result(res, step=res.steps, skip_existing_metrics=not res.skipped_training)
@@ -287,7 +294,7 @@ def parent_run_id(study, created: bool, cfg: Config, experiment_id: str, env_run
 def tune(cfg: Config, n_trials: int | None = None, enqueue: list[dict[str, Any]] | None = None) -> TuneResult:
     """Run n_trials (default tune.n_trials) more trials of the study; `enqueue`: param sets to try first."""
     tc = cfg.tune
-    if tc.metric not in METRICS[tc.target] and not tc.metric.startswith(("control.", "fewshot.")):
+    if tc.metric not in METRICS[tc.target] and not tc.metric.startswith(PREFIXES[tc.target]):
         raise ConfigError(f"tune.metric: {tc.metric!r} is not a held-out metric of the {tc.target} stage; "
                           f"use one of {', '.join(METRICS[tc.target])}")
     space = search_space(cfg)

@@ -104,19 +104,19 @@ def test_bad_tuning_config_is_refused(trained, tmp_path):
 
 
 def test_interpretation_metric_is_reported_during_training_and_prunes(fresh_mlflow, trained, tmp_path):
-    # label_purity is not a trainer metric: the SAE stage computes it at every evaluation, so a study on it
-    # gets intermediate values and prunes like one on fvu
-    cfg = tune_cfg(trained, tmp_path, **{"tune.metric": "label_purity", "tune.direction": "maximize",
+    # the SAE-minus-matched-control gap of 4-sparse probing is not a trainer metric: the SAE stage computes the
+    # interpretation report at every evaluation, so a study on it gets intermediate values and prunes like
+    # one on fvu (the untrained SAE of the hopeless trial is no better than its random control)
+    cfg = tune_cfg(trained, tmp_path, **{"tune.metric": "gap.sparse_probe.k4", "tune.direction": "maximize",
                                          "tracking.register": False})
     res = tune(cfg, n_trials=3, enqueue=[{"sae.lr": GOOD}, {"sae.lr": GOOD * 0.9}, {"sae.lr": BAD}])
     client = MlflowClient()
     runs = trial_runs(client, res.parent_run_id)
-    vals = [[(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "intermediate.label_purity")]
+    vals = [[(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "intermediate.gap.sparse_probe.k4")]
             for r in runs]
     assert [r.data.tags["optuna.state"] for r in runs] == ["complete", "complete", "pruned"], vals
     for r in runs[:2]:
-        hist = client.get_metric_history(r.info.run_id, "intermediate.label_purity")
-        assert [m.step for m in hist] == [20, 40] and all(0 < m.value <= 1 for m in hist)
-    # the untrained SAE's latents are less pure than the trained ones': it is pruned on an interpretation metric
+        hist = client.get_metric_history(r.info.run_id, "intermediate.gap.sparse_probe.k4")
+        assert [m.step for m in hist] == [20, 40] and all(-1 <= m.value <= 1 for m in hist)
     assert vals[2] and "value" not in runs[2].data.metrics
     assert vals[2][-1][1] < min(v[len(vals[2]) - 1][1] for v in vals[:2]), vals

@@ -201,6 +201,7 @@ class ShapesDataset(ImageDataset):
         return render(self._rng(i), self.image_size)
 
     mask_names = MASK_NAMES
+    concept_parts = {"shape": PARTS}  # the parts each shape class has: dissection concepts besides the shapes
 
     def masks(self, i: int) -> dict[str, np.ndarray]:
         """Per-pixel ground truth of image i: `mask_names` → bool (image_size, image_size).

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,13 @@ from .purity import (
     random_directions,
     sigma_label,
     top_rows,
+)
+from .report import (
+    ControlReport,
+    ReportData,
+    control_report,
+    dissection_rows,
+    report_rows,
 )
 
 
@@ -154,11 +161,15 @@ class InterpretResult:
 def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], np.ndarray] | None = None,
                   primary_concept: str | None = None, top_n: int = 10, purity_top_n: int = 20,
                   n_grids: int = 32, n_random: int | None = None, threshold: float = 0.6, seed: int = 0,
-                  grids_note: str = "") -> InterpretResult:
+                  grids_note: str = "", masks_fn: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None,
+                  concept_parts: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+                  controls: bool = True, init_seed: int = 0) -> InterpretResult:
     """Interpret `sae` on every row of `store` (see the module docstring); writes into `out_dir`.
 
     image_fn(dataset_index) → uint8 (S, S, 3) supplies the images of the grids; None skips the grids
-    (the reason, `grids_note`, is recorded in summary.json).
+    (the reason, `grids_note`, is recorded in summary.json). `masks_fn(dataset indices)` → per-pixel
+    masks ({name: bool (m, S, S)}) enables dissection; `concept_parts` ({concept: {class: parts}}) adds
+    the classes' parts to it. `controls`: score the SAE against its matched controls (report.py).
     """
     from ..sae.data import feature_set_for
     from ..sae.latents import image_latents, latent_maps
@@ -218,6 +229,13 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
 
     artifacts: list[str] = []
     table = latent_table(sae_acts, labels, store.label_names, top_n, index)
+    if controls and primary is not None:
+        cmetrics, ctable, cfiles = control_section(sae, fset, store, labels, primary, sae_acts, out, masks_fn,
+                                                   concept_parts or {}, init_seed)
+        metrics.update(cmetrics)
+        table = table.join(ctable)
+        artifacts += cfiles
+        summary["controls"] = {k: v for k, v in cmetrics.items() if not k.startswith("control.channels")}
     artifacts.append(str(save_table(table, out / "latents.parquet")))
     import pandas as pd
 
@@ -290,3 +308,99 @@ def _clean(o):
     if isinstance(o, (float, np.floating)) and not np.isfinite(o):
         return None
     return o
+
+
+# --------------------------------------------------------------------------- against the controls
+def control_section(sae, fset, store, labels: dict[str, np.ndarray], primary: str, sae_acts: np.ndarray,
+                    out: Path, masks_fn, concept_parts: Mapping[str, Mapping[str, Sequence[str]]],
+                    init_seed: int) -> tuple[dict[str, float], Any, list[str]]:
+    """The SAE against its matched controls (report.py): metrics, per-latent columns, files."""
+    import pandas as pd
+
+    use = report_rows(store.is_test())  # every test row, a fixed sample of train rows
+    feats = read_rows(fset, use)
+    is_test = store.is_test()[use]
+    lab = {k: v[use] for k, v in labels.items()}
+    rows = dissection_rows(is_test)
+    masks = masks_fn(store.index()[use][rows]) if masks_fn is not None else None
+    data = ReportData.build(feats, lab, is_test, primary, masks=masks, mask_rows=rows,
+                            class_names=list(store.label_names[primary]), parts=concept_parts.get(primary))
+    rep = control_report(sae, data, init_seed=init_seed, sae_acts=sae_acts[use])
+    metrics = rep.metrics()
+    columns: dict[str, Any] = {}
+    for c, pur in rep.sae.unit_purity.items():
+        ref = np.concatenate([r.unit_purity[c] for r in rep.controls["random"]])
+        ref = np.sort(ref[~np.isnan(ref)])
+        # where each latent's purity falls among the random control's units (1 = purer than all of them)
+        pct = np.searchsorted(ref, pur, side="right") / max(len(ref), 1)
+        columns[f"{c}.test_purity"] = pur
+        columns[f"{c}.purity_percentile_vs_random"] = np.where(np.isnan(pur), np.nan, pct)
+    if rep.sae.dissection is not None:
+        d = rep.sae.dissection
+        columns["dissection.best_concept"] = [d.concepts[j] for j in d.best_concept]
+        columns["dissection.best_iou"] = d.best_iou
+        columns["dissection.detector"] = d.detectors
+    files = [str(_write_json(out / "controls.json", {"metrics": metrics, "headline": rep.headline(),
+                                                     "seeds": list(rep.seeds), "n_test_rows": rep.n_test,
+                                                     "primary_concept": primary, "note": rep.dissection_note}))]
+    files += [str(p) for p in _control_figures(rep, out)]
+    return metrics, pd.DataFrame(columns), files
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(_clean(obj), indent=2, default=json_default))
+    return path
+
+
+def _control_figures(rep: ControlReport, out: Path) -> list[Path]:
+    """sparse_probe.png (accuracy vs k), controls.png (purity shares and detectors, SAE vs controls)."""
+    import matplotlib  # deferred: pyplot picks a backend on import
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ks = sorted(rep.sae.sparse_probe)
+    ax.plot(ks, [rep.sae.sparse_probe[k] for k in ks], "o-", label="SAE", lw=2)
+    for name, runs in rep.controls.items():
+        mean = [np.mean([r.sparse_probe[k] for r in runs]) for k in ks]
+        ax.plot(ks, mean, ".--", label=f"{name}" + (f" (mean of {len(runs)})" if len(runs) > 1 else ""))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k units (chosen on train rows)")
+    ax.set_ylabel(f"test accuracy: {rep.primary}")
+    ax.set_title("k-sparse probing")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "sparse_probe.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    m = rep.metrics()
+    concepts = list(rep.sae.purity)
+    names = ["sae", "random", "sae_init", "channels"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        key = (lambda c: f"label_purity_share.{c}") if name == "sae" else (lambda c, n=name: f"control.{n}.label_purity_share.{c}")
+        vals = [m.get(key(c), np.nan) for c in concepts]
+        err = [m.get(f"control.random_sd.label_purity_share.{c}", 0) for c in concepts] if name == "random" else None
+        axes[0].bar(np.arange(len(concepts)) + i * width, vals, width, yerr=err, label=name)
+    axes[0].set_xticks(np.arange(len(concepts)) + 0.4 - width / 2, concepts, rotation=30)
+    axes[0].set_ylabel("share of units with purity > 0.6")
+    axes[0].set_title("label purity (test rows)")
+    axes[0].legend(fontsize=7)
+    if rep.sae.dissection is not None:
+        det = [m.get("dissection.detectors" if n == "sae" else f"control.{n}.dissection.detectors", np.nan)
+               for n in names]
+        axes[1].bar(names, det, yerr=[0, m.get("control.random_sd.dissection.detectors", 0), 0, 0])
+        axes[1].set_ylabel("detector units (IoU > 0.04)")
+        axes[1].set_title(f"dissection: {rep.primary} and its parts")
+    else:
+        axes[1].axis("off")
+        axes[1].text(0.5, 0.5, rep.dissection_note or "no dissection", ha="center", va="center", wrap=True)
+    fig.tight_layout()
+    paths.append(out / "controls.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

@@ -14,8 +14,15 @@ from ..contracts import Artifact, MetricsCallback, StageResult
 from ..data import ImageDataset, load_dataset
 from ..features.store import FeatureStore, open_store
 from ..interpret import interpret_sae
-from ..interpret.purity import label_metrics
-from ..sae import SparseAutoencoder, image_latents
+from ..interpret.report import (
+    ReportData,
+    control_report,
+    dissection_rows,
+    report_rows,
+    score_controls,
+)
+from ..interpret.toplatents import read_rows
+from ..sae import SparseAutoencoder
 from ..sae.base import CONFIG_FILE, WEIGHTS_FILE, SAEConfigBase
 from ..sae.data import feature_set_for
 from ..sae.trainer import METRICS_FILE, resolve_store_uri, train_sae
@@ -44,41 +51,50 @@ class SAEResult(StageResult):
         return {"sae_dir": str(self.sae_dir), "store_uri": self.store_uri}
 
 
-def _image_source(cfg: Config, store: FeatureStore, dataset: ImageDataset | None):
-    """(image_fn, note): the dataset's images for the grids, or None and why not."""
+def _matching_dataset(cfg: Config, store: FeatureStore, dataset: ImageDataset | None):
+    """(dataset, note): the store's own dataset (for images and masks), or None and why not."""
     if dataset is None:
         try:
             dataset = load_dataset(cfg.data)
-        except Exception as e:  # noqa: BLE001 - grids are optional; the metrics do not need images
+        except Exception as e:  # noqa: BLE001 - grids and masks are optional; the metrics do not need them
             return None, f"could not load the dataset {cfg.data.source}:{cfg.data.id} ({type(e).__name__}: {e})"
     want = str((store.config.get("dataset") or {}).get("fingerprint", ""))
     got = str(dataset.fingerprint())
     if want and got and want != got:
         return None, (f"the configured dataset (fingerprint {got}) is not the one the store was extracted from "
                       f"(fingerprint {want}); its images would not match the rows")
-    return dataset.image, ""
+    return dataset, ""
 
 
-def live_label_metrics(cfg: Config, store: FeatureStore, max_images: int = 512):
-    """Interpretation metrics of the SAE *while it trains*, so tuning can prune on them.
+def live_interpreter(cfg: Config, store: FeatureStore, dataset: ImageDataset | None = None):
+    """Interpretation metrics of the SAE *while it trains*, so tuning can report (and prune) on them.
 
-    The same statistics as the final interpretation (sigma_label, label_purity of the primary concept), on
-    the first `max_images` rows: cheap enough to compute at every evaluation.
+    The same report as the final interpretation (interpret/report.py: σ_label, label purity, sparse
+    probing, dissection, and their `control.*` and `gap.*` against the matched controls) on the same
+    rows; the controls depend only on the SAE's config and normalisation, fixed before training, so they
+    are scored once, at the first evaluation.
     """
     sc = cfg.sae
     fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling)
-    feats, n = [], 0
-    for _, part in fset.iter_shards():
-        feats.append(np.asarray(part[: max_images - n], np.float32))
-        n += len(feats[-1])
-        if n >= max_images:
-            break
-    feats = np.concatenate(feats)
+    use = report_rows(store.is_test())
+    feats = read_rows(fset, use)
     concept = cfg.probe.concept if cfg.probe.concept in store.label_names else next(iter(store.label_names))
-    labels = store.labels(concept)[: len(feats)]
+    is_test = store.is_test()[use]
+    rows = dissection_rows(is_test)
+    masks_fn = getattr(dataset, "masks_batch", None)
+    data = ReportData.build(feats, {c: store.labels(c)[use] for c in store.label_names}, is_test, concept,
+                            masks=masks_fn(store.index()[use][rows]) if masks_fn else None, mask_rows=rows,
+                            class_names=list(store.label_names[concept]),
+                            parts=(getattr(dataset, "concept_parts", None) or {}).get(concept))
+    controls: dict = {}
 
     def metrics(sae: SparseAutoencoder) -> dict[str, float]:
-        return label_metrics(image_latents(sae, feats), labels)
+        if not controls:
+            controls.update(score_controls(sae, data, init_seed=sc.seed))
+        m = control_report(sae, data, controls=controls).metrics()
+        m.update({"label_purity": m.get(f"label_purity_mean.{concept}", float("nan")),
+                  "sigma_label": m.get(f"sigma_label.{concept}", float("nan"))})
+        return m
 
     return metrics
 
@@ -89,15 +105,18 @@ def train_sae_stage(cfg: Config, *, store: FeatureStore | str | None = None, dat
     """Train the SAE of `cfg.sae` and interpret it.
 
     `on_eval(step, metrics)` hears the held-out metrics at every evaluation; with `live_interpretation`
-    they include sigma_label and label_purity (see `live_label_metrics`). `dataset` supplies the images
+    they include the interpretation metrics (see `live_interpreter`). `dataset` supplies the images
     of the latent grids (default: `load_dataset(cfg.data)`).
     """
     if store is None:
         store = resolve_store_uri(cfg)
     if not isinstance(store, FeatureStore):
         store = open_store(store)
-    extra = live_label_metrics(cfg, store) if live_interpretation else None
-    res = train_sae(cfg, store=store, progress=progress, on_eval=on_eval, extra_metrics=extra)
+    live = None
+    if live_interpretation:
+        ds, _ = _matching_dataset(cfg, store, dataset)
+        live = live_interpreter(cfg, store, ds)
+    res = train_sae(cfg, store=store, progress=progress, on_eval=on_eval, extra_metrics=live)
     out = Path(res.output_dir)
     metrics = dict(res.metrics)
     artifacts = [Artifact(out / f, "sae") for f in (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE)]
@@ -109,10 +128,12 @@ def train_sae_stage(cfg: Config, *, store: FeatureStore | str | None = None, dat
             summary = json.loads(summary_path.read_text())
             imetrics = {k: v for k, v in summary.get("metrics", {}).items() if v is not None}
         else:
-            image_fn, note = _image_source(cfg, store, dataset)
+            ds, note = _matching_dataset(cfg, store, dataset)
             primary = cfg.probe.concept if cfg.probe.concept in store.label_names else None
-            ir = interpret_sae(res.sae, store, idir, image_fn=image_fn, primary_concept=primary,
-                               seed=cfg.sae.seed, grids_note=note)
+            ir = interpret_sae(res.sae, store, idir, image_fn=ds.image if ds is not None else None,
+                               primary_concept=primary, seed=cfg.sae.seed, grids_note=note,
+                               masks_fn=getattr(ds, "masks_batch", None),
+                               concept_parts=getattr(ds, "concept_parts", None), init_seed=cfg.sae.seed)
             imetrics, summary = ir.metrics, ir.summary
         metrics.update(imetrics)
         artifacts.append(Artifact(idir, "interpret"))

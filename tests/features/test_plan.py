@@ -10,9 +10,8 @@ from safetensors.numpy import save as st_save
 
 from revelio_svc.cli import main
 from revelio_svc.config import replace
-from revelio_svc.features import open_store
+from revelio_svc.features import open_store, space
 from revelio_svc.features import plan as plan_mod
-from revelio_svc.features import space
 from revelio_svc.features.extract import extract
 from revelio_svc.features.plan import format_plan, plan
 from revelio_svc.features.space import (
