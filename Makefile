@@ -10,10 +10,10 @@ PYTEST_ARGS ?=
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -qq --upgrade pip
 	# setuptools warns on every editable install that a folder named like the package could shadow it;
 	# ours is the package itself, so the warning is noise
-	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e ".[test]"
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -qq -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed

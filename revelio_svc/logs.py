@@ -15,6 +15,8 @@ def configure(verbose: bool = False) -> None:
     for name in ("mlflow", "alembic", "diffusers", "transformers", "httpx", "urllib3"):
         logging.getLogger(name).setLevel(level)
     if not verbose:
+        # MLflow sets its own logger's level when it is first imported (after this runs): it reads this
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
