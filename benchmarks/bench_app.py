@@ -40,6 +40,17 @@ def _summary(ms: list[float]) -> dict:
             "mean_ms": round(statistics.fmean(ms), 1), "max_ms": round(max(ms), 1)}
 
 
+def _count_files(out) -> int:
+    """Local files in a gradio_client result (each one was a separate download)."""
+    if isinstance(out, str):
+        return int(os.path.isfile(out))
+    if isinstance(out, dict):
+        return sum(_count_files(v) for v in out.values())
+    if isinstance(out, (list, tuple)):
+        return sum(_count_files(v) for v in out)
+    return 0
+
+
 def _inputs(n: int, size: int = 96) -> list[Path]:
     """n distinct PNG uploads from the shapes generator (a seed no config trains on)."""
     from PIL import Image
@@ -144,10 +155,21 @@ def main() -> int:
                 c.predict(handle_file(str(p)), api_name="/classify")
                 ms_http.append((time.perf_counter() - t) * 1000)
             res["http"] = _summary(ms_http)
+            # what a client that wants every output image pays: gradio_client fetches each file it is given
+            cf = Client(demo.local_url, verbose=False, download_files=tempfile.mkdtemp(prefix="revelio-bench-dl-"))
+            for p in paths[:args.warmup]:
+                cf.predict(handle_file(str(p)), api_name="/classify")
+            ms_fetch, n_files = [], 0
+            for p in paths[args.warmup:]:
+                t = time.perf_counter()
+                out = cf.predict(handle_file(str(p)), api_name="/classify")
+                ms_fetch.append((time.perf_counter() - t) * 1000)
+                n_files = _count_files(out)
+            res["http_with_files"] = {**_summary(ms_fetch), "files_per_response": n_files}
         finally:
             demo.close()
 
-    for k in ("handler", "explain_only", "http"):
+    for k in ("handler", "explain_only", "http", "http_with_files"):
         if k in res:
             r = res[k]
             print(f"{k:>12}: p50 {r['p50_ms']:7.1f} ms   p95 {r['p95_ms']:7.1f} ms   (n={r['n']}, max {r['max_ms']} ms)")

@@ -1,0 +1,362 @@
+"""What each SAE latent of a classifier does on its dataset: one statistics record per latent.
+
+`compute_dataset_latents` runs the classifier over (a sample of) its dataset once and keeps, per image, the
+image-level SAE latents (sparse) and the activations of a control: random unit directions in the same
+feature space, pooled like the SAE's latents (`interpret.purity.random_directions`). From that,
+`latent_table` gives every latent's frequency and label purity per concept next to the control's, and
+`latent_stats(j)` one latent's full record (`LatentStats`): activation histogram, firing density, label
+distribution and purity per concept with the control's purity and chance, the probe weights it feeds,
+the latents that co-fire with it (Jaccard of the image sets where each is active), and the dataset images
+where it fires most.
+
+Measures that need more than this module has are fields that say so: `dissection_iou` (Network-Dissection
+IoU of the latent's spatial map with per-pixel concept masks) is None with `dissection_note` explaining
+why until a dataset with masks and `interpret.dissection` are wired in; `control_name` names the control
+so a matched random-dictionary control can replace the random directions without changing the record.
+
+Everything is saved with safetensors + JSON (`save` / `load`), keyed by `model_key` (a digest of the SAE
+and probe weights, the backbone, hook point, timestep, noise seed and the data config), so it is computed
+once per model and sample size.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+FORMAT = "revelio-dataset-latents"
+VERSION = 1
+PURITY_TOP_N = 20  # images per unit for label purity (as interpret.purity's default)
+N_CONTROL = 64  # random unit directions in the control
+NOT_AVAILABLE = "not available for this model"
+
+
+def model_key(clf, n_images: int) -> str:
+    """A digest naming what the dataset statistics depend on (weights, backbone, data, sample size)."""
+    from ..config import to_dict
+
+    h = hashlib.sha256()
+    for name, t in sorted(clf.sae.state_dict().items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(clf.probe.coef, np.float64)).tobytes())
+    desc = {"backbone": clf.backbone_origin or clf.backbone_cfg.id, "init": clf.backbone_cfg.init,
+            "hook": clf.hook_point, "t": clf.timestep, "noise": clf.noise_seed, "data": to_dict(clf.data),
+            "n": int(n_images), "format": VERSION}
+    h.update(json.dumps(desc, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:20]
+
+
+# --------------------------------------------------------------------------- dataset latents
+@dataclass
+class DatasetLatents:
+    """Image-level latents of a dataset sample and a control's activations on the same images."""
+
+    Z: sp.csr_matrix  # (n, n_latents) float32
+    indices: np.ndarray  # (n,) dataset index of each row
+    labels: dict[str, tuple[list[str], np.ndarray]]  # concept → (class names, label per row)
+    control: np.ndarray  # (n, n_control) float32
+    control_name: str
+    key: str = ""
+    n_dataset: int = 0  # images in the whole dataset
+    _csc: sp.csc_matrix | None = field(default=None, repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.Z.shape[0])
+
+    @property
+    def n_latents(self) -> int:
+        return int(self.Z.shape[1])
+
+    @property
+    def csc(self) -> sp.csc_matrix:
+        if self._csc is None:
+            self._csc = self.Z.tocsc()
+        return self._csc
+
+    def column(self, j: int) -> np.ndarray:
+        """Latent j's activation on every row (n,)."""
+        c = self.csc
+        out = np.zeros(self.n, np.float32)
+        s, e = c.indptr[j], c.indptr[j + 1]
+        out[c.indices[s:e]] = c.data[s:e]
+        return out
+
+    def dense_columns(self, cols: slice) -> np.ndarray:
+        return np.asarray(self.csc[:, cols].toarray(), np.float32)
+
+    # -------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        z = self.Z.tocsr()
+        arrays = {"z_data": z.data.astype(np.float32), "z_indices": z.indices.astype(np.int64),
+                  "z_indptr": z.indptr.astype(np.int64), "indices": self.indices.astype(np.int64),
+                  "control": np.ascontiguousarray(self.control, np.float32)}
+        for c, (_, lab) in self.labels.items():
+            arrays[f"label.{c}"] = np.asarray(lab, np.int64)
+        meta = {"format": FORMAT, "version": str(VERSION), "shape": json.dumps(list(z.shape)),
+                "label_names": json.dumps({c: names for c, (names, _) in self.labels.items()}),
+                "control_name": self.control_name, "key": self.key, "n_dataset": str(self.n_dataset)}
+        tmp = path.with_suffix(".tmp")
+        save_file(arrays, str(tmp), metadata=meta)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> DatasetLatents:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
+                raise ValueError(f"{path} is not a {FORMAT} v{VERSION} file")
+            a = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+        shape = tuple(json.loads(meta["shape"]))
+        names = json.loads(meta["label_names"])
+        Z = sp.csr_matrix((a["z_data"], a["z_indices"], a["z_indptr"]), shape=shape)
+        labels = {c: (list(n), a[f"label.{c}"]) for c, n in names.items()}
+        return cls(Z, a["indices"], labels, a["control"], meta.get("control_name", ""), meta.get("key", ""),
+                   int(meta.get("n_dataset", "0")))
+
+
+def sample_indices(n_dataset: int, n_max: int, seed: int = 0) -> np.ndarray:
+    """All indices, or a seeded uniform sample of n_max of them (sorted)."""
+    if n_max <= 0 or n_max >= n_dataset:
+        return np.arange(n_dataset, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n_dataset, n_max, replace=False)).astype(np.int64)
+
+
+def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, n_control: int = N_CONTROL, seed: int = 0,
+                            lock: Any = None, progress: Callable[[int, int], None] | None = None) -> DatasetLatents:
+    """One pass of the classifier over `n_max` images of its dataset (all when n_max <= 0).
+
+    `lock` (a context manager) is held around each backbone forward: a server that shares the model with
+    other requests passes its model lock. `progress(done, total)` after each batch.
+    """
+    from ..interpret.purity import direction_activations, random_directions
+
+    ds = clf.dataset()
+    idx = sample_indices(len(ds), n_max, seed)
+    ids = ds.ids()
+    pooling = clf.sae.config.to_dict().get("latent_pooling", "max")
+    dirs = random_directions(clf.sae.d_in, n_control, seed + 1)
+    rows, ctrl = [], []
+    lock = lock if lock is not None else contextlib.nullcontext()
+    for s in range(0, len(idx), batch):
+        part = idx[s:s + batch]
+        images = [ds.image(int(i)) for i in part]
+        with lock:
+            _, tok, _ = clf.tokens(images, [ids[int(i)] for i in part])
+        rows.append(sp.csr_matrix(clf.latents_from_tokens(tok)))
+        ctrl.append(direction_activations(clf._sae_input(tok), dirs, pooling))
+        if progress is not None:
+            progress(min(s + batch, len(idx)), len(idx))
+    L = clf.n_latents
+    Z = sp.vstack(rows).tocsr().astype(np.float32) if rows else sp.csr_matrix((0, L), dtype=np.float32)
+    labels = {c.name: (list(c.classes), np.asarray(ds.labels(c.name))[idx]) for c in ds.concepts}
+    control = np.concatenate(ctrl) if ctrl else np.zeros((0, n_control), np.float32)
+    return DatasetLatents(Z, idx, labels, control, f"{n_control} random unit directions in the same feature space",
+                          model_key(clf, n_max), len(ds))
+
+
+# --------------------------------------------------------------------------- all latents at once
+@dataclass
+class LatentTable:
+    """Per-latent summary over the dataset sample: what the atlas colours and the browser opens on."""
+
+    frequency: np.ndarray  # (L,) share of images where the latent is active
+    max_activation: np.ndarray  # (L,)
+    purity: dict[str, np.ndarray]  # concept → (L,) majority share of its top images (NaN: too rare)
+    majority: dict[str, list[str | None]]  # concept → majority label per latent
+    chance: dict[str, float]  # concept → expected purity of random image sets
+    control_purity: dict[str, np.ndarray]  # concept → (n_control,) the control units' purity
+    best_concept: list[str | None]  # per latent: the concept whose purity is furthest above chance
+    best_margin: np.ndarray  # (L,) purity − chance on the best concept (NaN: no concept)
+    vs_control: np.ndarray  # (L,) purity on the best concept − the control's mean purity on it
+    top_n: int = PURITY_TOP_N
+
+
+def _purity_chunks(dl: DatasetLatents, lab: np.ndarray, top_n: int, chunk: int = 256):
+    from ..interpret.purity import majority
+
+    L = dl.n_latents
+    pur = np.full(L, np.nan)
+    maj = np.zeros(L, np.int64)
+    for s in range(0, L, chunk):
+        acts = dl.dense_columns(slice(s, min(L, s + chunk)))
+        m, share, _ = majority(acts, lab, top_n)
+        ok = (acts > 0).sum(0) >= min(top_n, max(1, dl.n))
+        pur[s:s + acts.shape[1]] = np.where(ok, share, np.nan)
+        maj[s:s + acts.shape[1]] = m
+    return pur, maj
+
+
+def latent_table(dl: DatasetLatents, top_n: int = PURITY_TOP_N) -> LatentTable:
+    from ..interpret.purity import chance_purity, label_purity
+
+    top_n = int(min(top_n, max(1, dl.n)))
+    act = dl.csc
+    counts = np.diff(act.indptr)
+    freq = counts / max(dl.n, 1)
+    mx = np.asarray(act.max(axis=0).toarray()).reshape(-1) if dl.n else np.zeros(dl.n_latents)
+    purity, majority_names, chance, ctrl = {}, {}, {}, {}
+    for c, (names, lab) in dl.labels.items():
+        lab = np.asarray(lab, np.int64)
+        if lab.size == 0 or lab.min() < 0:
+            continue
+        p, m = _purity_chunks(dl, lab, top_n)
+        purity[c] = p
+        majority_names[c] = [None if np.isnan(p[j]) else names[int(m[j])] for j in range(len(p))]
+        chance[c] = chance_purity(lab, top_n, n_draws=400)
+        ctrl[c] = label_purity(dl.control, lab, top_n, min_active=1)
+    L = dl.n_latents
+    best: list[str | None] = [None] * L
+    margin = np.full(L, np.nan)
+    vs = np.full(L, np.nan)
+    for c, p in purity.items():
+        m = p - chance[c]
+        better = np.isfinite(m) & ~(m <= margin)  # NaN margin (nothing yet) counts as worse
+        for j in np.flatnonzero(better):
+            best[j] = c
+        margin = np.where(better, m, margin)
+        cmean = float(np.nanmean(ctrl[c])) if np.isfinite(ctrl[c]).any() else np.nan
+        vs = np.where(better, p - cmean, vs)
+    return LatentTable(freq.astype(np.float64), mx.astype(np.float64), purity, majority_names, chance, ctrl, best,
+                       margin, vs, top_n)
+
+
+def useful_latent(table: LatentTable, clf) -> int:
+    """The latent a browser opens on: the purest (above chance) on the probe's concept among latents active on
+    enough images, else the one with the largest |probe weight| × frequency; never a dead latent if any lives."""
+    L = len(table.frequency)
+    live = np.flatnonzero(table.frequency > 0)
+    if live.size == 0:
+        return 0
+    c = clf.concept if clf.concept in table.purity else None
+    if c is not None:
+        p = table.purity[c]
+        ok = live[np.isfinite(p[live])]
+        if ok.size:
+            key = np.lexsort((-table.max_activation[ok], -p[ok]))
+            return int(ok[key[0]])
+    w = np.abs(np.asarray(clf.probe.coef)).max(0)[:L] * table.frequency
+    return int(live[np.argmax(w[live])])
+
+
+# --------------------------------------------------------------------------- one latent
+@dataclass
+class ConceptStats:
+    concept: str
+    majority: str | None
+    purity: float | None  # majority share of the latent's top images (None: active on too few images)
+    chance: float
+    control_purity: float | None  # the control units' mean purity
+    beats_control: float | None  # share of control units whose purity is below the latent's
+    distribution: dict[str, int]  # label → count among the latent's top images
+
+
+@dataclass
+class LatentStats:
+    """One latent's record (see the module docstring). JSON-able with `to_dict`."""
+
+    latent: int
+    n_latents: int
+    n_images: int  # images in the sample the statistics are over
+    n_dataset: int
+    frequency: float
+    n_active: int
+    mean_when_active: float
+    max_activation: float
+    histogram_edges: list[float]
+    histogram_counts: list[int]
+    top_images: list[int]  # dataset indices, strongest first (from the classifier's top-image table)
+    top_values: list[float]
+    concepts: list[ConceptStats]
+    best_concept: str | None
+    control_name: str
+    probe_weights: dict[str, float]
+    cofiring: list[dict[str, float]]  # [{"latent", "jaccard", "both"}], strongest first
+    dissection_iou: dict[str, float] | None = None
+    dissection_note: str = f"{NOT_AVAILABLE} (needs per-pixel concept masks)"
+    top_n: int = PURITY_TOP_N
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def dead(self) -> bool:
+        return self.n_active == 0 and not self.top_images
+
+
+def cofiring(dl: DatasetLatents, j: int, n: int = 8) -> list[dict[str, float]]:
+    """Latents whose active image sets overlap latent j's most (Jaccard), with the number of shared images."""
+    A = dl.csc  # activations are > 0 where stored (ReLU codes), so counts of stored entries are firing counts
+    a = (dl.column(j) > 0).astype(np.float32)
+    nj = a.sum()
+    if nj == 0:
+        return []
+    ones = sp.csc_matrix((np.ones_like(A.data), A.indices, A.indptr), shape=A.shape)
+    both = np.asarray(ones.T @ a).reshape(-1)
+    counts = np.diff(A.indptr)
+    jac = both / np.maximum(nj + counts - both, 1)
+    jac[j] = -1
+    order = [int(k) for k in np.argsort(-jac, kind="stable")[:n] if jac[k] > 0]
+    return [{"latent": k, "jaccard": float(jac[k]), "both": int(both[k])} for k in order]
+
+
+def probe_weights(clf, j: int) -> dict[str, float]:
+    probe = clf.probe
+    coef = np.asarray(probe.coef)
+    return {clf.class_names[int(c)]: float(coef[r, j] / probe.scaler_scale[j])
+            for r, c in enumerate(np.asarray(probe.classes, np.int64))}
+
+
+def latent_stats(dl: DatasetLatents, table: LatentTable, clf, j: int, n_top: int = 12, bins: int = 20) -> LatentStats:
+    """Latent j's record over the dataset sample `dl` (validated: 0 <= j < n_latents)."""
+    L = dl.n_latents
+    if not 0 <= int(j) < L:
+        raise ValueError(f"latent must be between 0 and {L - 1}, got {j}")
+    j = int(j)
+    z = dl.column(j)
+    on = z[z > 0]
+    if on.size:
+        counts, edges = np.histogram(on, bins=bins)
+    else:
+        counts, edges = np.zeros(0, np.int64), np.zeros(0)
+    top_n = table.top_n
+    order = np.argsort(-z, kind="stable")[:top_n]
+    order = order[z[order] > 0]
+    concepts = []
+    for c, (names, lab) in dl.labels.items():
+        if c not in table.purity:
+            continue
+        labs = np.asarray(lab)[order]
+        dist = {names[int(k)]: int((labs == k).sum()) for k in np.unique(labs)}
+        dist = dict(sorted(dist.items(), key=lambda kv: -kv[1]))
+        p = table.purity[c][j]
+        ctrl = table.control_purity[c]
+        finite = ctrl[np.isfinite(ctrl)]
+        concepts.append(ConceptStats(
+            c, table.majority[c][j], None if np.isnan(p) else float(p), float(table.chance[c]),
+            float(finite.mean()) if finite.size else None,
+            float((finite < p).mean()) if finite.size and not np.isnan(p) else None, dist))
+    top = clf.top_images(j, n_top)
+    return LatentStats(
+        latent=j, n_latents=L, n_images=dl.n, n_dataset=dl.n_dataset, frequency=float(on.size / max(dl.n, 1)),
+        n_active=int(on.size), mean_when_active=float(on.mean()) if on.size else 0.0,
+        max_activation=float(clf.top_values[j, 0]) if clf.top_values.shape[1] and top else float(on.max(initial=0)),
+        histogram_edges=[float(e) for e in edges], histogram_counts=[int(c) for c in counts], top_images=top,
+        top_values=[float(v) for v in clf.top_values[j][:len(top)]], concepts=concepts,
+        best_concept=table.best_concept[j], control_name=dl.control_name, probe_weights=probe_weights(clf, j),
+        cofiring=cofiring(dl, j), top_n=top_n)
