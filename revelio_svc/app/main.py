@@ -36,7 +36,7 @@ import gradio as gr
 import numpy as np
 
 from . import views
-from .service import ATLAS_VIEWS, FEWSHOT_DATASETS, DemoService, FewShotProbe, InputError
+from .service import ATLAS_VIEWS, FEWSHOT_DATASETS, DemoService, FewShotProbe, InputError, int_in
 
 log = logging.getLogger("revelio.demo")
 
@@ -200,7 +200,7 @@ class DemoUI:
 
     def _classify(self, image, top_n: int = 6):
         svc = self.svc
-        top = _int_arg(top_n, "top_n", 1, 12)
+        top = int_in(top_n, "top_n", 1, 12)
         path = upload_path(image)
         return self._explain_outputs(svc.explain(path, top=top))
 
@@ -609,17 +609,6 @@ class DemoUI:
 
         demo.load(on_load, None, [self.a_img, self.a_md, self.a_json, self.l_num, self.st_latent, *self.l_outs],
                   **private)
-
-
-def _int_arg(value, what: str, lo: int, hi: int) -> int:
-    try:
-        v = int(value)
-        ok = float(value) == v
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or not lo <= v <= hi:
-        raise InputError(f"{what} must be a whole number between {lo} and {hi}, got {value!r}")
-    return v
 
 
 def _warm(svc: DemoService) -> None:

@@ -471,15 +471,7 @@ class DemoService:
             return live[0] if live else 0
 
     def check_latent(self, latent: Any) -> int:
-        L = self.clf.n_latents
-        try:
-            j = int(latent)
-            ok = float(latent) == j
-        except (TypeError, ValueError):
-            ok = False
-        if not ok or not 0 <= j < L:
-            raise InputError(f"latent must be a whole number between 0 and {L - 1}, got {latent!r}")
-        return j
+        return int_in(latent, "latent", 0, self.clf.n_latents - 1)
 
     def latent_page(self, latent: Any) -> dict[str, Any]:
         """Latent j's statistics record (`LatentStats.to_dict()`) plus its top images with heatmaps."""
@@ -575,14 +567,7 @@ class DemoService:
 
     def explain_dataset_image(self, index: Any) -> dict[str, Any]:
         """The Classify explanation of dataset image `index`, with its own id (the exact training-time noise)."""
-        try:
-            i = int(index)
-            ok = float(index) == i
-        except (TypeError, ValueError):
-            ok = False
-        n = len(self.dataset())
-        if not ok or not 0 <= i < n:
-            raise InputError(f"image index must be a whole number between 0 and {n - 1}, got {index!r}")
+        i = int_in(index, "image index", 0, len(self.dataset()) - 1)
         rgb = self.thumb(i)
         ids = self.dataset().ids()
         with self.model_lock:
@@ -632,8 +617,8 @@ class DemoService:
         if mode == "add" and not 1 <= len(rel) <= 6:
             raise InputError(f"give 1 to 6 strengths, e.g. '1, 2, 4'; got {len(rel)}")
         seed_list = _seed_list(seeds)
-        n_steps = _int_in(steps, "steps", 2, 200)
-        lo, hi = _int_in(t_min, "t_min", 0, 999), _int_in(t_max, "t_max", 0, 999)
+        n_steps = int_in(steps, "steps", 2, 200)
+        lo, hi = int_in(t_min, "t_min", 0, 999), int_in(t_max, "t_max", 0, 999)
         if lo > hi:
             raise InputError(f"the timestep range is empty: t_min={lo} > t_max={hi}")
         scale = float(self.clf.top_values[j, 0]) if self.clf.top_values.shape[1] else 0.0
@@ -649,7 +634,7 @@ class DemoService:
         """Deletion curve of an uploaded image (`inference.faithfulness.deletion_curve`)."""
         from revelio_svc.inference.faithfulness import deletion_curve
 
-        n = _int_in(n_max, "n_max", 1, 64)
+        n = int_in(n_max, "n_max", 1, 64)
         img = decode_upload(path, int(self.clf.data.image_size), self.max_pixels)
         with self.model_lock:
             z = self.clf.latents([img.rgb])[0]
@@ -674,7 +659,8 @@ def _numbers(value: Any, what: str) -> list[float]:
     return out
 
 
-def _int_in(value: Any, what: str, lo: int, hi: int) -> int:
+def int_in(value: Any, what: str, lo: int, hi: int) -> int:
+    """A whole number in [lo, hi], or InputError naming `what`."""
     try:
         v = int(value)
         ok = float(value) == v
@@ -688,7 +674,7 @@ def _int_in(value: Any, what: str, lo: int, hi: int) -> int:
 def _seed_list(value: Any) -> list[int]:
     """A count n (seeds 0…n−1) or a list '3, 7, 11' of distinct seeds; at most 8."""
     if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
-        return list(range(_int_in(value, "seeds", 1, 8)))
+        return list(range(int_in(value, "seeds", 1, 8)))
     seeds = [int(v) for v in _numbers(value, "seeds")]
     if not 1 <= len(seeds) <= 8 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
         raise InputError(f"seeds: give a count from 1 to 8 or up to 8 distinct non-negative seeds; got {value!r}")

@@ -190,7 +190,10 @@ def make_scheduler(adapter, sampler: str, steps: int):
     if not 1 <= int(steps) <= n_train:
         raise ValueError(f"steps must be in [1, {n_train}], got {steps}")
     cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
-    sched = cls.from_config(adapter.scheduler.config)
+    # x0 clipping to [-1, 1] is for pixels; VAE latents span a wider range (a PNDM/Euler config has no such
+    # key, and DDIM/DDPM would otherwise default to clipping them)
+    kw = {"clip_sample": False} if getattr(adapter, "vae", None) is not None else {}
+    sched = cls.from_config(adapter.scheduler.config, **kw)
     sched.set_timesteps(int(steps))
     return sched
 
