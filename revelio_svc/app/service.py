@@ -628,6 +628,7 @@ class DemoService:
                     sampler=sampler, progress=progress, cache=self._baselines)
         if mode == "add":
             res.variants = ["baseline"] + [f"α = {r:g} × {unit:.2f} (its strongest activation)" for r in rel]
+            res.spec = spec
         return res
 
     def deletion(self, path: str | None, n_max: Any = 16) -> dict[str, Any]:

@@ -119,6 +119,8 @@ def input_notes_markdown(exp: dict[str, Any]) -> str:
     w, h = (inp.get("size") or [0, 0])[:2]
     if w and inp.get("model_size") and (w, h) != (inp["model_size"],) * 2:
         head += f"  \nInput {w}×{h} px, seen by the model at {inp['model_size']}×{inp['model_size']}."
+    if inp.get("dataset_index") is not None:
+        head += f"  \nThis is {inp['name']} (its own training-time noise, so exactly what the SAE saw)."
     resized = [n for n in notes if n.startswith("resized from")]
     converted = [n for n in notes if n not in resized]
     for n in resized:
@@ -199,6 +201,14 @@ class Sheet:
         return r, c
 
 
+_ASCII = str.maketrans({"×": "x", "α": "alpha", "−": "-", "–": "-", "·": "|", "≤": "<=", "≥": ">="})
+
+
+def _ascii(text: str) -> str:
+    """PIL's built-in font has no glyphs for ×, α, …: captions drawn into images use ASCII stand-ins."""
+    return text.translate(_ASCII)
+
+
 def draw_sheet(rows: Sequence[Sequence[np.ndarray | None]], captions: Sequence[str], tile: int = THUMB,
                cols: int | None = None, labels: Sequence[Sequence[str]] | None = None) -> tuple[np.ndarray, Sheet]:
     """Rows of RGB tiles (any size, shown at `tile` px; None = blank) with a caption above each row.
@@ -212,14 +222,15 @@ def draw_sheet(rows: Sequence[Sequence[np.ndarray | None]], captions: Sequence[s
     font, small = _font(12), _font(10)
     for r, row in enumerate(rows):
         x0, y0 = sheet.origin(r, 0)
-        draw.text((2, y0 - CAPTION + 1), captions[r] if r < len(captions) else "", fill=(30, 30, 30), font=font)
+        draw.text((2, y0 - CAPTION + 1), _ascii(captions[r]) if r < len(captions) else "", fill=(30, 30, 30),
+                  font=font)
         for c, im in enumerate(row[:cols]):
             x, y = sheet.origin(r, c)
             if im is None:
                 draw.rectangle((x, y, x + tile - 1, y + tile - 1), fill=(245, 245, 245))
                 continue
             out.paste(_upscale(im, tile), (x, y))
-            text = labels[r][c] if labels and r < len(labels) and c < len(labels[r]) else ""
+            text = _ascii(labels[r][c]) if labels and r < len(labels) and c < len(labels[r]) else ""
             if text:
                 w = draw.textlength(text, font=small)
                 draw.rectangle((x, y + tile - 13, x + w + 4, y + tile - 1), fill=(0, 0, 0))
@@ -237,7 +248,7 @@ def explanation_sheet(exp: dict[str, Any], thumb, n_top: int, top_values: np.nda
         rows.append([overlay(exp["rgb"], heat, scale, size=tile)] + [thumb(i) for i in tops])
         labels = r.get("top_labels") or []
         caps.append(f"latent {r['latent']}: {r['contribution']:+.3f} = activation {r['activation']:.2f} × weight "
-                    f"{r['weight']:+.3f} · left: where it fires in your image; right: where it fires most")
+                    f"{r['weight']:+.3f}")
         labs.append(["you"] + [f"#{i} {labels[k]}" if k < len(labels) else f"#{i}" for k, i in enumerate(tops)])
     if not rows:
         return draw_sheet([[exp["rgb"]]], ["no latent is active on this image"], tile)
