@@ -76,7 +76,7 @@ def main() -> None:
 
         clf = load_classifier(args.model)
     else:
-        from .quick import quick_classifier
+        from revelio_svc.app.quick import quick_classifier
 
         q = quick_classifier(load_config(None, []), n_images=args.n_images)
         clf = q.classifier

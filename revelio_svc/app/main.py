@@ -603,9 +603,13 @@ class DemoUI:
             j = svc.useful_latent()
             try:
                 atlas = self.atlas_fn("images", (svc.colour_options("images") or [None])[0])
-            except gr.Error:
-                atlas = (None, "The atlas needs the model's dataset, which cannot be loaded here.", None)
-            return (*atlas, j, j, *self.latent_fn(j))
+            except gr.Error as e:  # e.g. the model's dataset is not on this machine: say so in place
+                atlas = (None, f"The atlas is not available: {e.message}", None)
+            try:
+                page = self.latent_fn(j)
+            except gr.Error as e:
+                page = (f"Latent pages are not available: {e.message}", None, None, None, None, None)
+            return (*atlas, j, j, *page)
 
         demo.load(on_load, None, [self.a_img, self.a_md, self.a_json, self.l_num, self.st_latent, *self.l_outs],
                   **private)

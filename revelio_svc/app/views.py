@@ -51,15 +51,6 @@ def overlay(rgb: np.ndarray, heat: np.ndarray, scale: float | None = None, size:
     return np.clip(dimmed * (1 - alpha) + colour * alpha, 0, 255).astype(np.uint8)
 
 
-def strip(images: list[np.ndarray], size: int = THUMB, gap: int = GAP) -> np.ndarray:
-    """Images side by side on a white background (one gallery item per latent)."""
-    n = max(1, len(images))
-    out = Image.new("RGB", (n * size + (n - 1) * gap, size), (255, 255, 255))
-    for i, im in enumerate(images):
-        out.paste(_upscale(im, size), (i * (size + gap), 0))
-    return np.asarray(out)
-
-
 def probs_for_label(exp: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in exp["probs"].items()}
 
