@@ -303,3 +303,24 @@ def test_concurrent_requests_get_the_same_answers_as_one_at_a_time(served, tiny_
     for a, b in zip(alone, together):
         assert b["probs"] == pytest.approx(a["probs"], abs=1e-9)
         assert [r["latent"] for r in b["contributions"]] == [r["latent"] for r in a["contributions"]]
+
+
+@pytest.mark.parametrize("api,args,expect", [
+    ("/classify", ("IMAGE", 0), "top_n must be a whole number between 1 and 12"),
+    ("/deletion_curve", ("IMAGE", 0), "n_max must be a whole number between 1 and 64"),
+    ("/explain_dataset_image", ("abc",), "image index must be a whole number"),
+    ("/explain_dataset_image", (-1,), "image index must be a whole number between 0 and 39"),
+    ("/atlas", ("images", "flavour"), "cannot colour the images atlas by 'flavour'"),
+    ("/latent", (None,), "enter a latent number"),
+    ("/latent_search", ("flavour", "x"), "unknown concept 'flavour'"),
+    ("/steer", (None, "add", "1", "4", "ddim", 6, 0, 999), "enter a latent number"),
+    ("/steer", (3, "add", "1", "0, 0", "ddim", 6, 0, 999), "distinct"),
+    ("/steer", (3, "add", "1e9", "4", "ddim", 6, 0, 999), "between -1000 and 1000"),
+    ("/fewshot_save", ("x",), "train a few-shot probe first"),
+])
+def test_bad_input_to_any_endpoint_is_a_message_not_a_traceback(served, api, args, expect):
+    client = Client(served[0], verbose=False)
+    args = tuple(handle_file(str(example("star"))) if a == "IMAGE" else a for a in args)
+    with pytest.raises(AppError) as err:
+        client.predict(*args, api_name=api)
+    assert expect in str(err.value) and "Traceback" not in str(err.value)

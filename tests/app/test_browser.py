@@ -157,6 +157,21 @@ def _walk(url: str, clf, name: str) -> list[Path]:
             expect(page.locator("#latent-top-images img")).to_be_visible(timeout=60_000)
             shots.append(_shot(page, f"{name}-4-latent-page"))
 
+            # links: a top image → its explanation; a row of the explanation sheet → that latent's page
+            from revelio_svc.app.views import CAPTION, THUMB
+
+            _click_natural(page.locator("#latent-top-images img"), 20, CAPTION + 20)
+            expect(page.get_by_role("tab", name="Classify")).to_have_attribute("aria-selected", "true",
+                                                                               timeout=60_000)
+            expect(page.locator("#classify-notes")).to_contain_text("dataset image #", timeout=60_000)
+            first = page.locator("#classify-sheet img")
+            expect(first).to_be_visible(timeout=60_000)
+            page.wait_for_timeout(500)
+            _click_natural(first, THUMB // 2, CAPTION + THUMB // 2)
+            expect(page.get_by_role("tab", name="Latent pages")).to_have_attribute("aria-selected", "true",
+                                                                                   timeout=60_000)
+            expect(page.locator("#latent-summary")).to_contain_text("Latent ", timeout=60_000)
+
             # Steering: the latent the page opened on, few steps so the test stays short
             page.get_by_role("tab", name="Steering").click()
             steps = page.get_by_label("Steps").first
