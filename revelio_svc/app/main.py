@@ -298,7 +298,7 @@ class DemoUI:
         self.a_colour.input(atlas, [self.a_view, self.a_colour], [self.a_img, self.a_md, self.a_json],
                             api_visibility="private", **self.model_events)
 
-    def _atlas(self, view: str, colour_by: str, highlight: int | None = None):
+    def _atlas(self, view: str, colour_by: str):
         svc = self.svc
         xy = svc.atlas(view)
         values, title = svc.atlas_values(view, colour_by)
@@ -307,8 +307,7 @@ class DemoUI:
         else:
             colours, legend = views.categorical_colours(values)
         order = np.random.default_rng(0).permutation(len(xy))  # no class is always drawn on top
-        hl = None if highlight is None else int(np.flatnonzero(order == highlight)[0])
-        img = views.render_atlas(xy[order], colours[order], highlight=hl)
+        img = views.render_atlas(xy[order], colours[order])
         what = (f"{len(xy):,} images" + (f" (a seeded sample of the dataset's {svc.dataset_latents().n_dataset:,})"
                                         if svc.dataset_latents().n < svc.dataset_latents().n_dataset else "")
                 if view == "images" else f"{len(xy):,} latents")

@@ -530,7 +530,7 @@ class DemoService:
         concepts = list(self.concepts())
         if view == "images":
             return concepts + ["prediction"]
-        return ["best concept", "purity vs control"] + [f"purity: {c}" for c in concepts] + ["firing density"]
+        return ["best concept", "purity vs control"] + [f"majority label: {c}" for c in concepts] + ["firing density"]
 
     def atlas_values(self, view: str, colour_by: str) -> tuple[list[Any] | np.ndarray, str]:
         """What colours each point: categorical (a list) or continuous (an array), and the legend title."""
@@ -628,7 +628,6 @@ class DemoService:
                     sampler=sampler, progress=progress, cache=self._baselines)
         if mode == "add":
             res.variants = ["baseline"] + [f"α = {r:g} × {unit:.2f} (its strongest activation)" for r in rel]
-            res.spec = spec
         return res
 
     def deletion(self, path: str | None, n_max: Any = 16) -> dict[str, Any]:

@@ -350,21 +350,15 @@ def continuous_colours(values: np.ndarray, lo: float | None = None, hi: float | 
     return rgb
 
 
-def render_atlas(xy: np.ndarray, colours: np.ndarray, size: int = ATLAS_SIZE, point: int = 2,
-                 highlight: int | None = None) -> np.ndarray:
-    """Every point as a small square in a `size` px raster (later points on top; draw order is shuffled by the
-    caller when it matters); `highlight` gets a ring. Points map to [pad, size − pad] on both axes."""
+def render_atlas(xy: np.ndarray, colours: np.ndarray, size: int = ATLAS_SIZE, point: int = 2) -> np.ndarray:
+    """Every point as a small square in a `size` px raster (later points on top; the caller shuffles the draw
+    order). Points map to [pad, size − pad] on both axes; 50k points are one raster, not 50k plot marks."""
     img = np.full((size, size, 3), 255, np.uint8)
     if len(xy):
         p = atlas_pixels(xy, size)
         for dx in range(-point, point + 1):
             for dy in range(-point, point + 1):
                 img[np.clip(p[:, 1] + dy, 0, size - 1), np.clip(p[:, 0] + dx, 0, size - 1)] = colours
-        if highlight is not None and 0 <= highlight < len(xy):
-            x, y = p[highlight]
-            r = point + 5
-            for t in np.linspace(0, 2 * np.pi, 64):
-                img[np.clip(int(y + r * np.sin(t)), 0, size - 1), np.clip(int(x + r * np.cos(t)), 0, size - 1)] = 0
     return img
 
 

@@ -67,11 +67,13 @@ def folder_app(tiny_unet_dir, tmp_path_factory):
                              "probe.concept=label", f"output_dir={out}"])
     model_dir = out / "classifier"
     quick_classifier(cfg, n_latents=32, k=4, top_n=8).classifier.save(model_dir)
+    from tests.registry.helpers import isolate_mlflow_env, reset_mlflow_experiment
+
     with pytest.MonkeyPatch.context() as mp:
-        uri = f"sqlite:///{out / 'mlflow.db'}"
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        # a fresh store, whatever experiment or run an earlier test left in the environment
+        isolate_mlflow_env(mp, f"sqlite:///{out / 'mlflow.db'}")
+        reset_mlflow_experiment()
         mp.chdir(out)
-        mlflow.set_tracking_uri(uri)
         with mlflow.start_run():
             reg = register_model("classifier", model_dir, {"accuracy": 0.5})
         clf = load_classifier(f"{reg.name}/{reg.version}")
@@ -82,6 +84,7 @@ def folder_app(tiny_unet_dir, tmp_path_factory):
             demo.close()
             while mlflow.active_run() is not None:
                 mlflow.end_run()
+            reset_mlflow_experiment()
 
 
 def _click_natural(img, x: float, y: float) -> None:
