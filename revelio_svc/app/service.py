@@ -194,6 +194,7 @@ class DemoService:
         self._thumb_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._dl = None  # DatasetLatents
+        self._model_key: str | None = None
         self._table = None  # LatentTable
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.atlas_method = atlas_method
@@ -429,16 +430,24 @@ class DemoService:
     def _cache_file(self, what: str, key: str) -> Path | None:
         return self.cache_dir / f"{what}-{key}.safetensors" if self.cache_dir is not None else None
 
+    @property
+    def model_key(self) -> str:
+        """What the cached statistics are keyed by (hashes the weights once: large SAEs take a moment)."""
+        from revelio_svc.inference.latent_stats import model_key
+
+        if self._model_key is None:
+            self._model_key = model_key(self.clf, self.browse_images)
+        return self._model_key
+
     def dataset_latents(self, progress=None):
         """Image-level latents and the control over `browse_images` dataset images: computed once per model
         (keyed by its weights and data, `inference.latent_stats.model_key`) and kept in `cache_dir`."""
-        from revelio_svc.inference.latent_stats import DatasetLatents, compute_dataset_latents, model_key
+        from revelio_svc.inference.latent_stats import DatasetLatents, compute_dataset_latents
 
         with self._index_lock:
             if self._dl is None:
                 self.dataset()  # a dataset that cannot be loaded here: InputError with the reason
-                key = model_key(self.clf, self.browse_images)
-                f = self._cache_file("latents", key)
+                f = self._cache_file("latents", self.model_key)
                 if f is not None and f.is_file():
                     try:
                         self._dl = DatasetLatents.load(f)
@@ -513,9 +522,7 @@ class DemoService:
         key = (view, method)
         with self._atlas_lock:
             if key not in self._atlas:
-                from revelio_svc.inference.latent_stats import model_key
-
-                f = self._cache_file(f"atlas-{view}-{method}", model_key(self.clf, self.browse_images))
+                f = self._cache_file(f"atlas-{view}-{method}", self.model_key)
                 xy = load_file(str(f))["xy"] if f is not None and f.is_file() else None
                 if xy is None:
                     xy = (atlas_mod.image_atlas(dl.Z, method) if view == "images"

@@ -138,3 +138,22 @@ def test_a_model_whose_dataset_is_missing_still_builds_and_says_why(tiny_clf):
     with pytest.raises(InputError, match="cannot be loaded here"):
         svc.atlas("images")
     assert build_app(clf, service=svc) is not None
+
+
+def test_dataset_statistics_and_atlases_are_computed_once_per_model(tiny_clf, tmp_path, monkeypatch):
+    from revelio_svc.app.service import DemoService
+
+    first = DemoService(tiny_clf, cache_dir=tmp_path, browse_images=40)
+    xy = first.atlas("images")
+    lat = first.atlas("latents")
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert [f.split("-")[0] for f in files] == ["atlas", "atlas", "latents"]
+    assert all(first.model_key in f for f in files)
+
+    def no_forward(*a, **k):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(tiny_clf, "tokens", no_forward)
+    again = DemoService(tiny_clf, cache_dir=tmp_path, browse_images=40)
+    assert np.array_equal(again.atlas("images"), xy) and np.array_equal(again.atlas("latents"), lat)
+    assert (again.dataset_latents().Z != first.dataset_latents().Z).nnz == 0
