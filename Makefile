@@ -11,7 +11,9 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	# setuptools warns on every editable install that a folder named like the package could shadow it;
+	# ours is the package itself, so the warning is noise
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -29,9 +31,9 @@ services-deps:
 test: install services-deps
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-# Without services and browser: what a developer runs while editing.
+# Without services, browser and the full-size model runs: what a developer runs while editing.
 test-fast: install
-	$(VENV)/bin/pytest -q -m "not services and not browser" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -m "not services and not browser and not fullsize" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/bench_extract.py

@@ -162,7 +162,8 @@ class SAEConfig:
     expansion: int = 8
     k: int = 32
     relu: bool = True
-    normalize: Literal["none", "standard", "scalar"] = "scalar"
+    normalize: Literal["none", "standard", "scalar", "whiten"] = "scalar"
+    whiten_power: float = 1.0  # normalize=whiten: principal variances λ → λ^(1 − power); 1 = full whitening
     lr: float = 0.0  # 0 = scaled with the number of latents
     warmup_steps: int = 100
     steps: int = 2000
@@ -184,6 +185,7 @@ class SAEConfig:
                   checkpoint_every=self.checkpoint_every, eval_every=self.eval_every, dead_window=self.dead_window)
         _at_least("sae", 0, lr=self.lr, auxk_coef=self.auxk_coef, warmup_steps=self.warmup_steps,
                   k_aux=self.k_aux, num_threads=self.num_threads)
+        _check(0 < self.whiten_power <= 1, "sae.whiten_power", "must be in (0, 1]")
         _check(0 < self.heldout_fraction < 1, "sae.heldout_fraction", "must be in (0, 1)")
 
 

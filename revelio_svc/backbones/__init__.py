@@ -13,6 +13,10 @@ from .base import (
 
 
 def load_backbone(cfg: BackboneConfig) -> BackboneAdapter:
+    # one adapter module per kind, imported on demand: SD/SDXL/DiT pull in transformers (seconds)
+    if cfg.id.startswith("arch:"):  # full-size architecture, random weights (backbones/arch.py)
+        from .arch import load_arch_backbone
+        return load_arch_backbone(cfg)
     if cfg.kind == "unet2d":
         from .unet2d import UNet2DAdapter
         return UNet2DAdapter(cfg)

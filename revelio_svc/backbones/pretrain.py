@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DModel
 
 from ..config import Config, to_dict
 from ..contracts import Artifact, MetricsCallback, StageResult
 from ..data.shapes import ShapesDataset
 from ..identity import digest
 from ..progress import progress_bar
+from .hub import resolve_local
 from .unet2d import build_unet, default_scheduler
 
 CKPT = "checkpoint.pt"
@@ -40,8 +42,6 @@ def _batch(ds: ShapesDataset, step: int, batch_size: int, hflip: bool, gen: torc
 
 def sample_grid(model, n: int = 16, steps: int = 50, seed: int = 0) -> np.ndarray:
     """DDIM samples as one uint8 grid image (a quick look at what the model learned)."""
-    from diffusers import DDIMScheduler
-
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     sched.set_timesteps(steps)
     size = int(model.config.sample_size)
@@ -90,7 +90,7 @@ def _save_png(rgb: np.ndarray, path: Path) -> Path:
 
 
 def _loss_figure(losses: list[float], path: Path) -> Path:
-    import matplotlib
+    import matplotlib  # deferred: pyplot picks a backend on import
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -199,10 +199,6 @@ def pretrain(cfg: Config, on_metrics: MetricsCallback | None = None, progress: b
 
 def _load_init(model, ref: str) -> None:
     """Copy the weights of an existing backbone (same architecture) into `model`."""
-    from diffusers import UNet2DModel
-
-    from .hub import resolve_local
-
     path = resolve_local(ref)
     if path is None:
         raise RuntimeError(f"pretrain.init_from={ref!r} must be a backbone directory or a builtin: name")

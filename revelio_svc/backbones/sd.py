@@ -291,11 +291,8 @@ class StableDiffusionAdapter(LatentDiffusionAdapter):
         if mode == "generic":
             return [self.cfg.generic_prompt] * batch_size
         if mode == "class":
-            if class_names is None:
-                raise ConfigError("backbone.prompt_mode=class needs the class name of every image; "
-                                  "the dataset gave none (it needs a label column with class names)")
-            if len(class_names) != batch_size:
-                raise ValueError(f"prompt_mode=class: got {len(class_names)} class names for {batch_size} images")
+            _check_per_image(class_names, batch_size, "class names", "backbone.prompt_mode=class needs the class "
+                             "name of every image; the dataset gave none (it needs a label column with class names)")
             if not self._warned_class:
                 log.warning("backbone.prompt_mode=class puts each image's class name in the prompt: the features "
                             "then carry the label itself, so probe accuracy on them overstates what the model "
@@ -303,11 +300,8 @@ class StableDiffusionAdapter(LatentDiffusionAdapter):
                 self._warned_class = True
             return [self.cfg.class_template.format(n) for n in class_names]
         if mode == "caption":
-            if captions is None:
-                raise ConfigError("backbone.prompt_mode=caption needs a caption for every image; set "
-                                  "data.caption_column to a dataset column holding captions")
-            if len(captions) != batch_size:
-                raise ValueError(f"prompt_mode=caption: got {len(captions)} captions for {batch_size} images")
+            _check_per_image(captions, batch_size, "captions", "backbone.prompt_mode=caption needs a caption for "
+                             "every image; set data.caption_column to a dataset column holding captions")
             return [str(c) for c in captions]
         raise ConfigError(f"backbone.prompt_mode: unknown mode {mode!r}")
 
@@ -365,3 +359,10 @@ class StableDiffusionAdapter(LatentDiffusionAdapter):
     def denoise_forward(self, x_t: torch.Tensor, t: int, cond: Conditioning) -> torch.Tensor:
         ts = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
         return self.unet(x_t.to(self.device, self.dtype), ts, **cond.kwargs).sample
+
+
+def _check_per_image(values: Sequence[str] | None, batch_size: int, what: str, missing: str) -> None:
+    if values is None:
+        raise ConfigError(missing)
+    if len(values) != batch_size:
+        raise ValueError(f"got {len(values)} {what} for {batch_size} images")

@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "extract": ("Capture hook-point activations at chosen timesteps into a resumable feature store.",
                 "One forward per (batch, t) captures every hook point; pooling mean, max or tokens.",
                 ("data", "backbone", "extract", "tracking")),
+    "plan": ("Before extracting: shapes and bytes per hook point, exact store size, peak memory and run time.",
+             "Store size is exact (every file); memory and time are estimates (fake-tensor forward, timed probe). "
+             "Exits 1 when the store would not fit the destination's free space.", ("data", "backbone", "extract")),
     "train-sae": ("Train a k-sparse autoencoder (TopK or BatchTopK) on one (hook point, timestep) of a store.",
                   "Streams shards, checkpoints and resumes, logs fvu/l0/dead_frac to MLflow.",
                   ("data", "backbone", "extract", "sae", "probe", "tracking")),
@@ -97,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--alias", default="champion", help="promote: alias to set (default champion)")
         if name == "extract":
             p.add_argument("--no-mlflow", action="store_true", help="do not open an MLflow run")
+        if name == "plan":
+            p.add_argument("--no-probe", action="store_true", help="no timed forward (no run-time estimate)")
+            p.add_argument("--json", action="store_true", help="print the plan as JSON")
         if name == "demo":  # short names for the options everyone types
             for short in ("model", "host", "port"):
                 p.add_argument(f"--{short}", dest=f"opt:demo.{short}", default=None, help=f"= --demo.{short}")
@@ -117,7 +123,10 @@ def load(args: argparse.Namespace) -> Config:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Failures a user can fix (a server down, a model or store missing): one line, exit code 1."""
+    """Failures a user can fix (a server down, a model or store missing): one line, exit code 1.
+
+    Imported here, not at the top: the modules behind them load torch and MLflow, and --help should not.
+    """
     from ..backbones import ModelUnavailableError
     from ..data import DatasetUnavailableError
     from ..features import StoreError

@@ -28,16 +28,30 @@ def pretrain(cfg: Config, args: argparse.Namespace) -> int:
 
 def extract(cfg: Config, args: argparse.Namespace) -> int:
     from ..features.extract import extract as run_extract
-    from ..tracking import log_result, stage_run
+    from ..features.plan import preflight
+    from ..tracking import log_json, log_result, stage_run
 
+    # the plan first: its figures, and a refusal (nothing written) when the store would not fit
+    pl, kw = preflight(cfg)
     if getattr(args, "no_mlflow", False):
-        res = run_extract(cfg)
+        res = run_extract(cfg, **kw)
     else:
         with stage_run(cfg, "extract"):
-            res = run_extract(cfg)
+            log_json(pl.to_dict(), "plan.json", "feature_store")
+            res = run_extract(cfg, **kw)
             log_result(res)
     print(f"feature store: {res.store_uri} ({res.n_rows} rows, {len(res.skipped)} skipped, "
           f"{res.images_per_s:.0f} images·t/s)")
+    return 0
+
+
+def plan(cfg: Config, args: argparse.Namespace) -> int:
+    from ..features.plan import format_plan
+    from ..features.plan import plan as make_plan
+
+    p = make_plan(cfg, probe=not args.no_probe)
+    print(json.dumps(p.to_dict(), indent=1) if args.json else format_plan(p))
+    p.ensure_fits()  # InsufficientSpaceError: reported by cli.main, exit code 1
     return 0
 
 

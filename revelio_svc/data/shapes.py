@@ -47,6 +47,62 @@ def _polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tup
     raise ValueError(shape)
 
 
+# Masks: "object" is the whole shape; parts are where a shape has them (a circle has none). Part masks
+# are regions of the object, so dissection can ask whether a unit follows the part or just the object.
+PARTS: dict[str, tuple[str, ...]] = {"circle": (), "square": ("corners",), "triangle": ("corners",),
+                                     "star": ("tips",), "cross": ("arms",), "hexagon": ("corners",)}
+MASK_NAMES = ("object", "tips", "arms", "corners")
+_CORNER_FRACTION = 0.3  # a corner region: within this fraction of the side length from a vertex
+
+
+def _part_polygons(shape: str, cx: float, cy: float, r: float, rot: float) -> dict[str, list[list[tuple[float, float]]]]:
+    """Polygons whose union is each part (supersampled pixel coordinates); corners are handled apart."""
+    if shape == "star":
+        pts = _polygon(shape, cx, cy, r, rot)  # even indices are the outer points
+        return {"tips": [[pts[j - 1], pts[j], pts[(j + 1) % 10]] for j in range(0, 10, 2)]}
+    if shape == "cross":
+        w = 0.36 * r
+        c, s = math.cos(rot), math.sin(rot)
+        arms = []
+        for a in range(4):  # the arm along +x, turned by a quarter turn each time
+            ca, sa = math.cos(a * math.pi / 2), math.sin(a * math.pi / 2)
+            local = [(w, -w), (r, -w), (r, w), (w, w)]
+            local = [(x * ca - y * sa, x * sa + y * ca) for x, y in local]
+            arms.append([(cx + x * c - y * s, cy + x * s + y * c) for x, y in local])
+        return {"arms": arms}
+    return {}
+
+
+def shape_masks(shape: str, cx: float, cy: float, r: float, rot: float, big: int, size: int) -> dict[str, np.ndarray]:
+    """Bool (size, size) masks for every name in `MASK_NAMES` (empty where the shape lacks the part).
+
+    Drawn on the supersampled canvas like the image and box-downsampled the same way; a pixel is in a
+    mask when at least half of it is covered, so a mask pixel is mostly object colour in the image.
+    """
+    def draw(fn) -> np.ndarray:
+        canvas = Image.new("L", (big, big), 0)
+        fn(ImageDraw.Draw(canvas))
+        return np.asarray(canvas, np.uint8)
+
+    def down(hi: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(hi).resize((size, size), Image.BOX), np.uint8) >= 128
+
+    if shape == "circle":
+        obj = draw(lambda d: d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255))
+    else:
+        obj = draw(lambda d: d.polygon(_polygon(shape, cx, cy, r, rot), fill=255))
+    out = {name: np.zeros((size, size), bool) for name in MASK_NAMES}
+    out["object"] = down(obj)
+    for part, polys in _part_polygons(shape, cx, cy, r, rot).items():
+        out[part] = down(draw(lambda d: [d.polygon(p, fill=255) for p in polys]) & obj)
+    if "corners" in PARTS[shape]:
+        pts = _polygon(shape, cx, cy, r, rot)
+        rho = _CORNER_FRACTION * math.dist(pts[0], pts[1])
+        discs = draw(lambda d: [d.ellipse([x - rho, y - rho, x + rho, y + rho], fill=255) for x, y in pts])
+        out["corners"] = down(discs & obj)
+    return out
+
+
 def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
     r, g, b = colorsys.hsv_to_rgb(h % 1.0, s, v)
     return int(r * 255), int(g * 255), int(b * 255)
@@ -54,6 +110,18 @@ def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
 
 def render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict[str, int]]:
     """Draw one image; returns the uint8 array and its labels."""
+    img, labels, _ = _render(rng, size, with_masks=False)
+    return img, labels
+
+
+def render_with_masks(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict[str, int], dict[str, np.ndarray]]:
+    """`render` plus the image's masks (`MASK_NAMES` → bool (size, size)); the image is the same bytes."""
+    return _render(rng, size, with_masks=True)
+
+
+def _render(rng: np.random.Generator, size: int, with_masks: bool):
+    # every random draw happens here, in this order, whether or not masks are asked for: the masks are
+    # drawn afterwards from the geometry alone, so asking for them can never change an image
     shape = int(rng.integers(len(SHAPES)))
     colour = int(rng.integers(len(COLOURS)))
     size_c = int(rng.integers(len(SIZES)))
@@ -103,7 +171,9 @@ def render(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict[str, i
         draw.polygon(_polygon(SHAPES[shape], cx, cy, r, rot), fill=fg)
     img = np.asarray(canvas.resize((size, size), Image.BOX), dtype=np.uint8)
     position = int(cx_f >= 0.5) + 2 * int(cy_f >= 0.5)
-    return img, {"shape": shape, "colour": colour, "size": size_c, "background": bg, "position": position}
+    labels = {"shape": shape, "colour": colour, "size": size_c, "background": bg, "position": position}
+    masks = shape_masks(SHAPES[shape], cx, cy, r, rot, big, size) if with_masks else {}
+    return img, labels, masks
 
 
 class ShapesDataset(ImageDataset):
@@ -129,6 +199,24 @@ class ShapesDataset(ImageDataset):
 
     def sample(self, i: int) -> tuple[np.ndarray, dict[str, int]]:
         return render(self._rng(i), self.image_size)
+
+    mask_names = MASK_NAMES
+
+    def masks(self, i: int) -> dict[str, np.ndarray]:
+        """Per-pixel ground truth of image i: `mask_names` → bool (image_size, image_size).
+
+        "object" covers the shape; "tips" (star), "arms" (cross) and "corners" (square, triangle,
+        hexagon) are its parts, empty for shapes without them. What dissection scores units against.
+        """
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for {self.n} images")
+        return render_with_masks(self._rng(i), self.image_size)[2]
+
+    def masks_batch(self, indices) -> dict[str, np.ndarray]:
+        """`masks` of several images stacked: name → bool (len(indices), image_size, image_size)."""
+        got = [self.masks(int(i)) for i in indices]
+        shape = (0, self.image_size, self.image_size)
+        return {k: np.stack([g[k] for g in got]) if got else np.zeros(shape, bool) for k in MASK_NAMES}
 
     @property
     def concepts(self) -> tuple[Concept, ...]:

@@ -16,6 +16,7 @@ from ..contracts import StageResult
 from ..data import BadImageError, ImageDataset, assign_split, load_dataset
 from ..identity import Paths, digest
 from ..progress import progress_bar
+from .space import check_manifest_fits
 from .store import StoreWriter, new_manifest, set_key
 
 
@@ -97,7 +98,9 @@ def _decode(ds: ImageDataset, indices: range) -> tuple[list[int], list[np.ndarra
 
 
 def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageDataset | None = None,
-            progress: bool = True, on_shard=None) -> ExtractResult:
+            progress: bool = True, on_shard=None, feature_sets: dict[str, dict] | None = None) -> ExtractResult:
+    """`feature_sets`: the manifest's feature sets when already known (from `plan`, whose probe forward
+    checked them), so that no extra forward is spent on learning the shapes."""
     ec = cfg.extract
     if ec.num_threads:
         torch.set_num_threads(ec.num_threads)
@@ -121,7 +124,7 @@ def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageD
     # shapes of every set, from one probe forward on the first decodable image
     order = [h for h in adapter.hook_points() if h in ec.hook_points] + [
         h for h in ec.hook_points if h not in adapter.hook_points()]
-    feature_sets: dict[str, dict] = {}
+    known_sets, feature_sets = feature_sets, {}
     writer = None
     captions_fn = getattr(ds, "caption", None)
     class_names = ds.label_names().get(concepts[0], []) if concepts else []
@@ -147,7 +150,7 @@ def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageD
             if not kept and s < n_shards - 1:
                 pass
             writer, feature_sets = _open_writer(uri, conf, chash, n, ec, ds, adapter, order, imgs, ids, kept,
-                                                cond_for, np_dtype)
+                                                cond_for, np_dtype, known_sets)
             if s in writer.done:
                 bar.update(min(ec.shard_size, n - s * ec.shard_size) * len(ec.timesteps))
                 continue
@@ -202,7 +205,9 @@ def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageD
                          dataset=conf["dataset"])
 
 
-def _open_writer(uri, conf, chash, n, ec, ds, adapter, order, imgs, ids, kept, cond_for, np_dtype):
+def _open_writer(uri, conf, chash, n, ec, ds, adapter, order, imgs, ids, kept, cond_for, np_dtype, known_sets=None):
+    if known_sets is not None:
+        return _create_writer(uri, conf, chash, n, ec, ds, known_sets)
     if not kept:
         # find one decodable image anywhere to learn the shapes
         for i in range(n):
@@ -224,6 +229,12 @@ def _open_writer(uri, conf, chash, n, ec, ds, adapter, order, imgs, ids, kept, c
                 shape = list(pool(m, p).shape[1:])
                 feature_sets[set_key(h, t, p)] = {"hook_point": h, "timestep": t, "pooling": p,
                                                   "shape": shape, "dtype": np.dtype(np_dtype).name}
+    return _create_writer(uri, conf, chash, n, ec, ds, feature_sets)
+
+
+def _create_writer(uri, conf, chash, n, ec, ds, feature_sets):
     manifest = new_manifest(conf, chash, n, ec.shard_size, ds.label_names(), feature_sets)
+    # refuse a local store that would not fit before anything is written (exact sizes, features/plan.py)
+    check_manifest_fits(uri, manifest, [c.name for c in ds.concepts])
     writer = StoreWriter(uri, manifest)
     return writer, {k: {"shape": list(v.shape)} for k, v in writer.manifest.feature_sets.items()}

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .errors import StoreError
 
 FORMAT = "revelio-feature-store"
@@ -35,8 +37,6 @@ class FeatureSetSpec:
 
     @property
     def row_bytes(self) -> int:
-        import numpy as np
-
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
 

@@ -412,7 +412,7 @@ class Classifier:
 
 def explanation_figure(clf: Classifier, exp: dict[str, Any], n_images: int = 4):
     """The image, each top latent's heatmap over it, and that latent's top dataset images (matplotlib figure)."""
-    import matplotlib
+    import matplotlib  # deferred: pyplot picks a backend on import, and most predictions draw nothing
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

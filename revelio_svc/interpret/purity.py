@@ -5,14 +5,19 @@ A *unit* is anything with one activation per image: an SAE latent (image-level, 
 pooled over positions like the SAE's latents) or a raw channel (ReLU(x_c), same pooling).
 `acts` arrays are (n_images, n_units).
 
-- `sigma_label` (Revelio, Kim et al. 2025): among units active (> 0) on more than `min_active` = 10
-  images, take the `top_latents` = 1000 with the largest mean activation; for each, the standard
-  deviation (population, ddof = 0) of the integer class labels of its `top_images` = 10 most activating
-  images; report the mean. Lower = more label-consistent.
+- `sigma_label` (Revelio, Kim et al. 2025), as docs/findings.md defines it and `probe.metrics` computes
+  it (one definition for the whole package): for each unit active (> 0) on at least `top_n` = 20 images,
+  the spread sqrt(Σ_c p_c (1 − p_c)) of the label frequencies p over its `top_n` most activating
+  images, averaged over units. Lower = more label-consistent. It does not depend on how classes are
+  numbered (the std of integer class ids did).
 - `label_purity` per concept: for each unit active on at least `top_n` images, the share of its `top_n`
   most activating images that carry the majority label among them. Binary and easy concepts make any
   set look pure, so purity is always reported next to random directions, raw channels and chance
   (`chance_purity`: the same statistic for random image sets).
+- Redundancy: a dictionary can repeat one direction many times (random dictionaries on features with a
+  dominant direction do), and each copy would count as one more pure unit. `redundancy_groups` joins
+  units whose image activations correlate above 0.9 or that share their top images; `purity_report`
+  counts each group once and also gives the best unit per class and how many classes have a pure unit.
 """
 from __future__ import annotations
 
@@ -41,20 +46,57 @@ def top_rows(acts: np.ndarray, n: int) -> np.ndarray:
     return np.take_along_axis(cand, order, axis=0).T.astype(np.int64)
 
 
-def sigma_label(acts: np.ndarray, labels: np.ndarray, top_images: int = 10, top_latents: int = 1000,
-                min_active: int = 10) -> float:
-    """Mean std of class labels over each unit's top images (see the module docstring); NaN if no unit qualifies."""
+def label_spread(labels: np.ndarray, n_classes: int) -> float:
+    """Spread of categorical labels: the total std of their one-hot codes, sqrt(sum_c p_c (1 - p_c)).
+
+    0 when every label is the same, sqrt(1 - 1/K) when they are uniform over K classes. Unlike the std
+    of label ids, it does not depend on how classes happen to be numbered.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return float("nan")
+    p = np.bincount(labels, minlength=n_classes) / labels.size
+    return float(np.sqrt(np.sum(p * (1 - p))))
+
+
+def sigma_label_stats(acts: np.ndarray, labels: np.ndarray, n_classes: int, top_n: int = 20,
+                      require_active: bool = True) -> dict[str, float]:
+    """The paper's label spread over top-activating images, for every unit of `acts` (n_images, n_units).
+
+    For each unit active (> 0) on at least `top_n` images (every unit when `require_active` is False, as
+    for raw channels, which are signed and have no "inactive"), take its `top_n` highest-activating images and
+    measure the spread of their labels (`label_spread`); report the mean over those units, how many
+    qualified, and the same spread for the whole dataset (what a unit that ignores the label gets).
+    Lower is more monosemantic for this concept.
+    """
     acts = np.asarray(acts)
     labels = np.asarray(labels)
+    if acts.ndim != 2 or len(acts) != len(labels):
+        raise ValueError(f"acts must be (n_images, n_units) with one label per image; got {acts.shape}, "
+                         f"{labels.shape}")
+    active = ((acts > 0).sum(axis=0) >= top_n) if require_active else np.ones(acts.shape[1], bool)
+    units = np.flatnonzero(active)
+    base = label_spread(labels, n_classes)
+    if units.size == 0 or len(acts) < top_n:
+        return {"sigma_label": float("nan"), "sigma_label_units": 0, "sigma_label_chance": base}
+    # argpartition keeps this O(n·units); the order inside the top set does not matter to the spread
+    top = np.argpartition(-acts[:, units], top_n - 1, axis=0)[:top_n]  # (top_n, units)
+    top_labels = labels[top]
+    onehot = np.zeros((units.size, n_classes))
+    for c in range(n_classes):
+        onehot[:, c] = (top_labels == c).mean(axis=0)
+    spreads = np.sqrt(np.sum(onehot * (1 - onehot), axis=1))
+    return {"sigma_label": float(spreads.mean()), "sigma_label_units": int(units.size), "sigma_label_chance": base}
+
+
+def sigma_label(acts: np.ndarray, labels: np.ndarray, top_n: int = 20, n_classes: int | None = None) -> float:
+    """Mean label spread over each active unit's top images (see the module docstring); NaN if no unit qualifies."""
+    labels = np.asarray(labels).astype(np.int64)
+    acts = np.asarray(acts)
     if acts.shape[0] != labels.shape[0]:
         raise ValueError(f"acts has {acts.shape[0]} images but labels has {labels.shape[0]}")
-    eligible = np.flatnonzero((acts > 0).sum(0) > min_active)
-    if eligible.size == 0:
-        return float("nan")
-    mean_act = acts[:, eligible].mean(0)
-    chosen = eligible[np.argsort(-mean_act, kind="stable")[:top_latents]]
-    top = top_rows(acts[:, chosen], top_images)
-    return float(np.std(labels[top].astype(np.float64), axis=1).mean())
+    n_classes = int(labels.max()) + 1 if n_classes is None and labels.size else (n_classes or 1)
+    return sigma_label_stats(acts, labels, n_classes, top_n=min(top_n, len(labels)))["sigma_label"]
 
 
 def majority(acts: np.ndarray, labels: np.ndarray, top_n: int = 20) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,6 +144,78 @@ def purity_summary(purity: np.ndarray, threshold: float = 0.6) -> dict[str, floa
         return {"mean": float("nan"), "share_above": float("nan"), "max": float("nan"), "n_units": 0}
     return {"mean": float(p.mean()), "share_above": float((p > threshold).mean()), "max": float(p.max()),
             "n_units": int(p.size)}
+
+
+def redundancy_groups(acts: np.ndarray, corr: float = 0.9, top_n: int = 20) -> np.ndarray:
+    """Group id per unit (n_units,): units linked when their image activations correlate above `corr`
+    (Pearson: raw cosine of non-negative activations is high for any two busy units) or when their
+    `top_n` image sets are identical; groups are the connected components of those links.
+
+    Constant units have no correlation and join only through identical top sets.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    acts = np.asarray(acts, np.float64)
+    n = acts.shape[1]
+    if n == 0:
+        return np.zeros(0, np.int64)
+    z = acts - acts.mean(0)
+    norm = np.linalg.norm(z, axis=0)
+    ok = norm > 1e-12
+    z[:, ok] /= norm[ok]
+    z[:, ~ok] = 0.0
+    rows, cols = [], []
+    for s in range(0, n, 1024):  # bounded memory for wide dictionaries
+        c = z[:, s:s + 1024].T @ z
+        r, q = np.nonzero(c > corr)
+        rows.append(r + s)
+        cols.append(q)
+    top = np.sort(top_rows(acts, top_n), axis=1)
+    _, first = np.unique(top, axis=0, return_inverse=True)
+    first = np.asarray(first).ravel()
+    rows.append(np.arange(n))
+    cols.append(first.astype(np.int64) + n)  # each unit to a node for its top set
+    r, q = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r)), (r, q)), shape=(2 * n, 2 * n))
+    _, lab = connected_components(graph, directed=False)
+    _, group = np.unique(lab[:n], return_inverse=True)
+    return np.asarray(group, np.int64).ravel()
+
+
+def purity_report(acts: np.ndarray, labels: np.ndarray, top_n: int = 20, threshold: float = 0.6,
+                  corr: float = 0.9, n_classes: int | None = None) -> dict[str, float]:
+    """Purity of one concept in forms redundancy cannot inflate.
+
+    - `share_above`, `mean`, `n_units`: over eligible units (active on ≥ top_n images), as `purity_summary`;
+    - `n_groups`, `share_above_dedup`, `n_pure_dedup`: the same with each redundancy group counted once
+      (a group's purity is the mean of its eligible members);
+    - `best.<class>`: the best purity of a unit whose majority is that class (0 when none);
+    - `classes_with_pure_unit`: classes whose best unit exceeds `threshold`.
+    """
+    labels = np.asarray(labels).astype(np.int64)
+    n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
+    pur = label_purity(acts, labels, top_n)
+    maj, _, _ = majority(acts, labels, top_n)
+    ok = ~np.isnan(pur)
+    out = {f"{k}": v for k, v in purity_summary(pur, threshold).items()}
+    groups = redundancy_groups(np.asarray(acts)[:, ok], corr, top_n) if ok.any() else np.zeros(0, np.int64)
+    if groups.size:
+        g_pur = np.bincount(groups, weights=pur[ok]) / np.bincount(groups)
+        out["n_groups"] = int(g_pur.size)
+        out["share_above_dedup"] = float((g_pur > threshold).mean())
+        out["n_pure_dedup"] = int((g_pur > threshold).sum())
+    else:
+        out.update({"n_groups": 0, "share_above_dedup": float("nan"), "n_pure_dedup": 0})
+    out["n_pure"] = int((pur[ok] > threshold).sum())
+    best = np.zeros(n_classes)
+    for c in range(n_classes):
+        sel = ok & (maj == c)
+        best[c] = float(pur[sel].max()) if sel.any() else 0.0
+        out[f"best.{c}"] = best[c]
+    out["classes_with_pure_unit"] = int((best > threshold).sum())
+    out["best_mean"] = float(best.mean())
+    return out
 
 
 # --------------------------------------------------------------------------- baselines

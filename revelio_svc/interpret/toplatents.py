@@ -197,7 +197,8 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
     metrics["latents_active_frac"] = float((n_active > 0).mean())
     sig: dict[str, dict[str, float]] = {}
     for k, lab in labels.items():
-        sig[k] = {m: sigma_label(a, lab) for m, a in acts.items()}
+        n_cls = len(store.label_names.get(k, [])) or None
+        sig[k] = {m: sigma_label(a, lab, purity_top_n, n_classes=n_cls) for m, a in acts.items()}
         metrics[f"sigma_label.{k}"] = sig[k]["sae"]
         metrics[f"sigma_label_random.{k}"] = sig[k]["random"]
     if primary is not None:

@@ -20,6 +20,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..config import Config, replace
+from ..data import load_dataset
+from ..features.extract import extract, store_uri_for
 from ..features.store import FeatureStore, StoreError, open_store, set_key
 
 
@@ -44,8 +46,6 @@ def downsample(images: np.ndarray, size: int | None) -> np.ndarray:
 
 def dataset_for_store(cfg: Config, store: FeatureStore):
     """`load_dataset(cfg.data)`, checked to be the dataset the store was extracted from."""
-    from ..data import load_dataset
-
     ds = load_dataset(cfg.data)
     want = store.config.get("dataset", {}).get("fingerprint")
     got = ds.fingerprint()
@@ -111,8 +111,6 @@ def random_init_store(cfg: Config, hook_points: Sequence[str], timesteps: Sequen
     `model_backbone` (the model store's `config["backbone"]`) guards against a control built from
     another architecture than the one under study.
     """
-    from ..features.extract import extract, store_uri_for
-
     if model_backbone and (model_backbone.get("kind"), model_backbone.get("id")) != (cfg.backbone.kind,
                                                                                     cfg.backbone.id):
         raise ControlError(
@@ -122,8 +120,6 @@ def random_init_store(cfg: Config, hook_points: Sequence[str], timesteps: Sequen
 
     keys = [set_key(h, t, p) for h in hook_points for t in timesteps for p in poolings]
     if dataset is None:
-        from ..data import load_dataset
-
         dataset = load_dataset(cfg.data)
     full = random_init_config(cfg)
     narrow = random_init_config(cfg, hook_points, timesteps, poolings)

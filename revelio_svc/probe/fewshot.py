@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..data import FewShotShortfall, few_shot_indices
 from .metrics import accuracy, chance_accuracy, macro_f1, mean_std
 
 
@@ -59,8 +60,6 @@ def few_shot_rows(labels: np.ndarray, is_test: np.ndarray, k: int | None, seed: 
     dataset index, so the picks do not move when other images are skipped, and for one seed the 1-shot
     rows are among the 5-shot rows. A class with fewer than k training rows contributes all it has.
     """
-    from ..data import FewShotShortfall, few_shot_indices
-
     labels = np.asarray(labels, np.int64)
     is_test = np.asarray(is_test, bool)
     if labels.shape != is_test.shape:

@@ -72,53 +72,10 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std())
 
 
-def label_spread(labels: np.ndarray, n_classes: int) -> float:
-    """Spread of categorical labels: the total std of their one-hot codes, sqrt(sum_c p_c (1 - p_c)).
-
-    0 when every label is the same, sqrt(1 - 1/K) when they are uniform over K classes. Unlike the std
-    of label ids, it does not depend on how classes happen to be numbered.
-    """
-    labels = np.asarray(labels)
-    if labels.size == 0:
-        return float("nan")
-    p = np.bincount(labels, minlength=n_classes) / labels.size
-    return float(np.sqrt(np.sum(p * (1 - p))))
-
-
-def sigma_label(acts: np.ndarray, labels: np.ndarray, n_classes: int, top_n: int = 20,
-                require_active: bool = True) -> dict[str, float]:
-    """The paper's label spread over top-activating images, for every unit of `acts` (n_images, n_units).
-
-    For each unit active (> 0) on at least `top_n` images (every unit when `require_active` is False, as
-    for raw channels, which are signed and have no "inactive"), take its `top_n` highest-activating images and
-    measure the spread of their labels (`label_spread`); report the mean over those units, how many
-    qualified, and the same spread for the whole dataset (what a unit that ignores the label gets).
-    Lower is more monosemantic for this concept.
-    """
-    acts = np.asarray(acts)
-    labels = np.asarray(labels)
-    if acts.ndim != 2 or len(acts) != len(labels):
-        raise ValueError(f"acts must be (n_images, n_units) with one label per image; got {acts.shape}, "
-                         f"{labels.shape}")
-    active = ((acts > 0).sum(axis=0) >= top_n) if require_active else np.ones(acts.shape[1], bool)
-    units = np.flatnonzero(active)
-    base = label_spread(labels, n_classes)
-    if units.size == 0 or len(acts) < top_n:
-        return {"sigma_label": float("nan"), "sigma_label_units": 0, "sigma_label_chance": base}
-    # argpartition keeps this O(n·units); the order inside the top set does not matter to the spread
-    top = np.argpartition(-acts[:, units], top_n - 1, axis=0)[:top_n]  # (top_n, units)
-    top_labels = labels[top]
-    onehot = np.zeros((units.size, n_classes))
-    for c in range(n_classes):
-        onehot[:, c] = (top_labels == c).mean(axis=0)
-    spreads = np.sqrt(np.sum(onehot * (1 - onehot), axis=1))
-    return {"sigma_label": float(spreads.mean()), "sigma_label_units": int(units.size), "sigma_label_chance": base}
-
-
 # --------------------------------------------------------------------------- figures
 def confusion_figure(cm: np.ndarray, class_names: Sequence[str], title: str = ""):
     """Row-normalised confusion matrix with counts written in each cell."""
-    import matplotlib
+    import matplotlib  # deferred: pyplot picks a backend on import, and most callers never draw
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt

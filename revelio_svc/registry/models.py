@@ -24,6 +24,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.models import ModelSignature
 from mlflow.pyfunc import PythonModel
 
 from .. import __version__
@@ -139,7 +140,6 @@ def _png(rgb: np.ndarray) -> bytes:
 
 def signature_and_example(kind: str, payload: Path, example: Any = None):
     """(ModelSignature, input example) for a saved SAE / probe / classifier directory."""
-    from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
     if kind == "sae":

@@ -26,7 +26,13 @@ from mlflow.exceptions import MlflowException
 from scipy.stats import binomtest
 
 from ..contracts import EVALUATION_FILE, Evaluation
-from .access import _is_missing, registry_client, resolve_version
+from .access import (
+    _is_missing,
+    local_copy,
+    payload_dir,
+    registry_client,
+    resolve_version,
+)
 from .errors import MissingArtifactsError, RegistrationError, RegistryError
 from .models import log_pyfunc
 from .refs import CHALLENGER, CHAMPION, MODEL_NAMES, parse_uri
@@ -214,8 +220,6 @@ def _current_champion(client, name: str):
 
 def champion_evaluation(client, name: str) -> tuple[str | None, Evaluation | None]:
     """(champion version, its per-image evaluation) of a registered classifier; (None, None) without champion."""
-    from .access import local_copy, payload_dir
-
     cur = _current_champion(client, name)
     if cur is None:
         return None, None

@@ -1,6 +1,7 @@
 """The k-sparse autoencoder shared by every variant.
 
     x_n = (x - norm_mean) / norm_scale                      (input normalisation, statistics saved)
+        or (x - norm_mean) @ norm_matrix                    (normalize=whiten: a spectral transform)
     z   = select(W_enc (x_n - b_pre) + b_enc)               (TopK per sample, or BatchTopK; ReLU on kept values)
     x̂   = (W_dec^T z + b_pre) * norm_scale + norm_mean      (only the active rows of W_dec are read)
 
@@ -8,8 +9,15 @@ Weight layout: `W_enc` and `W_dec` are both `(n_latents, d_in)`; row `j` of `W_d
 dictionary direction (unit norm during training) and row `j` of `W_enc` its encoder direction.
 
 A saved SAE is a directory with `sae.safetensors` (tensors: W_enc, b_enc, W_dec, b_pre, norm_mean,
-norm_scale, plus variant buffers such as `threshold`) and `config.json` (format, version, variant and
-every config field). Loading never unpickles.
+norm_scale, `norm_matrix`/`norm_inverse` for normalize=whiten, plus variant buffers such as `threshold`)
+and `config.json` (format, version, variant and every config field). Loading never unpickles.
+
+Why whitening: token features of a small UNet can be dominated by one direction (at the default hook
+point the first principal direction, which tracks the token norm, holds over half the variance). The
+reconstruction loss then spends the dictionary on that direction and its magnitudes. `whiten` rescales
+the principal directions of the training sample so their variances become λ^(1 − whiten_power)
+(power 1: full ZCA whitening; 0.5: square-root compression), then scales to E‖x_n‖² = d_in like
+`scalar`. It is invertible, so reconstructions are still compared in the input space.
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ SAE_VERSION = 1
 WEIGHTS_FILE = "sae.safetensors"
 CONFIG_FILE = "config.json"
 
-NORMALIZE = ("none", "standard", "scalar")
+NORMALIZE = ("none", "standard", "scalar", "whiten")
 INPUTS = ("pooled", "tokens")
 LATENT_POOLING = ("max", "mean")
 
@@ -48,7 +56,7 @@ class SAEConfigBase:
     n_latents: int
     k: int
     relu: bool = True  # ReLU on the kept pre-activations
-    normalize: str = "none"  # none | standard (per-dimension mean/std) | scalar (one scale: E||x||² = d_in)
+    normalize: str = "none"  # none | standard (per-dimension mean/std) | scalar (one scale: E||x||² = d_in) | whiten
     hook_point: str = ""
     timestep: int = -1
     backbone: str = ""  # backbone id the features came from
@@ -58,6 +66,7 @@ class SAEConfigBase:
     input: str = "pooled"  # pooled (one vector per image) | tokens (one vector per spatial position)
     pooling: str = ""  # for input=pooled: which pooled set (mean | max) the SAE was trained on
     latent_pooling: str = "max"  # tokens: how token latents become one image vector (max | mean)
+    whiten_power: float = 1.0  # normalize=whiten: variances λ → λ^(1 − power) (1 = full whitening)
 
     variant: ClassVar[str] = ""
 
@@ -72,6 +81,7 @@ class SAEConfigBase:
         need(isinstance(self.k, int) and 1 <= self.k <= self.n_latents,
              f"k must be in [1, n_latents={self.n_latents}], got {self.k!r}")
         need(self.normalize in NORMALIZE, f"normalize must be one of {NORMALIZE}, got {self.normalize!r}")
+        need(0.0 < self.whiten_power <= 1.0, f"whiten_power must be in (0, 1], got {self.whiten_power!r}")
         need(self.input in INPUTS, f"input must be one of {INPUTS}, got {self.input!r}")
         need(self.latent_pooling in LATENT_POOLING,
              f"latent_pooling must be one of {LATENT_POOLING}, got {self.latent_pooling!r}")
@@ -102,6 +112,26 @@ def geometric_median(x: torch.Tensor, max_iter: int = 200, tol: float = 1e-6, ep
     return m.float()
 
 
+# --------------------------------------------------------------------------- whitening
+def whitening_matrices(sample: torch.Tensor, power: float = 1.0, rel_eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric (M, M⁻¹) with (x − mean) M having variances λ_i^(1 − power) along the principal
+    directions of `sample` (n, d), scaled so that E‖(x − mean) M‖² = d.
+
+    Eigenvalues below rel_eps · λ_max are raised to it, so flat directions are not blown up to noise.
+    """
+    x = sample.double()
+    xc = x - x.mean(0)
+    cov = xc.T @ xc / max(1, x.shape[0] - 1)
+    lam, vec = torch.linalg.eigh(cov)
+    lam = lam.clamp_min(float(lam.max()) * rel_eps if float(lam.max()) > 0 else 1.0)
+    g = lam ** (-power / 2)  # per-direction gain
+    new_var = lam * g ** 2
+    c = math.sqrt(x.shape[1] / float(new_var.sum()))
+    m = (vec * (g * c)) @ vec.T
+    inv = (vec / (g * c)) @ vec.T
+    return m.float(), inv.float()
+
+
 # --------------------------------------------------------------------------- the model
 class SparseAutoencoder(nn.Module):
     """Base class: parameters, normalisation, encode/decode, save/load. Variants define the selection."""
@@ -120,6 +150,9 @@ class SparseAutoencoder(nn.Module):
         self.b_pre = nn.Parameter(torch.zeros(d))
         self.register_buffer("norm_mean", torch.zeros(d))
         self.register_buffer("norm_scale", torch.ones(d))
+        if config.normalize == "whiten":
+            self.register_buffer("norm_matrix", torch.eye(d))
+            self.register_buffer("norm_inverse", torch.eye(d))
         self.reset_parameters(seed)
 
     # ------------------------------------------------------------------ config and init
@@ -167,6 +200,12 @@ class SparseAutoencoder(nn.Module):
             s = math.sqrt(ms / self.d_in) if ms > 0 else 1.0
             self.norm_mean.zero_()
             self.norm_scale.fill_(s)
+        elif kind == "whiten":
+            self.norm_mean.copy_(sample.mean(0))
+            self.norm_scale.fill_(1.0)
+            m, inv = whitening_matrices(sample, self._config.whiten_power)
+            self.norm_matrix.copy_(m)
+            self.norm_inverse.copy_(inv)
 
     @torch.no_grad()
     def init_from_data(self, sample: torch.Tensor, max_median_samples: int = 8192) -> None:
@@ -177,9 +216,13 @@ class SparseAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ normalisation
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self._config.normalize == "whiten":
+            return (x - self.norm_mean) @ self.norm_matrix
         return (x - self.norm_mean) / self.norm_scale
 
     def denormalize(self, xn: torch.Tensor) -> torch.Tensor:
+        if self._config.normalize == "whiten":
+            return xn @ self.norm_inverse + self.norm_mean
         return xn * self.norm_scale + self.norm_mean
 
     # ------------------------------------------------------------------ selection (variants)

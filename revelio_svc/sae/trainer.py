@@ -52,7 +52,7 @@ from .data import (
     plan_split,
 )
 from .io import build_sae, read_sae
-from .metrics import ReconstructionStats, dead_frac
+from .metrics import ReconstructionStats, dead_frac, normalized_mse
 from .topk import TopKSAEConfig
 
 TRAINER_VERSION = 1
@@ -260,8 +260,6 @@ class SparseStep:
 def loss_autograd(sae: SparseAutoencoder, xn: torch.Tensor, dead_mask: torch.Tensor | None = None,
                   auxk_coef: float = 1.0 / 32, k_aux: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """The training objective with autograd (reference for `SparseStep`): returns (loss, auxk_loss)."""
-    from .metrics import normalized_mse
-
     k_aux = k_aux if k_aux > 0 else max(1, sae.d_in // 2)
     B = xn.shape[0]
     pre = sae.pre_activations(xn)
@@ -341,6 +339,8 @@ def training_key(sc: SAEConfig, store: FeatureStore, buffer_vectors: int) -> dic
     d = to_dict(sc)
     for k in ("output", "checkpoint_every", "eval_every", "num_threads", "store"):
         d.pop(k, None)
+    if sc.normalize != "whiten":  # only read when whitening; keeps the keys of other runs as they were
+        d.pop("whiten_power", None)
     return {"sae": d, "store_config_hash": store.config_hash,
             "buffer_vectors": int(buffer_vectors), "trainer_version": TRAINER_VERSION}
 
@@ -365,6 +365,7 @@ def make_sae_config(sc: SAEConfig, d_in: int, store: FeatureStore):
     conf = store.config or {}
     backbone = conf.get("backbone", {}) if isinstance(conf.get("backbone"), dict) else {}
     kw = {"d_in": d_in, "n_latents": n_latents, "k": sc.k, "relu": sc.relu, "normalize": sc.normalize,
+          "whiten_power": sc.whiten_power,
           "hook_point": sc.hook_point, "timestep": sc.timestep, "backbone": str(backbone.get("id", "")),
           "backbone_init": str(backbone.get("init", "")),
           "dataset_fingerprint": str((conf.get("dataset") or {}).get("fingerprint", "")),

@@ -57,7 +57,7 @@ def build_classifier_stage(cfg: Config, sae_dir: str | Path, probe_dir: str | Pa
     except (OSError, KeyError, ValueError) as e:  # examples are documentation: never a reason to fail
         print(f"note: input examples fall back to synthetic ones ({type(e).__name__}: {e})", file=sys.stderr)
     try:
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # deferred: pyplot picks a backend on import; figures here are files
 
         store = open_store(store_uri)
         test_rows = store.index()[store.is_test()]

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ..config import Config
 from ..contracts import Artifact, StageResult, metric_key
 from ..features.extract import store_uri_for
 from ..features.store import FeatureStore, open_store, parse_set_key
 from ..identity import Paths, digest
+from ..interpret.purity import sigma_label_stats
 from ..probe.controls import (
     aligned_features,
     dataset_for_store,
@@ -33,7 +35,7 @@ from ..probe.controls import (
     random_init_store,
 )
 from ..probe.linear import fit_linear_probe
-from ..probe.metrics import accuracy, chance_accuracy, macro_f1, sigma_label
+from ..probe.metrics import accuracy, chance_accuracy, macro_f1
 
 SHAPES_CONCEPTS = ("shape", "colour", "size", "background")
 SAE_METRICS = ("fvu", "explained_variance", "l0", "dead_frac", "sigma_label", "label_purity")
@@ -106,7 +108,7 @@ def read_sae_results(directory: str | Path | None) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- figures
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: pyplot picks a backend on import
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -239,7 +241,7 @@ def _rows(cfg: Config, sw: _Sweep, top_n: int, sae_results: str | Path | None) -
                 s = probe_scores(X, sw.labels[c], sw.is_test, n_cls, pc.C, pc.max_iter)
                 add(hp, t, c, "trained", "accuracy", s["accuracy"])
                 add(hp, t, c, "trained", "macro_f1", s["macro_f1"])
-                sig = sigma_label(X, sw.labels[c], n_cls, top_n=min(top_n, len(X)), require_active=False)
+                sig = sigma_label_stats(X, sw.labels[c], n_cls, top_n=min(top_n, len(X)), require_active=False)
                 add(hp, t, c, "trained", "sigma_label", sig["sigma_label"])
                 add(hp, t, c, "trained", "sigma_label_chance", sig["sigma_label_chance"])
                 add(hp, t, c, "chance", "accuracy", sw.chance[c])
@@ -341,8 +343,6 @@ def sweep_stage(cfg: Config, sae_results: str | Path | None = None, output: str 
     `sae_results`: directory of SAE result JSONs (default `<output_dir>/sae` when it exists).
     `concepts`: labels to probe (default: shape, colour, size, background for shapes; else every label).
     """
-    import pandas as pd
-
     sw = _prepare(cfg, concepts, progress)
     df = pd.DataFrame(_rows(cfg, sw, top_n, sae_results),
                       columns=["hook_point", "timestep", "concept", "input", "metric", "value", "source"])

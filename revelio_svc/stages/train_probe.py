@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from ..config import Config, ConfigError, to_dict
@@ -152,8 +153,6 @@ def probe_fitter(cfg: Config, n_classes: int, meta: dict[str, Any]):
 
 def result_table(results: dict[str, FewShotResult], chance: float):
     """One row per (input, shots): the model first, then its controls."""
-    import pandas as pd
-
     rows = []
     for name, res in results.items():
         for shots, s in res.summary.items():
@@ -222,8 +221,7 @@ def _metrics(results: dict[str, FewShotResult], labels: np.ndarray, is_test: np.
 
 def _write_report(report: Path, results: dict[str, FewShotResult], metrics: dict[str, Any], cm: np.ndarray,
                   class_names: list[str], title: str):
-    import matplotlib.pyplot as plt
-    import pandas as pd
+    import matplotlib.pyplot as plt  # deferred: pyplot picks a backend on import; figures here are files
 
     report.mkdir(parents=True, exist_ok=True)
     table = result_table(results, metrics["chance"])

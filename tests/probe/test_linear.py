@@ -8,16 +8,10 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import f1_score
 
+from revelio_svc.interpret.purity import label_spread, sigma_label_stats
 from revelio_svc.probe import linear, read_probe
 from revelio_svc.probe.linear import LinearProbe, ProbeFormatError, fit_linear_probe
-from revelio_svc.probe.metrics import (
-    accuracy,
-    confusion,
-    label_spread,
-    macro_f1,
-    per_class_accuracy,
-    sigma_label,
-)
+from revelio_svc.probe.metrics import accuracy, confusion, macro_f1, per_class_accuracy
 
 
 def planted(n=300, d=20, k=3, sep=3.0, seed=0):
@@ -188,8 +182,8 @@ def test_sigma_label_is_zero_for_a_pure_unit_and_high_for_a_mixed_one():
     pure = (labels == 0) * (1 + rng.random(300))  # fires only on class 0
     mixed = rng.random(300)  # ignores the label
     acts = np.stack([pure, mixed], axis=1)
-    s_pure = sigma_label(acts[:, :1], labels, 3)["sigma_label"]
-    s_mixed = sigma_label(acts[:, 1:], labels, 3)
+    s_pure = sigma_label_stats(acts[:, :1], labels, 3)["sigma_label"]
+    s_mixed = sigma_label_stats(acts[:, 1:], labels, 3)
     assert s_pure == 0.0
     assert s_mixed["sigma_label"] > 0.6 and s_mixed["sigma_label_chance"] == pytest.approx(label_spread(labels, 3))
-    assert sigma_label(np.zeros((300, 2)), labels, 3)["sigma_label_units"] == 0
+    assert sigma_label_stats(np.zeros((300, 2)), labels, 3)["sigma_label_units"] == 0

@@ -13,6 +13,7 @@ from revelio_svc.sae import (
     geometric_median,
     image_latents,
     latent_maps,
+    read_sae,
 )
 from revelio_svc.sae.trainer import (
     SparseStep,
@@ -147,6 +148,30 @@ def test_input_normalisation(kind):
     else:
         assert torch.equal(xn, x)
     assert torch.allclose(sae.denormalize(xn), x, atol=1e-4)
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_whitening_flattens_the_spectrum_and_inverts(power, tmp_path):
+    rng = np.random.default_rng(0)
+    # one dominant direction with 100× the variance of the rest, as at the default hook point
+    x = rng.standard_normal((4000, 8)) * np.r_[10.0, np.ones(7)] @ np.linalg.qr(rng.standard_normal((8, 8)))[0]
+    x = torch.from_numpy((x + 5.0).astype(np.float32))
+    sae = make(normalize="whiten", whiten_power=power)
+    sae.init_from_data(x)
+    xn = sae.normalize(x)
+    lam = torch.linalg.eigvalsh(torch.cov(xn.T.double()))
+    assert float((xn.double() ** 2).sum(1).mean()) == pytest.approx(8.0, rel=1e-2)
+    if power == 1.0:
+        assert torch.allclose(lam, torch.ones(8, dtype=torch.float64), rtol=0.05)
+    else:  # variances λ^(1/2): the dominant direction keeps a 10× ratio instead of 100×
+        assert float(lam.max() / lam.min()) == pytest.approx(10.0, rel=0.3)
+    assert torch.allclose(sae.denormalize(xn), x, atol=1e-3)
+    # the matrices are saved and loaded with the model
+    sae.save(tmp_path / "w")
+    back = read_sae(tmp_path / "w")
+    assert torch.allclose(back.normalize(x), xn, atol=1e-5)
+    with pytest.raises(ValueError, match="whiten_power"):
+        make(normalize="whiten", whiten_power=0.0)
 
 
 # --------------------------------------------------------------------------- gradients and constraints

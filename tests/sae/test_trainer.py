@@ -63,6 +63,23 @@ def test_token_sae_reaches_low_fvu_on_planted_sparse_data(tmp_path, token_store)
     assert c.dataset_fingerprint == "planted0" and c.backbone == "planted" and c.store_config_hash
 
 
+def test_whitened_token_sae_trains_and_reports_input_space_fvu(tmp_path, token_store):
+    from revelio_svc.sae.trainer import training_key
+
+    cfg = tiny_cfg(tmp_path, token_store, input="tokens", expansion=2, k=3, steps=300, lr=1e-2, eval_every=100,
+                   normalize="whiten", whiten_power=0.5)
+    res = train_sae(cfg, progress=False)
+    assert res.metrics["fvu"] < 0.15 and res.history[0]["fvu"] > res.metrics["fvu"]
+    sae = read_sae(res.output_dir)
+    assert sae.config.normalize == "whiten" and sae.config.whiten_power == 0.5
+    assert {"norm_matrix", "norm_inverse"} <= set(weights(res.output_dir))
+    store = open_store(token_store)
+    assert training_key(cfg.sae, store, 1)["sae"]["whiten_power"] == 0.5
+    # the power is part of a whitened run's key only, so other runs keep their output directories
+    plain = tiny_cfg(tmp_path, token_store, input="tokens")
+    assert "whiten_power" not in training_key(plain.sae, store, 1)["sae"]
+
+
 def test_batchtopk_pooled_trains_and_saves_threshold(tmp_path, pooled_store):
     cfg = tiny_cfg(tmp_path, pooled_store, variant="batchtopk", steps=150)
     res = train_sae(cfg, progress=False)

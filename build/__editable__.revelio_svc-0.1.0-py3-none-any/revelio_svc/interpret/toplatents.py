@@ -1,0 +1,1 @@
+/work/main/revelio_svc/interpret/toplatents.py

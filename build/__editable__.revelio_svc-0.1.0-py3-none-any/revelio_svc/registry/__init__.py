@@ -1,0 +1,1 @@
+/work/main/revelio_svc/registry/__init__.py

@@ -1,0 +1,59 @@
+"""The benchmark scripts' CPU paths: tiny runs of the same code the GPU / full-size runs use."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_fullsize_cpu_path_on_tiny_models(capsys):
+    gpu = _load("gpu_fullsize")
+    rc = gpu.main(["--device", "cpu", "--tiny", "--dtype", "float32", "--iters", "1", "--batch", "2",
+                   "--sae-d", "32", "--sae-expansion", "4", "--sae-k", "4", "--sae-batch", "64", "--sae-steps", "2"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    res = json.loads(out.strip().splitlines()[-1])
+    assert [r["model"] for r in res["extraction"]] == ["sd15", "sdxl-base", "dit-xl-2-256"]
+    for r in res["extraction"]:
+        for m in ("ours", "per_block_t"):
+            assert r[m]["images_per_s"] > 0 and r[m]["peak_memory"] is None  # CPU: no CUDA peak
+        assert r["speedup"] > 0 and r["plan_peak_estimate"] > 0 and len(r["timesteps"]) == 2
+    sae = res["sae"]
+    assert sae["ours"]["samples_per_s"] > 0 and sae["dense_reference"]["samples_per_s"] > 0 and sae["speedup"] > 0
+    assert "speed-up ours / dense reference" in out
+
+
+def test_gpu_fullsize_without_cuda_says_so(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    assert _load("gpu_fullsize").main([]) == 0
+    assert "no CUDA device found" in capsys.readouterr().out
+
+
+def test_bench_sae_quick_skips_absent_trainers_with_a_message(tmp_path):
+    missing = tmp_path / "no-such-python"
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_sae.py"), "--quick", "--steps", "1",
+                          "--sparsify-python", str(missing), "--saelens-python", str(missing)],
+                         capture_output=True, text=True, timeout=600,
+                         env={"PATH": "/usr/bin:/bin", "REVELIO_BENCH_SPARSIFY_PYTHON": "",
+                              "REVELIO_BENCH_SAELENS_PYTHON": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    text = out.stdout
+    res = json.loads(text.strip().splitlines()[-1])
+    assert set(res["summary"]) == {"ours", "reference"}
+    assert res["summary"]["ours"]["fvu"] < res["summary"]["ours"]["fvu_init"]
+    for name, dist in (("sparsify", "eai-sparsify"), ("saelens", "sae-lens")):
+        assert f"{name}: skipped" in text and dist in text and f"--{name}-python" in text
