@@ -269,7 +269,9 @@ def latent_page_markdown(st: dict[str, Any]) -> str:
                      + ", ".join(f"{k} {v:+.3f}" for k, v in top_w)
                      + (f" · {len(w) - 3} more in the JSON" if len(w) > 3 else ""))
     if st.get("dissection_iou"):
-        lines.append("**Dissection IoU** " + ", ".join(f"{k} {v:.2f}" for k, v in st["dissection_iou"].items()))
+        lines.append("**Dissection IoU** (its best concepts): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in list(st["dissection_iou"].items())[:3])
+                     + f" · {st.get('dissection_note', '')}")
     else:
         lines.append(f"**Dissection IoU**: {st.get('dissection_note') or 'not available for this model'}")
     lines.append(f"Purity = share of its top {st['top_n']} images with the majority label; control: "

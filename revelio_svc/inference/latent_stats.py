@@ -1,18 +1,21 @@
 """What each SAE latent of a classifier does on its dataset: one statistics record per latent.
 
 `compute_dataset_latents` runs the classifier over (a sample of) its dataset once and keeps, per image, the
-image-level SAE latents (sparse) and the activations of a control: random unit directions in the same
-feature space, pooled like the SAE's latents (`interpret.purity.random_directions`). From that,
+image-level SAE latents (sparse) and those of the matched random-dictionary control
+(`interpret.controls.matched_random`: the SAE's own class, normalisation, centre, selection and pooling with
+random unit directions, read through the same `image_latents`), plus, where the dataset has per-pixel
+concept masks (`ShapesDataset.masks_batch`) and the SAE reads tokens, the Network-Dissection IoU of every
+latent's spatial map with every concept mask (`interpret.dissection`, on the first `n_dissect` images at
+token resolution). From that,
 `latent_table` gives every latent's frequency and label purity per concept next to the control's, and
 `latent_stats(j)` one latent's full record (`LatentStats`): activation histogram, firing density, label
 distribution and purity per concept with the control's purity and chance, the probe weights it feeds,
 the latents that co-fire with it (Jaccard of the image sets where each is active), and the dataset images
 where it fires most.
 
-Measures that need more than this module has are fields that say so: `dissection_iou` (Network-Dissection
-IoU of the latent's spatial map with per-pixel concept masks) is None with `dissection_note` explaining
-why until a dataset with masks and `interpret.dissection` are wired in; `control_name` names the control
-so a matched random-dictionary control can replace the random directions without changing the record.
+A measure the model cannot have is a field that says so: `dissection_iou` is None with `dissection_note`
+explaining why (no masks for this dataset, or a pooled SAE without spatial maps); `control_name` names the
+control the purities are compared with.
 
 Everything is saved with safetensors + JSON (`save` / `load`), keyed by `model_key` (a digest of the SAE
 and probe weights, the backbone, hook point, timestep, noise seed and the data config), so it is computed
@@ -34,8 +37,9 @@ import scipy.sparse as sp
 FORMAT = "revelio-dataset-latents"
 VERSION = 1
 PURITY_TOP_N = 20  # images per unit for label purity (as interpret.purity's default)
-N_CONTROL = 64  # random unit directions in the control
+N_DISSECT = 256  # images whose latent maps are dissected (maps of every latent are held at once)
 NOT_AVAILABLE = "not available for this model"
+CONTROL_NAME = "a matched random dictionary (the SAE's encoder with random unit directions)"
 
 
 def model_key(clf, n_images: int) -> str:
@@ -62,10 +66,13 @@ class DatasetLatents:
     Z: sp.csr_matrix  # (n, n_latents) float32
     indices: np.ndarray  # (n,) dataset index of each row
     labels: dict[str, tuple[list[str], np.ndarray]]  # concept → (class names, label per row)
-    control: np.ndarray  # (n, n_control) float32
+    control: sp.csr_matrix | np.ndarray  # (n, n_control_units) float32, sparse or dense
     control_name: str
     key: str = ""
     n_dataset: int = 0  # images in the whole dataset
+    dissection_iou: np.ndarray | None = None  # (n_latents, n_concepts) IoU with concept masks
+    dissection_concepts: list[str] = field(default_factory=list)
+    dissection_note: str = ""  # how it was computed, or why it is not there
     _csc: sp.csc_matrix | None = field(default=None, repr=False)
 
     @property
@@ -93,6 +100,9 @@ class DatasetLatents:
     def dense_columns(self, cols: slice) -> np.ndarray:
         return np.asarray(self.csc[:, cols].toarray(), np.float32)
 
+    def control_csc(self) -> sp.csc_matrix:
+        return sp.csc_matrix(self.control, dtype=np.float32)
+
     # -------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         from safetensors.numpy import save_file
@@ -100,14 +110,21 @@ class DatasetLatents:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         z = self.Z.tocsr()
+        c = sp.csr_matrix(self.control, dtype=np.float32)
         arrays = {"z_data": z.data.astype(np.float32), "z_indices": z.indices.astype(np.int64),
                   "z_indptr": z.indptr.astype(np.int64), "indices": self.indices.astype(np.int64),
-                  "control": np.ascontiguousarray(self.control, np.float32)}
-        for c, (_, lab) in self.labels.items():
-            arrays[f"label.{c}"] = np.asarray(lab, np.int64)
+                  "c_data": c.data.astype(np.float32), "c_indices": c.indices.astype(np.int64),
+                  "c_indptr": c.indptr.astype(np.int64)}
+        for name, (_, lab) in self.labels.items():
+            arrays[f"label.{name}"] = np.asarray(lab, np.int64)
+        if self.dissection_iou is not None:
+            arrays["dissection_iou"] = np.ascontiguousarray(self.dissection_iou, np.float32)
         meta = {"format": FORMAT, "version": str(VERSION), "shape": json.dumps(list(z.shape)),
-                "label_names": json.dumps({c: names for c, (names, _) in self.labels.items()}),
-                "control_name": self.control_name, "key": self.key, "n_dataset": str(self.n_dataset)}
+                "control_shape": json.dumps(list(c.shape)),
+                "label_names": json.dumps({n: names for n, (names, _) in self.labels.items()}),
+                "control_name": self.control_name, "key": self.key, "n_dataset": str(self.n_dataset),
+                "dissection_concepts": json.dumps(self.dissection_concepts),
+                "dissection_note": self.dissection_note}
         tmp = path.with_suffix(".tmp")
         save_file(arrays, str(tmp), metadata=meta)
         tmp.replace(path)
@@ -125,9 +142,12 @@ class DatasetLatents:
         shape = tuple(json.loads(meta["shape"]))
         names = json.loads(meta["label_names"])
         Z = sp.csr_matrix((a["z_data"], a["z_indices"], a["z_indptr"]), shape=shape)
+        control = sp.csr_matrix((a["c_data"], a["c_indices"], a["c_indptr"]),
+                                shape=tuple(json.loads(meta["control_shape"])))
         labels = {c: (list(n), a[f"label.{c}"]) for c, n in names.items()}
-        return cls(Z, a["indices"], labels, a["control"], meta.get("control_name", ""), meta.get("key", ""),
-                   int(meta.get("n_dataset", "0")))
+        return cls(Z, a["indices"], labels, control, meta.get("control_name", ""), meta.get("key", ""),
+                   int(meta.get("n_dataset", "0")), a.get("dissection_iou"),
+                   json.loads(meta.get("dissection_concepts", "[]")), meta.get("dissection_note", ""))
 
 
 def sample_indices(n_dataset: int, n_max: int, seed: int = 0) -> np.ndarray:
@@ -137,20 +157,78 @@ def sample_indices(n_dataset: int, n_max: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_dataset, n_max, replace=False)).astype(np.int64)
 
 
-def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, n_control: int = N_CONTROL, seed: int = 0,
+def _concept_masks(ds, idx: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Per-class object and part masks of dataset images `idx` (None: the dataset has no masks)."""
+    if not hasattr(ds, "masks_batch") or "shape" not in [c.name for c in ds.concepts]:
+        return None
+    from ..data.shapes import PARTS
+    from ..interpret.dissection import concept_masks
+
+    labels = np.asarray(ds.labels("shape"))[idx]
+    return concept_masks(ds.masks_batch(idx), labels, list(ds.concept("shape").classes), PARTS)
+
+
+class _Dissector:
+    """Collects every latent's maps on the first `n` images of the pass, then dissects them once."""
+
+    def __init__(self, clf, ds, n: int):
+        self.clf, self.ds, self.n = clf, ds, int(n)
+        self.maps: list[np.ndarray] = []
+        self.rows: list[np.ndarray] = []
+        self.note = ""
+        if self.n <= 0:
+            self.note = "not computed (n_dissect=0)"
+        elif clf.sae.config.input != "tokens":
+            self.note = f"{NOT_AVAILABLE} (a pooled SAE has no spatial maps)"
+        elif not hasattr(ds, "masks_batch"):
+            self.note = f"{NOT_AVAILABLE} (its dataset has no per-pixel concept masks)"
+
+    @property
+    def wanted(self) -> int:
+        return 0 if self.note else self.n - sum(len(r) for r in self.rows)
+
+    def add(self, tok: np.ndarray, rows: np.ndarray) -> None:
+        from ..sae.latents import latent_maps
+
+        k = min(self.wanted, len(rows))
+        if k > 0:
+            self.maps.append(latent_maps(self.clf.sae, tok[:k], list(range(self.clf.n_latents))))
+            self.rows.append(rows[:k])
+
+    def result(self) -> tuple[np.ndarray | None, list[str], str]:
+        from ..interpret.dissection import dissect
+
+        if self.note or not self.maps:
+            return None, [], self.note or f"{NOT_AVAILABLE} (no images)"
+        maps = np.concatenate(self.maps)
+        idx = np.concatenate(self.rows)
+        masks = _concept_masks(self.ds, idx)
+        if not masks:
+            return None, [], f"{NOT_AVAILABLE} (its dataset has no shape masks)"
+        H = next(iter(masks.values())).shape[1]
+        res = "token" if H % maps.shape[2] == 0 and H >= maps.shape[2] else "image"
+        d = dissect(maps, masks, resolution=res)
+        return (d.iou.astype(np.float32), list(d.concepts),
+                f"IoU of its top-0.5% activations with concept masks on {len(idx)} images ({res} resolution); "
+                f"a detector above {d.iou_threshold:g}")
+
+
+def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: int = 0, n_dissect: int = N_DISSECT,
                             lock: Any = None, progress: Callable[[int, int], None] | None = None) -> DatasetLatents:
     """One pass of the classifier over `n_max` images of its dataset (all when n_max <= 0).
 
     `lock` (a context manager) is held around each backbone forward: a server that shares the model with
     other requests passes its model lock. `progress(done, total)` after each batch.
     """
-    from ..interpret.purity import direction_activations, random_directions
+    from ..interpret.controls import matched_random
+    from ..sae.latents import image_latents
 
     ds = clf.dataset()
     idx = sample_indices(len(ds), n_max, seed)
     ids = ds.ids()
     pooling = clf.sae.config.to_dict().get("latent_pooling", "max")
-    dirs = random_directions(clf.sae.d_in, n_control, seed + 1)
+    control = None
+    dissector = _Dissector(clf, ds, n_dissect)
     rows, ctrl = [], []
     lock = lock if lock is not None else contextlib.nullcontext()
     for s in range(0, len(idx), batch):
@@ -158,16 +236,20 @@ def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, n_contro
         images = [ds.image(int(i)) for i in part]
         with lock:
             _, tok, _ = clf.tokens(images, [ids[int(i)] for i in part])
+        feats = clf._sae_input(tok)
+        if control is None:  # BatchTopK calibrates its threshold on the first batch's vectors
+            control = matched_random(clf.sae, seed + 1, calibration=feats.reshape(-1, feats.shape[-1]))
         rows.append(sp.csr_matrix(clf.latents_from_tokens(tok)))
-        ctrl.append(direction_activations(clf._sae_input(tok), dirs, pooling))
+        ctrl.append(sp.csr_matrix(np.asarray(image_latents(control, feats, pooling), np.float32)))
+        dissector.add(tok, part)
         if progress is not None:
             progress(min(s + batch, len(idx)), len(idx))
     L = clf.n_latents
     Z = sp.vstack(rows).tocsr().astype(np.float32) if rows else sp.csr_matrix((0, L), dtype=np.float32)
+    C = sp.vstack(ctrl).tocsr().astype(np.float32) if ctrl else sp.csr_matrix((0, L), dtype=np.float32)
     labels = {c.name: (list(c.classes), np.asarray(ds.labels(c.name))[idx]) for c in ds.concepts}
-    control = np.concatenate(ctrl) if ctrl else np.zeros((0, n_control), np.float32)
-    return DatasetLatents(Z, idx, labels, control, f"{n_control} random unit directions in the same feature space",
-                          model_key(clf, n_max), len(ds))
+    iou, concepts, note = dissector.result()
+    return DatasetLatents(Z, idx, labels, C, CONTROL_NAME, model_key(clf, n_max), len(ds), iou, concepts, note)
 
 
 # --------------------------------------------------------------------------- all latents at once
@@ -187,39 +269,41 @@ class LatentTable:
     top_n: int = PURITY_TOP_N
 
 
-def _purity_chunks(dl: DatasetLatents, lab: np.ndarray, top_n: int, chunk: int = 256):
+def _purity_chunks(acts_csc: sp.csc_matrix, lab: np.ndarray, top_n: int, chunk: int = 256):
+    """Majority share and label of each unit's top images (NaN: active on fewer than top_n), unit chunks dense."""
     from ..interpret.purity import majority
 
-    L = dl.n_latents
+    n, L = acts_csc.shape
     pur = np.full(L, np.nan)
     maj = np.zeros(L, np.int64)
     for s in range(0, L, chunk):
-        acts = dl.dense_columns(slice(s, min(L, s + chunk)))
+        acts = np.asarray(acts_csc[:, s:min(L, s + chunk)].toarray(), np.float32)
         m, share, _ = majority(acts, lab, top_n)
-        ok = (acts > 0).sum(0) >= min(top_n, max(1, dl.n))
+        ok = (acts > 0).sum(0) >= min(top_n, max(1, n))
         pur[s:s + acts.shape[1]] = np.where(ok, share, np.nan)
         maj[s:s + acts.shape[1]] = m
     return pur, maj
 
 
 def latent_table(dl: DatasetLatents, top_n: int = PURITY_TOP_N) -> LatentTable:
-    from ..interpret.purity import chance_purity, label_purity
+    from ..interpret.purity import chance_purity
 
     top_n = int(min(top_n, max(1, dl.n)))
     act = dl.csc
     counts = np.diff(act.indptr)
     freq = counts / max(dl.n, 1)
+    ctrl_csc = dl.control_csc()
     mx = np.asarray(act.max(axis=0).toarray()).reshape(-1) if dl.n else np.zeros(dl.n_latents)
     purity, majority_names, chance, ctrl = {}, {}, {}, {}
     for c, (names, lab) in dl.labels.items():
         lab = np.asarray(lab, np.int64)
         if lab.size == 0 or lab.min() < 0:
             continue
-        p, m = _purity_chunks(dl, lab, top_n)
+        p, m = _purity_chunks(act, lab, top_n)
         purity[c] = p
         majority_names[c] = [None if np.isnan(p[j]) else names[int(m[j])] for j in range(len(p))]
         chance[c] = chance_purity(lab, top_n, n_draws=400)
-        ctrl[c] = label_purity(dl.control, lab, top_n, min_active=1)
+        ctrl[c] = _purity_chunks(ctrl_csc, lab, top_n)[0]
     L = dl.n_latents
     best: list[str | None] = [None] * L
     margin = np.full(L, np.nan)
@@ -287,7 +371,7 @@ class LatentStats:
     control_name: str
     probe_weights: dict[str, float]
     cofiring: list[dict[str, float]]  # [{"latent", "jaccard", "both"}], strongest first
-    dissection_iou: dict[str, float] | None = None
+    dissection_iou: dict[str, float] | None = None  # its best concepts' IoU, best first
     dissection_note: str = f"{NOT_AVAILABLE} (needs per-pixel concept masks)"
     top_n: int = PURITY_TOP_N
 
@@ -352,6 +436,10 @@ def latent_stats(dl: DatasetLatents, table: LatentTable, clf, j: int, n_top: int
             float(finite.mean()) if finite.size else None,
             float((finite < p).mean()) if finite.size and not np.isnan(p) else None, dist))
     top = clf.top_images(j, n_top)
+    iou = None
+    if dl.dissection_iou is not None and dl.dissection_concepts:
+        row = dl.dissection_iou[j]
+        iou = {dl.dissection_concepts[k]: float(row[k]) for k in np.argsort(-row, kind="stable")[:5]}
     return LatentStats(
         latent=j, n_latents=L, n_images=dl.n, n_dataset=dl.n_dataset, frequency=float(on.size / max(dl.n, 1)),
         n_active=int(on.size), mean_when_active=float(on.mean()) if on.size else 0.0,
@@ -359,4 +447,5 @@ def latent_stats(dl: DatasetLatents, table: LatentTable, clf, j: int, n_top: int
         histogram_edges=[float(e) for e in edges], histogram_counts=[int(c) for c in counts], top_images=top,
         top_values=[float(v) for v in clf.top_values[j][:len(top)]], concepts=concepts,
         best_concept=table.best_concept[j], control_name=dl.control_name, probe_weights=probe_weights(clf, j),
-        cofiring=cofiring(dl, j), top_n=top_n)
+        cofiring=cofiring(dl, j), dissection_iou=iou,
+        dissection_note=dl.dissection_note or f"{NOT_AVAILABLE} (needs per-pixel concept masks)", top_n=top_n)

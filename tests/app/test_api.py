@@ -178,7 +178,9 @@ def test_latent_page_reports_top_images_histogram_purity_control_and_cofiring(cl
     assert set(rows) == {"shape", "colour", "size", "background", "position"}
     assert concepts["headers"][2:4] == ["purity", "control purity"]
     assert [r[0] for r in cofire["data"]] == [c["latent"] for c in st["cofiring"]]
-    assert f"Latent {j}" in md and "Fires on" in md and "Dissection IoU" in md and "not available" in md
+    assert f"Latent {j}" in md and "Fires on" in md and "**Dissection IoU** (its best concepts)" in md
+    assert set(st["dissection_iou"]) <= {*tiny_clf.class_names, "star.tips", "cross.arms", "square.corners",
+                                         "triangle.corners", "hexagon.corners"}
     from PIL import Image
 
     with Image.open(sheet) as im:

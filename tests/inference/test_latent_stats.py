@@ -30,12 +30,25 @@ def test_dataset_latents_match_the_classifier_and_round_trip(dl, tiny_clf, tmp_p
     assert dl.n == len(ds) == 40 and dl.n_latents == tiny_clf.n_latents
     z = tiny_clf.latents(ds.images(range(5)), ds.ids()[:5])
     assert np.allclose(dl.Z[:5].toarray(), z, atol=1e-5)
-    assert dl.control.shape == (40, 64) and (dl.control >= 0).all()
+    # the matched random dictionary: as many units as the SAE, read through the same encode and pooling
+    assert dl.control.shape == (40, tiny_clf.n_latents) and (dl.control.data >= 0).all()
+    from revelio_svc.interpret.controls import matched_random
+    from revelio_svc.sae import image_latents
+
+    _, tok, _ = tiny_clf.tokens(ds.images(range(5)), ds.ids()[:5])
+    ctrl = matched_random(tiny_clf.sae, 1)
+    assert np.allclose(dl.control[:5].toarray(), image_latents(ctrl, tok), atol=1e-5)
+    # dissection: every latent against the shapes' object and part masks (tiny model: 16 px, 16×16 maps)
+    assert dl.dissection_iou.shape == (tiny_clf.n_latents, len(dl.dissection_concepts))
+    assert "star" in dl.dissection_concepts and "star.tips" in dl.dissection_concepts
+    assert ((dl.dissection_iou >= 0) & (dl.dissection_iou <= 1)).all() and "token resolution" in dl.dissection_note
     back = DatasetLatents.load(dl.save(tmp_path / "dl.safetensors"))
     assert (back.Z != dl.Z).nnz == 0 and np.array_equal(back.indices, dl.indices)
     assert back.labels["shape"][0] == dl.labels["shape"][0] and np.array_equal(back.labels["shape"][1],
                                                                             dl.labels["shape"][1])
     assert back.key == model_key(tiny_clf, 0) and back.control_name == dl.control_name
+    assert (back.control != dl.control).nnz == 0 and np.array_equal(back.dissection_iou, dl.dissection_iou)
+    assert back.dissection_concepts == dl.dissection_concepts and back.dissection_note == dl.dissection_note
 
 
 def test_latent_record_has_every_field_and_agrees_with_the_data(dl, tiny_clf):
@@ -53,7 +66,12 @@ def test_latent_record_has_every_field_and_agrees_with_the_data(dl, tiny_clf):
     assert shape["purity"] == pytest.approx(counts.max() / counts.sum())
     assert sum(shape["distribution"].values()) == counts.sum()
     assert 0 <= shape["control_purity"] <= 1 and 0 < shape["chance"] < 1
-    assert st["dissection_iou"] is None and NOT_AVAILABLE in st["dissection_note"]
+    iou = st["dissection_iou"]
+    k = dl.dissection_concepts.index(next(iter(iou)))
+    assert list(iou.values()) == sorted(iou.values(), reverse=True)
+    assert next(iter(iou.values())) == pytest.approx(dl.dissection_iou[j].max()) == dl.dissection_iou[j, k]
+    pooled_note = DatasetLatents(dl.Z, dl.indices, dl.labels, dl.control, "c", dissection_note="")
+    assert NOT_AVAILABLE in latent_stats(pooled_note, table, tiny_clf, j).dissection_note
     assert set(st["probe_weights"]) == set(tiny_clf.class_names)
     for r in st["cofiring"]:
         other = dl.column(r["latent"]) > 0
