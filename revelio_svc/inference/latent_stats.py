@@ -37,7 +37,8 @@ import scipy.sparse as sp
 FORMAT = "revelio-dataset-latents"
 VERSION = 1
 PURITY_TOP_N = 20  # images per unit for label purity (as interpret.purity's default)
-N_DISSECT = 256  # images whose latent maps are dissected (maps of every latent are held at once)
+N_DISSECT = 256  # images whose latent maps are dissected (maps of every latent are held at once) …
+MAP_BUDGET = 32 * 2**20  # … at most this many map values (128 MB of float32): fewer images for large SAEs
 NOT_AVAILABLE = "not available for this model"
 CONTROL_NAME = "a matched random dictionary (the SAE's encoder with random unit directions)"
 
@@ -168,6 +169,20 @@ def _concept_masks(ds, idx: np.ndarray) -> dict[str, np.ndarray] | None:
     return concept_masks(ds.masks_batch(idx), labels, list(ds.concept("shape").classes), PARTS)
 
 
+def all_latent_maps(sae, tok: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """Every latent's spatial map (n, n_latents, H, W) from token features (n, H, W, C), via the SAE's dense
+    codes (scatter of the k active values per position; `sae.latents.latent_maps` suits a few latents)."""
+    import torch
+
+    n, H, W, _ = tok.shape
+    out = np.zeros((n, sae.n_latents, H, W), np.float32)
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            z = sae.encode(torch.from_numpy(np.ascontiguousarray(tok[s:s + chunk], np.float32)))  # (b, H, W, L)
+            out[s:s + z.shape[0]] = z.permute(0, 3, 1, 2).numpy()
+    return out
+
+
 class _Dissector:
     """Collects every latent's maps on the first `n` images of the pass, then dissects them once."""
 
@@ -188,11 +203,12 @@ class _Dissector:
         return 0 if self.note else self.n - sum(len(r) for r in self.rows)
 
     def add(self, tok: np.ndarray, rows: np.ndarray) -> None:
-        from ..sae.latents import latent_maps
-
+        if not self.maps:  # the first batch tells the map size: cap the images to the memory budget
+            per_image = self.clf.n_latents * tok.shape[1] * tok.shape[2]
+            self.n = min(self.n, max(8, MAP_BUDGET // max(per_image, 1)))
         k = min(self.wanted, len(rows))
         if k > 0:
-            self.maps.append(latent_maps(self.clf.sae, tok[:k], list(range(self.clf.n_latents))))
+            self.maps.append(all_latent_maps(self.clf.sae, tok[:k]))
             self.rows.append(rows[:k])
 
     def result(self) -> tuple[np.ndarray | None, list[str], str]:

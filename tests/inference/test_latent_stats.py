@@ -135,3 +135,14 @@ def test_faithfulness_is_logged_on_the_registered_versions_run(mlflow_tmp, tiny_
     assert logged["faithfulness.deletion_auc"] == pytest.approx(out["metrics"]["faithfulness.deletion_auc"])
     tags = mlflow.MlflowClient().get_model_version(reg.name, reg.version).tags
     assert "metric.faithfulness.deletion_auc" in tags
+
+
+def test_all_latent_maps_agree_with_the_sae_maps_of_a_few(tiny_clf):
+    from revelio_svc.inference.latent_stats import all_latent_maps
+    from revelio_svc.sae import latent_maps
+
+    ds = tiny_clf.dataset()
+    _, tok, _ = tiny_clf.tokens(ds.images(range(3)), ds.ids()[:3])
+    every = all_latent_maps(tiny_clf.sae, tok, chunk=2)
+    assert every.shape == (3, tiny_clf.n_latents, *tok.shape[1:3])
+    assert np.allclose(every[:, [0, 5, 31]], latent_maps(tiny_clf.sae, tok, [0, 5, 31]), atol=1e-6)
