@@ -35,7 +35,9 @@ from .contracts import StageResult
 from .features.extract import extract, store_identity
 from .features.store import StoreError, open_store
 from .identity import digest
+from .inference import Classifier
 from .registry import Registration, register_set
+from .registry.faithfulness import faithfulness_for_classifier
 from .sae.io import sae_identity
 from .sae.trainer import sae_training_identity
 from .stages import (
@@ -230,9 +232,6 @@ def _register(cfg: Config, chain: _Chain, store_uri: str) -> Callable[[], StageR
 
 def _faithfulness(classifier_dir: Path) -> dict[str, float]:
     """Deletion-curve metrics of the new classifier (registry.faithfulness); never a reason to fail."""
-    from .inference import Classifier
-    from .registry.faithfulness import faithfulness_for_classifier
-
     try:
         return faithfulness_for_classifier(Classifier.load(classifier_dir))
     except Exception as e:  # noqa: BLE001 - e.g. the dataset is not readable here

@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from revelio_svc.data import BadImageError, load_rgb
+from revelio_svc.inference import atlas as atlas_mod
+from revelio_svc.inference import latent_stats as latent_stats_mod
+from revelio_svc.inference.faithfulness import deletion_curve
+from revelio_svc.inference.latent_stats import DatasetLatents, compute_dataset_latents
+from revelio_svc.inference.steering import MODES, SAMPLERS, SteeringSpec, steer
+from revelio_svc.sae import latent_maps
 
 DEFAULT_MAX_PIXELS = 16_000_000  # 4000×4000: far beyond what the model needs, far below a decompression bomb
 FEWSHOT_DATASETS = ("shapes", "digits")
@@ -433,17 +440,13 @@ class DemoService:
     @property
     def model_key(self) -> str:
         """What the cached statistics are keyed by (hashes the weights once: large SAEs take a moment)."""
-        from revelio_svc.inference.latent_stats import model_key
-
         if self._model_key is None:
-            self._model_key = model_key(self.clf, self.browse_images)
+            self._model_key = latent_stats_mod.model_key(self.clf, self.browse_images)
         return self._model_key
 
     def dataset_latents(self, progress=None):
         """Image-level latents and the control over `browse_images` dataset images: computed once per model
         (keyed by its weights and data, `inference.latent_stats.model_key`) and kept in `cache_dir`."""
-        from revelio_svc.inference.latent_stats import DatasetLatents, compute_dataset_latents
-
         with self._index_lock:
             if self._dl is None:
                 self.dataset()  # a dataset that cannot be loaded here: InputError with the reason
@@ -461,20 +464,16 @@ class DemoService:
             return self._dl
 
     def latent_table(self):
-        from revelio_svc.inference.latent_stats import latent_table
-
         dl = self.dataset_latents()
         with self._index_lock:
             if self._table is None:
-                self._table = latent_table(dl)
+                self._table = latent_stats_mod.latent_table(dl)
             return self._table
 
     def useful_latent(self) -> int:
         """The latent the browser opens on (never a dead one while any latent fires)."""
-        from revelio_svc.inference.latent_stats import useful_latent
-
         try:
-            return useful_latent(self.latent_table(), self.clf)
+            return latent_stats_mod.useful_latent(self.latent_table(), self.clf)
         except InputError:  # no dataset here: the first latent that has top images
             live = [j for j in range(self.clf.n_latents) if self.clf.top_indices[j, 0] >= 0]
             return live[0] if live else 0
@@ -484,10 +483,9 @@ class DemoService:
 
     def latent_page(self, latent: Any) -> dict[str, Any]:
         """Latent j's statistics record (`LatentStats.to_dict()`) plus its top images with heatmaps."""
-        from revelio_svc.inference.latent_stats import latent_stats
-
         j = self.check_latent(latent)
-        st = latent_stats(self.dataset_latents(), self.latent_table(), self.clf, j, n_top=self.n_top_images * 2)
+        st = latent_stats_mod.latent_stats(self.dataset_latents(), self.latent_table(), self.clf, j,
+                                           n_top=self.n_top_images * 2)
         rec = st.to_dict()
         labels = self.dataset_labels()
         concept = self.clf.concept if self.clf.concept in labels else next(iter(labels), "")
@@ -501,8 +499,6 @@ class DemoService:
         imgs = [self.thumb(i) for i in indices]
         if self.clf.sae.config.input != "tokens":
             return imgs, None
-        from revelio_svc.sae import latent_maps
-
         ids = self.dataset().ids()
         with self.model_lock:
             _, tok, _ = self.clf.tokens(imgs, [ids[int(i)] for i in indices])
@@ -511,10 +507,6 @@ class DemoService:
     def atlas(self, view: str, method: str | None = None) -> np.ndarray:
         """(n, 2) coordinates in [0, 1]: view "images" (rows of `dataset_latents`) or "latents" (decoder
         directions); cached in memory and in `cache_dir` per model."""
-        from safetensors.numpy import load_file, save_file
-
-        from revelio_svc.inference import atlas as atlas_mod
-
         if view not in ATLAS_VIEWS:
             raise InputError(f"unknown atlas view {view!r}; choose one of {', '.join(ATLAS_VIEWS)}")
         method = method or self.atlas_method
@@ -564,10 +556,8 @@ class DemoService:
 
     def pick(self, view: str, x: float, y: float) -> int | None:
         """The image row (view images: a dataset index) or the latent nearest to atlas coordinates (x, y)."""
-        from revelio_svc.inference.atlas import nearest_point
-
         xy = self.atlas(view)
-        i = nearest_point(xy, x, y)
+        i = atlas_mod.nearest_point(xy, x, y)
         if i is None:
             return None
         return int(self.dataset_latents().indices[i]) if view == "images" else int(i)
@@ -613,8 +603,6 @@ class DemoService:
               sampler: str = "ddim", steps: Any = 20, t_min: Any = 0, t_max: Any = 999, progress=None):
         """Sample the same seeds with and without latent j pushed in (α × its strongest dataset activation)
         or zeroed, at the SAE's hook point for timesteps in [t_min, t_max] (`inference.steering`)."""
-        from revelio_svc.inference.steering import MODES, SAMPLERS, SteeringSpec, steer
-
         j = self.check_latent(latent)
         if mode not in MODES:
             raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -639,8 +627,6 @@ class DemoService:
 
     def deletion(self, path: str | None, n_max: Any = 16) -> dict[str, Any]:
         """Deletion curve of an uploaded image (`inference.faithfulness.deletion_curve`)."""
-        from revelio_svc.inference.faithfulness import deletion_curve
-
         n = int_in(n_max, "n_max", 1, 64)
         img = decode_upload(path, int(self.clf.data.image_size), self.max_pixels)
         with self.model_lock:

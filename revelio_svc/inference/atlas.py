@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+# scikit-learn's decomposition/manifold/neighbors modules are imported where a map is computed: importing them
+# takes about a second, and an app that serves from the cache never needs them
 METHODS = ("tsne", "pca")
 MAX_LANDMARKS = 3000
 N_COMPONENTS = 50

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from ..data import train_test_indices
+
 DEFAULT_N_MAX = 16
 
 
@@ -73,8 +75,6 @@ def deletion_curve(clf, z: np.ndarray, n_max: int = DEFAULT_N_MAX, n_random: int
 
 def heldout_indices(clf, n_images: int, seed: int = 0) -> np.ndarray:
     """Up to n_images dataset indices from the test split of the classifier's dataset (fixed, seeded)."""
-    from ..data import train_test_indices
-
     ds = clf.dataset()
     try:
         _, test = train_test_indices(ds.ids(), clf.data.seed, clf.data.test_fraction)

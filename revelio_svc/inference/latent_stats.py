@@ -33,6 +33,16 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from ..config import to_dict
+from ..data.shapes import PARTS
+from ..interpret.controls import matched_random
+from ..interpret.dissection import concept_masks, dissect
+from ..interpret.purity import chance_purity, majority
+from ..sae.latents import image_latents
 
 FORMAT = "revelio-dataset-latents"
 VERSION = 1
@@ -45,8 +55,6 @@ CONTROL_NAME = "a matched random dictionary (the SAE's encoder with random unit 
 
 def model_key(clf, n_images: int) -> str:
     """A digest naming what the dataset statistics depend on (weights, backbone, data, sample size)."""
-    from ..config import to_dict
-
     h = hashlib.sha256()
     for name, t in sorted(clf.sae.state_dict().items()):
         h.update(name.encode())
@@ -106,8 +114,6 @@ class DatasetLatents:
 
     # -------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
-        from safetensors.numpy import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         z = self.Z.tocsr()
@@ -133,8 +139,6 @@ class DatasetLatents:
 
     @classmethod
     def load(cls, path: str | Path) -> DatasetLatents:
-        from safetensors import safe_open
-
         with safe_open(str(path), "np") as f:
             meta = f.metadata() or {}
             if meta.get("format") != FORMAT or meta.get("version") != str(VERSION):
@@ -162,9 +166,6 @@ def _concept_masks(ds, idx: np.ndarray) -> dict[str, np.ndarray] | None:
     """Per-class object and part masks of dataset images `idx` (None: the dataset has no masks)."""
     if not hasattr(ds, "masks_batch") or "shape" not in [c.name for c in ds.concepts]:
         return None
-    from ..data.shapes import PARTS
-    from ..interpret.dissection import concept_masks
-
     labels = np.asarray(ds.labels("shape"))[idx]
     return concept_masks(ds.masks_batch(idx), labels, list(ds.concept("shape").classes), PARTS)
 
@@ -172,8 +173,6 @@ def _concept_masks(ds, idx: np.ndarray) -> dict[str, np.ndarray] | None:
 def all_latent_maps(sae, tok: np.ndarray, chunk: int = 16) -> np.ndarray:
     """Every latent's spatial map (n, n_latents, H, W) from token features (n, H, W, C), via the SAE's dense
     codes (scatter of the k active values per position; `sae.latents.latent_maps` suits a few latents)."""
-    import torch
-
     n, H, W, _ = tok.shape
     out = np.zeros((n, sae.n_latents, H, W), np.float32)
     with torch.no_grad():
@@ -212,8 +211,6 @@ class _Dissector:
             self.rows.append(rows[:k])
 
     def result(self) -> tuple[np.ndarray | None, list[str], str]:
-        from ..interpret.dissection import dissect
-
         if self.note or not self.maps:
             return None, [], self.note or f"{NOT_AVAILABLE} (no images)"
         maps = np.concatenate(self.maps)
@@ -236,9 +233,6 @@ def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: in
     `lock` (a context manager) is held around each backbone forward: a server that shares the model with
     other requests passes its model lock. `progress(done, total)` after each batch.
     """
-    from ..interpret.controls import matched_random
-    from ..sae.latents import image_latents
-
     ds = clf.dataset()
     idx = sample_indices(len(ds), n_max, seed)
     ids = ds.ids()
@@ -287,8 +281,6 @@ class LatentTable:
 
 def _purity_chunks(acts_csc: sp.csc_matrix, lab: np.ndarray, top_n: int, chunk: int = 256):
     """Majority share and label of each unit's top images (NaN: active on fewer than top_n), unit chunks dense."""
-    from ..interpret.purity import majority
-
     n, L = acts_csc.shape
     pur = np.full(L, np.nan)
     maj = np.zeros(L, np.int64)
@@ -302,8 +294,6 @@ def _purity_chunks(acts_csc: sp.csc_matrix, lab: np.ndarray, top_n: int, chunk: 
 
 
 def latent_table(dl: DatasetLatents, top_n: int = PURITY_TOP_N) -> LatentTable:
-    from ..interpret.purity import chance_purity
-
     top_n = int(min(top_n, max(1, dl.n)))
     act = dl.csc
     counts = np.diff(act.indptr)

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler
 
 SAMPLERS = ("ddim", "ddpm")
 MODES = ("add", "ablate")
@@ -182,8 +184,6 @@ def decode_samples(adapter, x: torch.Tensor) -> np.ndarray:
 
 
 def make_scheduler(adapter, sampler: str, steps: int):
-    from diffusers import DDIMScheduler, DDPMScheduler
-
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     n_train = int(adapter.scheduler.config.num_train_timesteps)
@@ -277,8 +277,6 @@ def steer(adapter, sae, hook_point: str, spec: SteeringSpec, seeds: Sequence[int
     steered timestep, so steps before the range are not repeated. `progress(done, total)` is called after
     every denoising step.
     """
-    import time
-
     t0 = time.perf_counter()
     seeds = [int(s) for s in seeds]
     if not seeds:

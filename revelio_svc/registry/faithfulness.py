@@ -12,6 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from ..inference.faithfulness import DEFAULT_N_MAX, faithfulness_metrics
+from .access import registry_client, resolve_version
+from .errors import RegistryError
+from .loaders import load_classifier
+from .refs import parse_uri
+from .register import METRIC_TAG
 
 PREFIX = "faithfulness."
 
@@ -26,12 +31,6 @@ def log_faithfulness(uri: str, n_images: int = 64, n_max: int = DEFAULT_N_MAX, c
 
     Returns {"name", "version", "run_id", "metrics"}. `clf` skips loading when the caller has it already.
     """
-    from .access import registry_client, resolve_version
-    from .errors import RegistryError
-    from .loaders import load_classifier
-    from .refs import parse_uri
-    from .register import METRIC_TAG
-
     ref = parse_uri(uri)
     if ref.kind != "registry":
         raise RegistryError(f"log_faithfulness needs a registered version (NAME/version or NAME@alias), got {uri!r}")
