@@ -165,26 +165,24 @@ def main() -> int:
             port = s.getsockname()[1]
         demo = launch(clf, port=port, prevent_thread_lock=True, quiet=True)
         try:
-                # download_files=False: the server's answer alone; below, the same with every output file fetched
+                # download_files=False: the server's answer alone; cf: what a client that wants every output image
+            # pays (gradio_client fetches each file it is given). The two alternate request by request, so both
+            # see the same load from whatever else runs on the machine.
             c = Client(demo.local_url, verbose=False, download_files=False)
+            cf = Client(demo.local_url, verbose=False, download_files=tempfile.mkdtemp(prefix="revelio-bench-dl-"))
             for p in paths[:args.warmup]:
                 c.predict(handle_file(str(p)), 6, api_name="/classify")
-            ms_http = []
+                cf.predict(handle_file(str(p)), 6, api_name="/classify")
+            ms_http, ms_fetch, n_files = [], [], 0
             for p in paths[args.warmup:]:
                 t = time.perf_counter()
                 c.predict(handle_file(str(p)), 6, api_name="/classify")
                 ms_http.append((time.perf_counter() - t) * 1000)
-            res["http"] = _summary(ms_http)
-            # what a client that wants every output image pays: gradio_client fetches each file it is given
-            cf = Client(demo.local_url, verbose=False, download_files=tempfile.mkdtemp(prefix="revelio-bench-dl-"))
-            for p in paths[:args.warmup]:
-                cf.predict(handle_file(str(p)), 6, api_name="/classify")
-            ms_fetch, n_files = [], 0
-            for p in paths[args.warmup:]:
                 t = time.perf_counter()
                 out = cf.predict(handle_file(str(p)), 6, api_name="/classify")
                 ms_fetch.append((time.perf_counter() - t) * 1000)
                 n_files = _count_files(out)
+            res["http"] = _summary(ms_http)
             res["http_with_files"] = {**_summary(ms_fetch), "files_per_response": n_files}
         finally:
             demo.close()
