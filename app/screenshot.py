@@ -40,8 +40,7 @@ def capture(url: str, image: Path, out: Path, width: int = 1280, max_bytes: int 
             page = browser.new_page(viewport={"width": width, "height": 1000})
             page.goto(url, wait_until="domcontentloaded")
             page.locator("#classify-input input[type=file]").set_input_files(str(image))
-            expect(page.locator("#classify-top-images img").first).to_be_visible(timeout=120_000)
-            expect(page.locator("#classify-heatmaps img").first).to_be_visible(timeout=120_000)
+            expect(page.locator("#classify-sheet img")).to_be_visible(timeout=120_000)
             page.wait_for_timeout(1500)  # let the bar chart finish drawing
             page.screenshot(path=str(raw), full_page=True)
         finally:
@@ -77,7 +76,7 @@ def main() -> None:
 
         clf = load_classifier(args.model)
     else:
-        from .quick import quick_classifier
+        from revelio_svc.app.quick import quick_classifier
 
         q = quick_classifier(load_config(None, []), n_images=args.n_images)
         clf = q.classifier

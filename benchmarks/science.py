@@ -29,7 +29,13 @@ from revelio_svc.config import load_config  # noqa: E402
 from revelio_svc.data import load_dataset  # noqa: E402
 from revelio_svc.features.extract import store_uri_for  # noqa: E402
 from revelio_svc.features.store import open_store, parse_set_key  # noqa: E402
-from revelio_svc.interpret.report import HEADLINE_K, ReportData, control_report, dissection_rows, report_rows  # noqa: E402
+from revelio_svc.interpret.report import (  # noqa: E402
+    HEADLINE_K,
+    ReportData,
+    control_report,
+    dissection_rows,
+    report_rows,
+)
 from revelio_svc.interpret.toplatents import read_rows  # noqa: E402
 from revelio_svc.probe.linear import fit_linear_probe  # noqa: E402
 from revelio_svc.sae import image_latents, read_sae  # noqa: E402

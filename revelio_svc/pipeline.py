@@ -35,7 +35,9 @@ from .contracts import StageResult
 from .features.extract import extract, store_identity
 from .features.store import StoreError, open_store
 from .identity import digest
+from .inference import Classifier
 from .registry import Registration, register_set
+from .registry.faithfulness import faithfulness_for_classifier
 from .sae.io import sae_identity
 from .sae.trainer import sae_training_identity
 from .stages import (
@@ -219,11 +221,22 @@ def _register(cfg: Config, chain: _Chain, store_uri: str) -> Callable[[], StageR
         chain.registrations = regs
         metrics = {f"{k}.version": float(r.version) for k, r in regs.items()}
         metrics.update({f"{k}.is_champion": float(r.champion) for k, r in regs.items()})
+        # logged on this run, the registered versions' run: explanations' faithfulness per model version
+        metrics.update(_faithfulness(clf.classifier_dir))
         return _Registered(identity=clf.identity, metrics=metrics, artifacts=clf.artifacts,
                            tags={"classifier_dir": str(clf.classifier_dir)}, classifier_dir=clf.classifier_dir,
                            registrations=regs)
 
     return fn
+
+
+def _faithfulness(classifier_dir: Path) -> dict[str, float]:
+    """Deletion-curve metrics of the new classifier (registry.faithfulness); never a reason to fail."""
+    try:
+        return faithfulness_for_classifier(Classifier.load(classifier_dir))
+    except Exception as e:  # noqa: BLE001 - e.g. the dataset is not readable here
+        print(f"note: no faithfulness metrics ({type(e).__name__}: {e})")
+        return {}
 
 
 @dataclass(frozen=True, kw_only=True)

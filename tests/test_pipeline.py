@@ -95,6 +95,10 @@ def test_mlflow_run_registers_the_three_models_in_one_parent_run(project_run, ti
         assert str(mv.version) == "1" and mv.tags["hook_point"] == "up_blocks.1" and mv.tags["dataset"] == "shapes"
         assert mv.tags["run_id.train_sae"] == children["train_sae"].info.run_id
     assert float(client.get_model_version_by_alias("revelio-sae", "champion").tags["metric.fvu"]) > 0
+    # the faithfulness of the classifier's explanations is on the run of its registered version
+    clf_run = client.get_run(client.get_model_version_by_alias("revelio-classifier", "champion").run_id)
+    assert 0 <= clf_run.data.metrics["faithfulness.deletion_auc"] <= 1
+    assert "faithfulness.deletion_auc_random" in clf_run.data.metrics
 
 
 def test_a_second_process_loads_every_model_by_alias(project_run, tiny_unet_dir):

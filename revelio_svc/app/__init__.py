@@ -1,4 +1,5 @@
-"""The Gradio demo: classify images with an SAE-latent explanation, few-shot probes, a latent browser.
+"""The Gradio demo: classify images with an SAE-latent explanation, a latent atlas and latent pages, causal
+steering of the backbone with a latent, deletion curves, few-shot probes.
 
 `build_app(classifier)` returns the gr.Blocks; `launch(...)` serves it. `revelio demo` (revelio_svc.demo)
 loads a registered classifier and calls `launch`.

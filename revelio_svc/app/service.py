@@ -21,11 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from revelio_svc.data import BadImageError, load_rgb
+from revelio_svc.inference import atlas as atlas_mod
+from revelio_svc.inference import latent_stats as latent_stats_mod
+from revelio_svc.inference.faithfulness import deletion_curve
+from revelio_svc.inference.latent_stats import DatasetLatents, compute_dataset_latents
+from revelio_svc.inference.steering import MODES, SAMPLERS, SteeringSpec, steer
+from revelio_svc.sae import latent_maps
 
 DEFAULT_MAX_PIXELS = 16_000_000  # 4000×4000: far beyond what the model needs, far below a decompression bomb
 FEWSHOT_DATASETS = ("shapes", "digits")
+ATLAS_VIEWS = ("images", "latents")
 _MAX_EXAMPLES = 48  # training images kept per few-shot probe for the gallery (they live in session state)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
@@ -99,7 +107,28 @@ def decode_upload(path: str | os.PathLike | None, size: int, max_pixels: int) ->
     except (OSError, ValueError) as e:  # anything else Pillow throws at odd files
         raise InputError(f"{name}: the image cannot be read ({type(e).__name__}). Try another file.") from e
     notes = [_MODE_NOTES[mode]] if mode in _MODE_NOTES else []
+    notes += resize_notes(wh, size)
     return DecodedImage(rgb, notes, mode, wh, name)
+
+
+EXTREME_ASPECT = 2.0  # longer side / shorter side beyond which the centre crop drops most of the image
+
+
+def resize_notes(wh: tuple[int, int], size: int) -> list[str]:
+    """What the user should know about how the model sees an image of `wh` pixels at `size`×`size`."""
+    w, h = (int(v) for v in wh)
+    if w <= 0 or h <= 0:
+        return []
+    out = []
+    s = min(w, h)
+    if max(w, h) / s > EXTREME_ASPECT:
+        kept = s * s / (w * h)
+        out.append(f"resized from {w}×{h}: extreme aspect ratio, so only the centre {s}×{s} square "
+                   f"({kept:.0%} of the image) was kept and scaled to {size}×{size}")
+    if s < size:
+        out.append(f"resized from {w}×{h}: smaller than the model's {size}×{size} input, so it was blown up "
+                   f"{size / s:.0f}× and the model sees little real detail; treat the prediction with care")
+    return out
 
 
 # --------------------------------------------------------------------------- model description
@@ -153,8 +182,9 @@ class DemoService:
     """One loaded classifier and everything the tabs compute from it."""
 
     def __init__(self, clf, *, max_pixels: int = DEFAULT_MAX_PIXELS, top: int = 6, n_top_images: int = 6,
-                 browse_images: int = 512, fewshot_dir: str | os.PathLike = "outputs/fewshot",
-                 fewshot_eval: int = 120, allow_register: bool = True, experiment: str = "revelio"):
+                 browse_images: int = 2000, fewshot_dir: str | os.PathLike = "outputs/fewshot",
+                 fewshot_eval: int = 120, allow_register: bool = True, experiment: str = "revelio",
+                 cache_dir: str | os.PathLike | None = None, atlas_method: str = "tsne"):
         if max_pixels <= 0:
             raise ValueError(f"max_pixels must be > 0, got {max_pixels}")
         self.clf = clf
@@ -170,7 +200,14 @@ class DemoService:
         self._thumbs: OrderedDict[int, np.ndarray] = OrderedDict()
         self._thumb_lock = threading.Lock()
         self._index_lock = threading.Lock()
-        self._index: dict[str, Any] | None = None
+        self._dl = None  # DatasetLatents
+        self._model_key: str | None = None
+        self._table = None  # LatentTable
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.atlas_method = atlas_method
+        self._atlas: dict[tuple[str, str], np.ndarray] = {}
+        self._atlas_lock = threading.Lock()
+        self._baselines: dict = {}  # steering: unsteered samples per (seeds, sampler, steps)
         self._datasets: dict[tuple[str, int], Any] = {}
 
     @property
@@ -211,14 +248,19 @@ class DemoService:
         return {c.name: (list(c.classes), ds.labels(c.name)) for c in ds.concepts}
 
     # ------------------------------------------------------------------ classify
-    def explain(self, path: str | None, clf=None) -> dict[str, Any]:
-        """Decode the upload and explain the prediction; adds the input notes and top-image labels."""
+    def explain(self, path: str | None, clf=None, top: int | None = None) -> dict[str, Any]:
+        """Decode the upload and explain the prediction (`top` latents); adds the input notes and top-image labels."""
         clf = clf or self.clf
         img = decode_upload(path, int(clf.data.image_size), self.max_pixels)
         with self.model_lock:
-            exp = clf.explain(img.rgb, top=self.top, n_images=self.n_top_images)
+            exp = clf.explain(img.rgb, top=int(top or self.top), n_images=self.n_top_images)
         exp["input"] = {"name": img.name, "mode": img.mode, "size": list(img.size), "notes": img.notes,
                         "model_size": int(clf.data.image_size)}
+        self._label_tops(exp)
+        return exp
+
+    def _label_tops(self, exp: dict[str, Any]) -> None:
+        """Add each top image's label (the classifier's concept) and activation to the explanation rows."""
         labels = self.dataset_labels()
         concept = self.clf.concept if self.clf.concept in labels else (next(iter(labels)) if labels else "")
         for row in exp["contributions"]:
@@ -228,7 +270,6 @@ class DemoService:
                                      for i in row["top_images"]]
                 row["top_labels_concept"] = concept
             row["top_values"] = [float(v) for v in self.clf.top_values[row["latent"]][:len(row["top_images"])]]
-        return exp
 
     # ------------------------------------------------------------------ few-shot
     def classifier_with(self, fs: FewShotProbe):
@@ -392,72 +433,161 @@ class DemoService:
         out["saved_to"] = str(dest)  # not "path": gradio_client takes a dict with "path" for a file to download
         return out
 
-    # ------------------------------------------------------------------ latent browser
-    def latent_index(self) -> dict[str, Any]:
-        """Image-level latents of a sample of the dataset (computed once, on first use)."""
-        with self._index_lock:
-            if self._index is None:
-                ds = self.dataset()
-                n = min(len(ds), self.browse_images)
-                ids = ds.ids()[:n]
-                Z = np.zeros((n, self.clf.n_latents), np.float32)
-                for s in range(0, n, 64):
-                    Z[s:s + 64] = self._latents([ds.image(i) for i in range(s, min(n, s + 64))], ids[s:s + 64])
-                labels = {c: (names, lab[:n]) for c, (names, lab) in self.dataset_labels().items()}
-                self._index = {"Z": Z, "n": n, "labels": labels}
-            return self._index
+    # ------------------------------------------------------------------ dataset statistics (atlas, latent pages)
+    def _cache_file(self, what: str, key: str) -> Path | None:
+        return self.cache_dir / f"{what}-{key}.safetensors" if self.cache_dir is not None else None
 
-    def latent_report(self, latent: int) -> dict[str, Any]:
-        L = self.clf.n_latents
+    @property
+    def model_key(self) -> str:
+        """What the cached statistics are keyed by (hashes the weights once: large SAEs take a moment)."""
+        if self._model_key is None:
+            self._model_key = latent_stats_mod.model_key(self.clf, self.browse_images)
+        return self._model_key
+
+    def dataset_latents(self, progress=None):
+        """Image-level latents and the control over `browse_images` dataset images: computed once per model
+        (keyed by its weights and data, `inference.latent_stats.model_key`) and kept in `cache_dir`."""
+        with self._index_lock:
+            if self._dl is None:
+                self.dataset()  # a dataset that cannot be loaded here: InputError with the reason
+                f = self._cache_file("latents", self.model_key)
+                if f is not None and f.is_file():
+                    try:
+                        self._dl = DatasetLatents.load(f)
+                    except (OSError, ValueError):
+                        self._dl = None  # unreadable cache: compute again
+                if self._dl is None:
+                    self._dl = compute_dataset_latents(self.clf, self.browse_images, lock=self.model_lock,
+                                                       progress=progress)
+                    if f is not None:
+                        self._dl.save(f)
+            return self._dl
+
+    def latent_table(self):
+        dl = self.dataset_latents()
+        with self._index_lock:
+            if self._table is None:
+                self._table = latent_stats_mod.latent_table(dl)
+            return self._table
+
+    def useful_latent(self) -> int:
+        """The latent the browser opens on (never a dead one while any latent fires)."""
         try:
-            j = int(latent)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"latent must be a whole number between 0 and {L - 1}") from e
-        if not 0 <= j < L or float(latent) != j:
-            raise InputError(f"latent must be a whole number between 0 and {L - 1}, got {latent}")
-        idx = self.latent_index()
-        z = idx["Z"][:, j]
-        active = z > 0
-        top = self.clf.top_images(j, self.n_top_images * 2)
-        top_vals = [float(v) for v in self.clf.top_values[j][:len(top)]]
-        dist: dict[str, dict[str, int]] = {}
-        purity: dict[str, dict[str, Any]] = {}
-        all_labels = self.dataset_labels()
-        for concept, (names, lab_all) in all_labels.items():
-            lab_top = [int(lab_all[i]) for i in top]
-            counts = {names[c]: lab_top.count(c) for c in sorted(set(lab_top))}
-            dist[concept] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-            prior = np.bincount(idx["labels"][concept][1], minlength=len(names)) / max(idx["n"], 1) \
-                if concept in idx["labels"] else None
-            if lab_top:
-                best = max(counts, key=counts.get)
-                purity[concept] = {"label": best, "purity": counts[best] / len(lab_top),
-                                   "chance": float(prior.max()) if prior is not None else None}
-        weights = {}
-        probe = self.clf.probe
-        classes = list(np.asarray(probe.classes, np.int64))
-        for r, c in enumerate(classes):
-            weights[self.clf.class_names[c]] = float(np.asarray(probe.coef)[r, j] / probe.scaler_scale[j])
-        return {"latent": j, "n_latents": L, "frequency": float(active.mean()) if len(z) else 0.0,
-                "n_images": int(idx["n"]), "mean_when_active": float(z[active].mean()) if active.any() else 0.0,
-                "max_activation": float(self.clf.top_values[j][0]) if self.clf.top_values.shape[1] else 0.0,
-                "top_images": top, "top_values": top_vals, "label_distribution": dist, "purity": purity,
-                "probe_weights": weights}
+            return latent_stats_mod.useful_latent(self.latent_table(), self.clf)
+        except InputError:  # no dataset here: the first latent that has top images
+            live = [j for j in range(self.clf.n_latents) if self.clf.top_indices[j, 0] >= 0]
+            return live[0] if live else 0
+
+    def check_latent(self, latent: Any) -> int:
+        return int_in(latent, "latent", 0, self.clf.n_latents - 1)
+
+    def latent_page(self, latent: Any) -> dict[str, Any]:
+        """Latent j's statistics record (`LatentStats.to_dict()`) plus its top images with heatmaps."""
+        j = self.check_latent(latent)
+        st = latent_stats_mod.latent_stats(self.dataset_latents(), self.latent_table(), self.clf, j,
+                                           n_top=self.n_top_images * 2)
+        rec = st.to_dict()
+        labels = self.dataset_labels()
+        concept = self.clf.concept if self.clf.concept in labels else next(iter(labels), "")
+        rec["top_labels"] = [labels[concept][0][int(labels[concept][1][i])] for i in st.top_images] if concept else []
+        return rec
+
+    def latent_maps_of(self, latent: int, indices: Sequence[int]) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Dataset images `indices` and latent's spatial map on each (None for a pooled SAE)."""
+        if not indices:
+            return [], None
+        imgs = [self.thumb(i) for i in indices]
+        if self.clf.sae.config.input != "tokens":
+            return imgs, None
+        ids = self.dataset().ids()
+        with self.model_lock:
+            _, tok, _ = self.clf.tokens(imgs, [ids[int(i)] for i in indices])
+        return imgs, np.asarray(latent_maps(self.clf.sae, tok, [int(latent)]), np.float32)[:, 0]
+
+    def atlas(self, view: str, method: str | None = None) -> np.ndarray:
+        """(n, 2) coordinates in [0, 1]: view "images" (rows of `dataset_latents`) or "latents" (decoder
+        directions); cached in memory and in `cache_dir` per model."""
+        if view not in ATLAS_VIEWS:
+            raise InputError(f"unknown atlas view {view!r}; choose one of {', '.join(ATLAS_VIEWS)}")
+        method = method or self.atlas_method
+        dl = self.dataset_latents() if view == "images" else None
+        key = (view, method)
+        with self._atlas_lock:
+            if key not in self._atlas:
+                f = self._cache_file(f"atlas-{view}-{method}", self.model_key)
+                xy = load_file(str(f))["xy"] if f is not None and f.is_file() else None
+                if xy is None:
+                    xy = (atlas_mod.image_atlas(dl.Z, method) if view == "images"
+                          else atlas_mod.latent_atlas(self.clf.sae, method))
+                    if f is not None:
+                        f.parent.mkdir(parents=True, exist_ok=True)
+                        save_file({"xy": np.ascontiguousarray(xy, np.float32)}, str(f))
+                self._atlas[key] = np.asarray(xy, np.float32)
+            return self._atlas[key]
+
+    def colour_options(self, view: str) -> list[str]:
+        concepts = list(self.concepts())
+        if view == "images":
+            return concepts + ["prediction"]
+        return ["best concept", "purity vs control"] + [f"majority label: {c}" for c in concepts] + ["firing density"]
+
+    def atlas_values(self, view: str, colour_by: str) -> tuple[list[Any] | np.ndarray, str]:
+        """What colours each point: categorical (a list) or continuous (an array), and the legend title."""
+        options = self.colour_options(view)
+        if colour_by not in options:
+            raise InputError(f"cannot colour the {view} atlas by {colour_by!r}; choose one of {', '.join(options)}")
+        if view == "images":
+            dl = self.dataset_latents()
+            if colour_by == "prediction":
+                pred = np.concatenate([self.clf.predict_latents(dl.Z[s:s + 4096].toarray()).argmax(1)
+                                       for s in range(0, dl.n, 4096)]) if dl.n else np.zeros(0, np.int64)
+                return [self.clf.class_names[int(k)] for k in pred], "predicted class"
+            names, lab = dl.labels[colour_by]
+            return [names[int(k)] if 0 <= k < len(names) else None for k in lab], colour_by
+        t = self.latent_table()
+        if colour_by == "best concept":
+            return list(t.best_concept), "concept whose purity is furthest above chance"
+        if colour_by == "purity vs control":
+            return t.vs_control, "purity on the best concept − the control's mean purity (red: above)"
+        if colour_by == "firing density":
+            return np.log10(np.maximum(t.frequency, 1e-4)) + 2, "log10 firing density (red: frequent)"
+        c = colour_by.split(": ", 1)[1]
+        return list(t.majority[c]), f"majority {c} label of each latent's top images"
+
+    def pick(self, view: str, x: float, y: float) -> int | None:
+        """The image row (view images: a dataset index) or the latent nearest to atlas coordinates (x, y)."""
+        xy = self.atlas(view)
+        i = atlas_mod.nearest_point(xy, x, y)
+        if i is None:
+            return None
+        return int(self.dataset_latents().indices[i]) if view == "images" else int(i)
+
+    def explain_dataset_image(self, index: Any) -> dict[str, Any]:
+        """The Classify explanation of dataset image `index`, with its own id (the exact training-time noise)."""
+        i = int_in(index, "image index", 0, len(self.dataset()) - 1)
+        rgb = self.thumb(i)
+        ids = self.dataset().ids()
+        with self.model_lock:
+            exp = self.clf.explain(rgb, top=self.top, image_id=ids[i], n_images=self.n_top_images)
+        exp["input"] = {"name": f"dataset image #{i} ({ids[i]})", "mode": "RGB", "size": [rgb.shape[1], rgb.shape[0]],
+                        "notes": [], "model_size": int(self.clf.data.image_size), "dataset_index": i}
+        self._label_tops(exp)
+        return exp
 
     def search_latents(self, concept: str, label: str, limit: int = 20) -> list[dict[str, Any]]:
         """Latents ranked by how much of their activation falls on images of `label` (selectivity)."""
-        idx = self.latent_index()
-        if concept not in idx["labels"]:
-            raise InputError(f"unknown concept {concept!r}; this dataset has: {', '.join(idx['labels']) or 'none'}")
-        names, lab = idx["labels"][concept]
+        dl = self.dataset_latents()
+        if concept not in dl.labels:
+            raise InputError(f"unknown concept {concept!r}; this dataset has: {', '.join(dl.labels) or 'none'}")
+        names, lab = dl.labels[concept]
         if label not in names:
             raise InputError(f"{concept} has no label {label!r}; its labels: {', '.join(names)}")
         c = names.index(label)
-        Z = idx["Z"]
-        mass = Z.sum(0)
-        on = Z[lab == c].sum(0)
+        Z = dl.csc
+        mass = np.asarray(Z.sum(0)).reshape(-1)
+        on = np.asarray(Z[np.flatnonzero(np.asarray(lab) == c)].sum(0)).reshape(-1)
         sel = np.divide(on, mass, out=np.zeros_like(on), where=mass > 0)
-        freq = (Z > 0).mean(0)
+        freq = np.diff(Z.indptr) / max(dl.n, 1)
         order = [int(j) for j in np.argsort(-sel, kind="stable") if mass[j] > 0][:limit]
         _, lab_all = self.dataset_labels()[concept]
         out = []
@@ -468,5 +598,77 @@ class DemoService:
                         "frequency": float(freq[j])})
         return out
 
+    # ------------------------------------------------------------------ causal steering and deletion
+    def steer(self, latent: Any, mode: str = "add", strengths: Any = "1, 2, 4", seeds: Any = 4,
+              sampler: str = "ddim", steps: Any = 20, t_min: Any = 0, t_max: Any = 999, progress=None):
+        """Sample the same seeds with and without latent j pushed in (α × its strongest dataset activation)
+        or zeroed, at the SAE's hook point for timesteps in [t_min, t_max] (`inference.steering`)."""
+        j = self.check_latent(latent)
+        if mode not in MODES:
+            raise InputError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if sampler not in SAMPLERS:
+            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        rel = _numbers(strengths, "strengths")
+        if mode == "add" and not 1 <= len(rel) <= 6:
+            raise InputError(f"give 1 to 6 strengths, e.g. '1, 2, 4'; got {len(rel)}")
+        seed_list = _seed_list(seeds)
+        n_steps = int_in(steps, "steps", 2, 200)
+        lo, hi = int_in(t_min, "t_min", 0, 999), int_in(t_max, "t_max", 0, 999)
+        if lo > hi:
+            raise InputError(f"the timestep range is empty: t_min={lo} > t_max={hi}")
+        scale = float(self.clf.top_values[j, 0]) if self.clf.top_values.shape[1] else 0.0
+        unit = scale if scale > 0 else 1.0
+        spec = SteeringSpec(j, mode, tuple(r * unit for r in rel) if mode == "add" else (), lo, hi)
+        res = steer(self.clf.adapter, self.clf.sae, self.clf.hook_point, spec, seed_list, steps=n_steps,
+                    sampler=sampler, progress=progress, cache=self._baselines)
+        if mode == "add":
+            res.variants = ["baseline"] + [f"α = {r:g} × {unit:.2f} (its strongest activation)" for r in rel]
+        return res
+
+    def deletion(self, path: str | None, n_max: Any = 16) -> dict[str, Any]:
+        """Deletion curve of an uploaded image (`inference.faithfulness.deletion_curve`)."""
+        n = int_in(n_max, "n_max", 1, 64)
+        img = decode_upload(path, int(self.clf.data.image_size), self.max_pixels)
+        with self.model_lock:
+            z = self.clf.latents([img.rgb])[0]
+        if not (z > 0).any():
+            raise InputError("no latent is active on this image: there is nothing to remove")
+        return deletion_curve(self.clf, z, n).to_dict()
+
     def concepts(self) -> dict[str, list[str]]:
         return {c: names for c, (names, _) in self.dataset_labels().items()}
+
+
+# --------------------------------------------------------------------------- argument checks
+def _numbers(value: Any, what: str) -> list[float]:
+    """'1, 2, 4' or [1, 2, 4] → [1.0, 2.0, 4.0], or InputError naming `what`."""
+    parts = value if isinstance(value, (list, tuple)) else str(value or "").replace(";", ",").split(",")
+    try:
+        out = [float(p) for p in parts if str(p).strip() != ""]
+    except ValueError as e:
+        raise InputError(f"{what}: give numbers separated by commas, e.g. '1, 2, 4'; got {value!r}") from e
+    if not all(np.isfinite(out)) or any(abs(v) > 1000 for v in out):
+        raise InputError(f"{what}: each must be a finite number between -1000 and 1000; got {value!r}")
+    return out
+
+
+def int_in(value: Any, what: str, lo: int, hi: int) -> int:
+    """A whole number in [lo, hi], or InputError naming `what`."""
+    try:
+        v = int(value)
+        ok = float(value) == v
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not lo <= v <= hi:
+        raise InputError(f"{what} must be a whole number between {lo} and {hi}, got {value!r}")
+    return v
+
+
+def _seed_list(value: Any) -> list[int]:
+    """A count n (seeds 0…n−1) or a list '3, 7, 11' of distinct seeds; at most 8."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and value.strip().isdigit()):
+        return list(range(int_in(value, "seeds", 1, 8)))
+    seeds = [int(v) for v in _numbers(value, "seeds")]
+    if not 1 <= len(seeds) <= 8 or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise InputError(f"seeds: give a count from 1 to 8 or up to 8 distinct non-negative seeds; got {value!r}")
+    return seeds

@@ -11,7 +11,7 @@ from .helpers import bad_files, convertible_files, example, gradient, write_png
 
 
 def _json(result):
-    return result[5]
+    return result[4]
 
 
 def test_model_info_names_model_backbone_hook_point_and_timestep(client, tiny_clf, tiny_model_dir):
@@ -25,7 +25,7 @@ def test_model_info_names_model_backbone_hook_point_and_timestep(client, tiny_cl
 
 def test_classify_matches_the_library_and_explains_the_predicted_class(client, tiny_clf):
     path = example("star")
-    label, notes, bars, heat, tops, exp = client.predict(handle_file(str(path)), api_name="/classify")
+    label, notes, bars, sheet, exp = client.predict(handle_file(str(path)), 6, api_name="/classify")
 
     probs = tiny_clf.predict([str(path)])[0]
     assert label["label"] == tiny_clf.class_names[int(np.argmax(probs))] == exp["label"]
@@ -45,20 +45,30 @@ def test_classify_matches_the_library_and_explains_the_predicted_class(client, t
         assert r["top_images"] == tiny_clf.top_images(r["latent"], 6)
         assert r["top_labels"] == [tiny_clf.class_names[tiny_clf.dataset().labels("shape")[i]]
                                    for i in r["top_images"]]
-    # one heatmap per latent; the top-image grid has a row per latent: its heatmap, then 6 top images
-    assert len(heat) == len(rows)
-    assert len(tops) == 7 * len(rows)
-    for r, k in zip(rows, range(0, len(tops), 7)):
-        assert tops[k]["caption"].startswith(f"latent {r['latent']} ")
-        assert [t["caption"].split()[0] for t in tops[k + 1:k + 1 + len(r["top_images"])]] == \
-            [f"#{i}" for i in r["top_images"]]
-    assert all(f"latent {r['latent']}" in h["caption"] for r, h in zip(rows, heat))
+    # every heatmap and top image is in one sheet: one file per request, a row per latent, 1 + 6 tiles a row
+    from PIL import Image
+
+    from revelio_svc.app.views import THUMB, Sheet
+
+    with Image.open(sheet) as im:
+        assert im.size == Sheet(len(rows), 7, THUMB).size
     plot = bars.get("value", bars)  # the update may wrap the plot data
     col = {c: i for i, c in enumerate(plot["columns"])}
     assert [d[col["latent"]] for d in plot["data"]] == [f"#{r['latent']}" for r in rows]
     assert [d[col["contribution"]] for d in plot["data"]] == pytest.approx(contribs, abs=1e-4)
     assert exp["heatmap_grid"] == [16, 16]  # up_blocks.1 of the tiny UNet at 16 px
     assert exp["input"]["notes"] == []  # an RGB PNG needs no conversion
+    fewer = client.predict(handle_file(str(path)), 2, api_name="/classify")
+    assert len(_json(fewer)["contributions"]) <= 2
+
+
+@pytest.mark.parametrize("size,expect", [((1, 1), "resized from 1×1"), ((400, 20), "resized from 400×20"),
+                                         ((12, 12), "resized from 12×12")])
+def test_tiny_and_extreme_aspect_uploads_say_they_were_resized(client, tmp_path, size, expect):
+    path = write_png(tmp_path / "odd.png", gradient(size[1], size[0]))
+    label, notes, *_, exp = client.predict(handle_file(str(path)), 6, api_name="/classify")
+    assert any(n.startswith(expect) for n in exp["input"]["notes"]), exp["input"]
+    assert "⚠️" in notes and expect in notes
 
 
 @pytest.mark.parametrize("kind,expect", [
@@ -68,7 +78,7 @@ def test_classify_matches_the_library_and_explains_the_predicted_class(client, t
 def test_bad_files_get_a_clear_message_and_the_app_keeps_serving(client, tmp_path, kind, expect):
     path = bad_files(tmp_path)[kind]
     with pytest.raises(AppError) as err:
-        client.predict(handle_file(str(path)), api_name="/classify")
+        client.predict(handle_file(str(path)), 6, api_name="/classify")
     msg = str(err.value)
     assert expect in msg and path.name in msg
     assert "Traceback" not in msg and str(tmp_path) not in msg  # no server paths, no stack trace
@@ -155,23 +165,101 @@ def test_fewshot_register_creates_a_loadable_registered_version(client, mlflow_t
     assert clf.meta.get("store_uri", None) == tiny_clf.meta.get("store_uri", None)
 
 
-def test_latent_browser_reports_top_images_frequency_and_purity(client, tiny_clf):
+def test_latent_page_reports_top_images_histogram_purity_control_and_cofiring(client, tiny_clf):
     live = [j for j in range(tiny_clf.n_latents) if tiny_clf.top_indices[j, 0] >= 0]
     j = live[-1]
-    md, gallery, dist, rep = client.predict(j, api_name="/latent")
-    assert rep["latent"] == j and rep["top_images"] == tiny_clf.top_images(j, 12)
-    assert len(gallery) == len(rep["top_images"])
-    assert 0.0 < rep["frequency"] <= 1.0 and rep["n_images"] == 40
-    assert rep["max_activation"] == pytest.approx(float(tiny_clf.top_values[j, 0]))
-    labels = tiny_clf.dataset().labels("shape")
-    counts = np.bincount(labels[rep["top_images"]], minlength=6)
-    assert rep["purity"]["shape"]["purity"] == pytest.approx(counts.max() / len(rep["top_images"]))
-    assert sum(rep["label_distribution"]["shape"].values()) == len(rep["top_images"])
-    shape_rows = [r for r in dist["data"] if r[0] == "shape"]  # the table shows the same counts
-    assert {r[1]: r[2] for r in shape_rows} == rep["label_distribution"]["shape"]
-    assert f"Latent {j}" in md and "Activation frequency" in md
+    md, sheet, hist, cofire, concepts, st = client.predict(j, api_name="/latent")
+    assert st["latent"] == j and st["top_images"] == tiny_clf.top_images(j, 12)
+    assert 0.0 < st["frequency"] <= 1.0 and st["n_images"] == 40
+    assert st["max_activation"] == pytest.approx(float(tiny_clf.top_values[j, 0]))
+    plot = hist.get("value", hist)
+    assert sum(r[plot["columns"].index("images")] for r in plot["data"]) == st["n_active"]
+    rows = {r[0]: r for r in concepts["data"]}
+    assert set(rows) == {"shape", "colour", "size", "background", "position"}
+    assert concepts["headers"][2:4] == ["purity", "control purity"]
+    assert [r[0] for r in cofire["data"]] == [c["latent"] for c in st["cofiring"]]
+    assert f"Latent {j}" in md and "Fires on" in md and "**Dissection IoU** (its best concepts)" in md
+    assert set(st["dissection_iou"]) <= {*tiny_clf.class_names, "star.tips", "cross.arms", "square.corners",
+                                         "triangle.corners", "hexagon.corners"}
+    from PIL import Image
+
+    with Image.open(sheet) as im:
+        assert im.size[0] > 96 and im.size[1] > 96
     with pytest.raises(AppError, match="greater than maximum value 31"):  # the Number's own bound check
         client.predict(32, api_name="/latent")
+
+
+def test_atlas_maps_images_and_latents(client, tiny_clf):
+    img, legend, info = client.predict("images", "shape", api_name="/atlas")
+    assert info == {"view": "images", "colour_by": "shape", "n_points": 40, "method": "tsne"}
+    assert "star" in legend and "every one drawn" in legend
+    img, legend, info = client.predict("latents", "best concept", api_name="/atlas")
+    assert info["n_points"] == tiny_clf.n_latents
+    with pytest.raises(AppError, match="cannot colour the latents atlas by 'shape'"):
+        client.predict("latents", "shape", api_name="/atlas")
+
+
+def test_dataset_image_explanation_uses_the_training_time_noise(client, tiny_clf):
+    exp = client.predict(5, api_name="/explain_dataset_image")
+    ds = tiny_clf.dataset()
+    probs = tiny_clf.predict([ds.image(5)], [ds.ids()[5]])[0]
+    assert exp["probs"] == pytest.approx(dict(zip(tiny_clf.class_names, probs)), abs=1e-9)
+    assert exp["input"]["dataset_index"] == 5
+    with pytest.raises(AppError, match="image index must be a whole number between 0 and 39"):
+        client.predict(40, api_name="/explain_dataset_image")
+
+
+def test_steering_samples_the_same_seeds_with_and_without(client, tiny_clf):
+    img, md, run = client.predict(3, "add", "1, 2, 4", "4", "ddim", 6, 0, 999, api_name="/steer")
+    assert run["seeds"] == [0, 1, 2, 3] and len(run["variants"]) == 4 and run["variants"][0] == "baseline"
+    assert run["steered_steps"] == 6 and run["mean_abs_change"][0] == 0.0
+    from PIL import Image
+
+    from revelio_svc.app.views import Sheet
+
+    with Image.open(img) as im:
+        assert im.size == Sheet(4, 4, 96).size
+    img, md, run = client.predict(3, "ablate", "", "0, 7", "ddpm", 4, 0, 500, api_name="/steer")
+    assert run["variants"] == ["baseline", "latent 3 zeroed"] and run["seeds"] == [0, 7]
+    for bad, msg in [("a, b", "give numbers"), ("", "give 1 to 6 strengths")]:
+        with pytest.raises(AppError, match=msg):
+            client.predict(3, "add", bad, "4", "ddim", 6, 0, 999, api_name="/steer")
+    with pytest.raises(AppError, match="timestep range is empty"):
+        client.predict(3, "add", "1", "4", "ddim", 6, 600, 500, api_name="/steer")
+
+
+def test_deletion_curve_of_an_upload(client, tmp_path):
+    plot, md, curve = client.predict(handle_file(str(example("star"))), 8, api_name="/deletion_curve")
+    assert len(curve["prob"]) == len(curve["removed"]) + 1 and 0 <= curve["auc"] <= 1
+    assert "Area under the curve" in md
+    with pytest.raises(AppError, match="not an image file"):
+        client.predict(handle_file(str(bad_files(tmp_path)["text"])), 8, api_name="/deletion_curve")
+
+
+def test_api_page_names_every_parameter_and_output(client):
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert [p["parameter_name"] for p in api["/classify"]["parameters"]] == ["image", "top_n"]
+    assert [p["parameter_name"] for p in api["/steer"]["parameters"]] == [
+        "latent", "mode", "strengths", "seeds", "sampler", "steps", "t_min", "t_max"]
+    for name, ep in api.items():
+        for p in ep["parameters"]:
+            assert not p["parameter_name"].startswith("param_"), (name, p)
+        for r in ep["returns"]:
+            assert not r["label"].startswith("value_"), (name, r)
+
+
+def test_every_api_example_runs(served, mlflow_tmp):
+    """The gradio_client examples the page shows (main.API_EXAMPLES), run as written against the app."""
+    from revelio_svc.app.main import API_EXAMPLES
+
+    client = Client(served[0], verbose=False)
+    files = {f"{s}.png": str(example(s)) for s in ("star", "circle")}
+    for name, code in API_EXAMPLES.items():
+        for f, p in files.items():
+            code = code.replace(f'"{f}"', repr(p))
+        code = code.replace('"my-fewshot-probe"', '"example-probe"').replace('"my-probe"', '"example-reg"')
+        out = eval(code, {"client": client, "handle_file": handle_file})  # noqa: S307 - our own examples
+        assert out is not None, name
 
 
 def test_latent_search_ranks_latents_by_selectivity_for_a_label(client, tiny_clf):
@@ -189,7 +277,8 @@ def test_model_events_share_one_concurrency_limit_and_the_app_binds_loopback(ser
     _, demo, _ = served
     assert demo.server_name == "127.0.0.1"
     by_name = {fn.api_name: fn for fn in demo.fns.values()}
-    for name in ("classify", "fewshot_sample", "fewshot_upload", "fewshot_classify", "latent", "latent_search"):
+    for name in ("classify", "fewshot_sample", "fewshot_upload", "fewshot_classify", "latent", "latent_search",
+                 "atlas", "steer", "deletion_curve"):
         assert by_name[name].concurrency_limit == 2 and by_name[name].concurrency_id == "model", name
     assert demo._queue.max_size == 64
 
@@ -201,7 +290,7 @@ def test_concurrent_requests_get_the_same_answers_as_one_at_a_time(served, tiny_
     url = served[0]
     paths = [example(s) for s in ("star", "circle")]
     one = Client(url, verbose=False)
-    alone = [_json(one.predict(handle_file(str(p)), api_name="/classify")) for p in paths]
+    alone = [_json(one.predict(handle_file(str(p)), 6, api_name="/classify")) for p in paths]
     # make the forwards overlap and finish out of order (the tiny model alone is too fast to race): every
     # other forward stalls in its first block while the next one overtakes it
     delays = iter([0.6, 0.0] * len(paths))
@@ -209,10 +298,31 @@ def test_concurrent_requests_get_the_same_answers_as_one_at_a_time(served, tiny_
         lambda *_: time.sleep(next(delays, 0.0)))
     try:
         clients = [Client(url, verbose=False) for _ in paths]
-        jobs = [c.submit(handle_file(str(p)), api_name="/classify") for c, p in zip(clients, paths)]
+        jobs = [c.submit(handle_file(str(p)), 6, api_name="/classify") for c, p in zip(clients, paths)]
         together = [_json(j.result(timeout=120)) for j in jobs]
     finally:
         slow.remove()
     for a, b in zip(alone, together):
         assert b["probs"] == pytest.approx(a["probs"], abs=1e-9)
         assert [r["latent"] for r in b["contributions"]] == [r["latent"] for r in a["contributions"]]
+
+
+@pytest.mark.parametrize("api,args,expect", [
+    ("/classify", ("IMAGE", 0), "top_n must be a whole number between 1 and 12"),
+    ("/deletion_curve", ("IMAGE", 0), "n_max must be a whole number between 1 and 64"),
+    ("/explain_dataset_image", ("abc",), "image index must be a whole number"),
+    ("/explain_dataset_image", (-1,), "image index must be a whole number between 0 and 39"),
+    ("/atlas", ("images", "flavour"), "cannot colour the images atlas by 'flavour'"),
+    ("/latent", (None,), "enter a latent number"),
+    ("/latent_search", ("flavour", "x"), "unknown concept 'flavour'"),
+    ("/steer", (None, "add", "1", "4", "ddim", 6, 0, 999), "enter a latent number"),
+    ("/steer", (3, "add", "1", "0, 0", "ddim", 6, 0, 999), "distinct"),
+    ("/steer", (3, "add", "1e9", "4", "ddim", 6, 0, 999), "between -1000 and 1000"),
+    ("/fewshot_save", ("x",), "train a few-shot probe first"),
+])
+def test_bad_input_to_any_endpoint_is_a_message_not_a_traceback(served, api, args, expect):
+    client = Client(served[0], verbose=False)
+    args = tuple(handle_file(str(example("star"))) if a == "IMAGE" else a for a in args)
+    with pytest.raises(AppError) as err:
+        client.predict(*args, api_name=api)
+    assert expect in str(err.value) and "Traceback" not in str(err.value)
