@@ -266,12 +266,14 @@ class DemoConfig:
     max_pixels: int = 16_000_000  # larger uploads are refused before decoding
     concurrency: int = 2  # requests served at once; the rest queue
     allow_register: bool = True  # show the few-shot tab's "Register in MLflow"
+    browse_images: int = 2000  # dataset images behind the atlas and latent pages (a seeded sample; 0 = all)
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "demo.model", "must name a registry URI or a directory")
         _check(0 < self.port < 65536, "demo.port", f"must be a TCP port, got {self.port}")
         _check(self.max_pixels > 0, "demo.max_pixels", "must be > 0")
         _check(self.concurrency > 0, "demo.concurrency", "must be > 0")
+        _check(self.browse_images >= 0, "demo.browse_images", "must be >= 0 (0 = every image)")
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ def demo(cfg: Config, args: argparse.Namespace | None = None) -> int:
         app_main.launch(clf, host=dc.host, port=dc.port, auth=auth, concurrency=dc.concurrency,
                         max_pixels=dc.max_pixels, fewshot_dir=Path(cfg.output_dir) / "fewshot",
                         allow_register=dc.allow_register, experiment=cfg.tracking.experiment, warm=True,
-                        cache_dir=Path(cfg.output_dir) / "demo-cache")
+                        cache_dir=Path(cfg.output_dir) / "demo-cache", browse_images=dc.browse_images)
     except OSError as e:  # the port is taken, the address cannot be bound
         print(f"revelio demo: cannot serve on {dc.host}:{dc.port}: {e}. Pick another --port.", file=sys.stderr)
         return 1
