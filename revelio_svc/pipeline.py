@@ -63,6 +63,10 @@ STAGES = ("extract", "train_sae", "train_probe", "register", "sweep")
 CACHE_TAG = "cache_key"
 REUSED_TAG = "reused_from"
 OUTPUTS_TAG = "outputs"
+# MLflow caps a tag value at 8000 characters; outputs longer than that (a register stage's registrations with
+# all their metrics) live in this artifact and the tag points at it, so the cache never reads cut JSON
+OUTPUTS_ARTIFACT = "stage_outputs.json"
+_TAG_LIMIT = 7900
 
 
 @dataclass(frozen=True)
@@ -115,13 +119,31 @@ def find_cached(experiment_id: str, stage: str, key: str) -> tuple[str, dict[str
                                             "and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"])
     for r in runs:
-        try:
-            outputs = json.loads(r.data.tags.get(OUTPUTS_TAG, ""))
-        except json.JSONDecodeError:
+        outputs = _read_outputs(r)
+        if outputs is None:
             continue
         if _outputs_exist(stage, outputs):
             return r.data.tags.get(REUSED_TAG) or r.info.run_id, outputs, dict(r.data.metrics)
     return None
+
+
+def _write_outputs(outputs: dict[str, Any]) -> None:
+    text = json.dumps(outputs, default=str)
+    if len(text) > _TAG_LIMIT:
+        mlflow.log_text(text, OUTPUTS_ARTIFACT)
+        text = json.dumps({"artifact": OUTPUTS_ARTIFACT})
+    mlflow.set_tag(OUTPUTS_TAG, text)
+
+
+def _read_outputs(r: mlflow.entities.Run) -> dict[str, Any] | None:
+    """A cached run's outputs, from its tag or the artifact the tag points at; None when unreadable."""
+    try:
+        outputs = json.loads(r.data.tags.get(OUTPUTS_TAG, ""))
+        if set(outputs) == {"artifact"}:
+            outputs = json.loads(mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/{outputs['artifact']}"))
+    except (json.JSONDecodeError, mlflow.exceptions.MlflowException, OSError):
+        return None
+    return outputs if isinstance(outputs, dict) else None
 
 
 # --------------------------------------------------------------------------- the parent run
@@ -191,7 +213,7 @@ class _Chain:
                 log_result(res, skip_existing_metrics=True)
                 outputs = {**res.outputs(), **(extra_outputs(res) if extra_outputs else {})}
                 metrics = dict(res.metrics)
-            mlflow.set_tag(OUTPUTS_TAG, json.dumps(outputs, default=str)[:7900])
+            _write_outputs(outputs)
             for k in ("store_uri", "sae_dir", "probe_dir", "classifier_dir"):
                 if k in outputs:
                     mlflow.set_tag(k, str(outputs[k]))
