@@ -4,7 +4,8 @@
     tune.metric     a metric the stage reports on held-out data (sae: fvu, explained_variance, dead_frac, l0,
                     and the interpretation report's: sigma_label, label_purity, label_purity_share.<concept>,
                     sparse_probe.k<k>, dissection.detectors and their gap.* against the matched random
-                    dictionary, e.g. gap.label_purity_share.shape; probe: accuracy, macro_f1), optimised
+                    dictionary, e.g. gap.label_purity_share.shape, or gap.score, the worst
+                    of the headline gaps as a fraction of its target; probe: accuracy, macro_f1), optimised
                     in tune.direction
     tune.storage    any Optuna RDB URL; "" = sqlite:///optuna.db
     tune.search_space  per parameter: [a, b, c] (categorical), {low, high, log} (range) or a fixed value;

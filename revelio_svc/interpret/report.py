@@ -17,7 +17,10 @@ used by the SAE stage, the tuning objective, `benchmarks/science.py` and the app
   detectors of the primary concept's classes (and their parts) and the number of distinct concepts.
 
 `gap.*` metrics say how the SAE compares with the random control: ratios for counts and shares
-(SAE / mean of the seeds), differences in points for accuracies (SAE − mean).
+(SAE / mean of the seeds), differences in points for accuracies (SAE − mean). `gap.score` folds the three
+headline gaps into one tuning objective: each as the fraction of its target it reaches (purity share
+1.5×, detectors 2×, 16-sparse probe +5 points; 0 = a tie with the control, 1 = the target), and the
+worst of them, so a search cannot buy one at the cost of another.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ from .sparse_probe import KS, sparse_probe_curve
 CONTROL_SEEDS = (1, 2, 3)
 TOP_N = 20  # top test images per unit for purity and σ_label (half the test rows when there are fewer than 40)
 HEADLINE_K = 16  # the sparse-probe size the headline compares
+# the targets gap.score measures against: ratio for purity share and detectors, accuracy points for the probe
+TARGETS = {"purity": 1.5, "detectors": 2.0, "sparse_probe": 0.05}
 DISSECTION_IMAGES = 256  # test images dissected (token maps of every unit)
 TRAIN_ROWS = 1000  # train rows the sparse probes are ranked and fitted on (every test row is scored)
 
@@ -99,6 +104,9 @@ class ControlReport:
                 out[f"gap.{key}"] = v - ref
             elif key.startswith(("label_purity_share", "dissection.detectors", "classes_with_pure_unit")):
                 out[f"gap.{key}"] = v / ref if ref > 0 else (float("inf") if v > 0 else 1.0)
+        score = gap_score(out, self.primary)
+        if score is not None:
+            out["gap.score"] = score
         return {k: v for k, v in out.items() if np.isfinite(v)}
 
     def headline(self) -> dict[str, float]:
@@ -109,6 +117,28 @@ class ControlReport:
                 "dissection.detectors")
         return {k: m[k] for key in keys for k in (key, f"control.random.{key}", f"control.random_sd.{key}",
                                                    f"gap.{key}") if k in m}
+
+
+def gap_score(metrics: Mapping[str, float], primary: str) -> float | None:
+    """The worst of the headline gaps as a fraction of its target (see the module docstring); None when the
+    report has none of them. A ratio r counts log(r) / log(target), so halving is as bad as doubling is good."""
+    parts = []
+    r = metrics.get(f"gap.label_purity_share.{primary}")
+    if r is not None:
+        parts.append(_log_fraction(r, TARGETS["purity"]))
+    r = metrics.get("gap.dissection.detectors")
+    if r is not None:
+        parts.append(_log_fraction(r, TARGETS["detectors"]))
+    d = metrics.get(f"gap.sparse_probe.k{HEADLINE_K}")
+    if d is not None and np.isfinite(d):
+        parts.append(d / TARGETS["sparse_probe"])
+    return float(min(parts)) if parts else None
+
+
+def _log_fraction(ratio: float, target: float) -> float:
+    if not np.isfinite(ratio):
+        return 1.0 if ratio > 0 else -1.0  # a control with nothing at all: count the target as met
+    return float(np.log(max(ratio, 1e-3)) / np.log(target))
 
 
 @dataclass(frozen=True)

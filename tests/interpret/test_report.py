@@ -9,6 +9,7 @@ from revelio_svc.interpret.report import (
     ReportData,
     control_report,
     dissection_rows,
+    gap_score,
     report_rows,
 )
 from revelio_svc.sae import TopKSAEConfig, build_sae
@@ -57,6 +58,7 @@ def test_planted_directions_beat_the_matched_random_dictionary():
     # the 8 best units (each class direction fires as two tied copies) name the class
     assert m["sparse_probe.k8"] > 0.9
     assert "control.random_sd.label_purity_share.shape" in m and "control.sae_init.sparse_probe.k16" in m
+    assert m["gap.score"] == gap_score(m, "shape") and m["gap.score"] > 0
 
 
 def test_random_directions_do_not_beat_their_own_control():
@@ -72,3 +74,15 @@ def test_report_rows_keep_every_test_row_and_a_fixed_train_sample():
     rows = report_rows(is_test, train_limit=30)
     assert set(np.flatnonzero(is_test)) <= set(rows) and (~is_test[rows]).sum() == 30
     assert np.array_equal(rows, np.sort(rows))
+
+
+def test_gap_score_is_the_worst_headline_gap_as_a_fraction_of_its_target():
+    at_target = {"gap.label_purity_share.shape": 1.5, "gap.dissection.detectors": 2.0, "gap.sparse_probe.k16": 0.05}
+    assert gap_score(at_target, "shape") == 1.0
+    # a tie on one number pins the score at 0 however good the others are
+    assert gap_score({**at_target, "gap.dissection.detectors": 1.0}, "shape") == 0.0
+    # halving purity is as bad as reaching the 1.5x target is good; losing on the probe goes negative
+    assert np.isclose(gap_score({**at_target, "gap.label_purity_share.shape": 1 / 1.5}, "shape"), -1.0)
+    assert np.isclose(gap_score({**at_target, "gap.sparse_probe.k16": -0.05}, "shape"), -1.0)
+    # only what the report has counts (no masks: no detectors)
+    assert gap_score({"gap.sparse_probe.k16": 0.025}, "shape") == 0.5 and gap_score({}, "shape") is None
