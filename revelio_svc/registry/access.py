@@ -6,15 +6,22 @@ folder. A SQLite store that does not exist is an error at once, naming the file;
 side effect of a lookup.
 
 A model version's files never change, so a version fetched once is kept in a cache and later loads read it
-from there: `$XDG_CACHE_HOME/revelio/models/<store>/<name>/<version>` (default `~/.cache/...`).
+from there: `$XDG_CACHE_HOME/revelio/models/<store>/<name>/<version>` (default `~/.cache/...`). An alias can
+move, so every load still asks the store which version it names; for a SQLite store that question is one
+read-only query with the standard library (`_sqlite_version`), because building an MLflow client imports
+its whole SQL layer (about 2 s on a small machine) and a cached load should cost a fraction of that.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import sqlite3
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -109,9 +116,24 @@ def _version_numbers(client, name: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- files
+@contextmanager
+def _quiet_downloads():
+    """MLflow's per-file download bar is for people at a terminal; in logs it is one line per file."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ or sys.stderr.isatty():
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
 def _download(artifact_uri: str, dst: Path, what: str) -> Path:
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst)))
+        with _quiet_downloads():
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst)))
     except (MlflowException, OSError) as e:
         raise MissingArtifactsError(
             f"could not download the files of {what} from {artifact_uri} ({type(e).__name__}: {str(e)[:200]}). "
@@ -144,6 +166,38 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "revelio" / "models"
 
 
+def _sqlite_version(ref: ModelRef) -> SimpleNamespace | None:
+    """The READY version `ref` names in a SQLite store, read with the standard library (read-only: it can
+    neither create nor change the file); None whenever anything is unusual (another store, a missing name
+    or alias, a schema this does not know), and the MLflow client then answers, with its proper errors."""
+    db = _sqlite_path(target_uri())
+    if db is None or not db.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return None
+    try:
+        version = ref.version
+        if ref.alias:
+            row = con.execute("SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?",
+                              (ref.name, ref.alias)).fetchone()
+            if row is None:
+                return None
+            version = row[0]
+        row = con.execute("SELECT run_id, source, status FROM model_versions WHERE name = ? AND version = ?",
+                          (ref.name, int(version))).fetchone()
+        if row is None or row[2] != "READY":
+            return None
+        tags = dict(con.execute("SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?",
+                                (ref.name, int(version))).fetchall())
+    except (sqlite3.Error, ValueError, TypeError):
+        return None
+    finally:
+        con.close()
+    return SimpleNamespace(name=ref.name, version=str(version), run_id=row[0], source=row[1], tags=tags)
+
+
 def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
     """A local directory holding the model `uri` names: the directory itself, or the cached copy of a
     registered version (downloaded on first use), or a fresh download of anything else."""
@@ -152,6 +206,11 @@ def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
         return fetch(uri, ".")
     if ref.kind != "registry":
         return fetch(uri, tempfile.mkdtemp(prefix="revelio-model-"))
+    mv = _sqlite_version(ref)
+    if mv is not None:
+        entry = cache_root() / digest(target_uri()) / mv.name / str(mv.version)
+        if (entry / COMPLETE).is_file():
+            return entry, _version_info(ref, mv)
     client = registry_client()
     mv = resolve_version(ref, client)
     entry = cache_root() / digest(target_uri()) / mv.name / str(mv.version)

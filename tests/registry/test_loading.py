@@ -77,3 +77,24 @@ def test_a_pulled_version_is_cached_and_served_from_the_cache(registered, traine
     registry.promote("revelio-sae/2")
     registry.load_sae("revelio-sae@champion")
     assert sorted(p.parent.name for p in (tmp_path / "cache").rglob(".complete")) == ["1", "2"]
+
+
+def test_a_cached_alias_is_resolved_without_an_mlflow_client_and_follows_the_alias(registered, trained,
+                                                                                     monkeypatch):
+    first = registry.load_sae("revelio-sae@champion")  # fills the cache
+    with mlflow.start_run():
+        registry.register_model("sae", trained[2], {"fvu": 0.4}, TAGS, "fvu")
+    registry.promote("revelio-sae/2")
+    registry.load_sae("revelio-sae/2")  # version 2 cached too
+
+    def no_client(*a, **kw):
+        raise AssertionError("a cached load built an MLflow client")
+
+    monkeypatch.setattr(mlflow, "MlflowClient", no_client)
+    _, info = registry.access.local_copy("revelio-sae@champion")
+    assert info["version"] == "2" and info["alias"] == "champion"  # the alias moved: the new version
+    _, info = registry.access.local_copy("revelio-sae/1")
+    assert info["version"] == "1" and registry.load_sae("revelio-sae/1").n_latents == first.n_latents
+    # what the store does not hold still gets the client's full answer (here: the client itself)
+    with pytest.raises(AssertionError, match="MLflow client"):
+        registry.load_sae("revelio-sae@nosuchalias")
