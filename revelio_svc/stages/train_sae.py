@@ -71,8 +71,9 @@ def live_interpreter(cfg: Config, store: FeatureStore, dataset: ImageDataset | N
 
     The same report as the final interpretation (interpret/report.py: σ_label, label purity, sparse
     probing, dissection, and their `control.*` and `gap.*` against the matched controls) on the same
-    rows; the controls depend only on the SAE's config and normalisation, fixed before training, so they
-    are scored once, at the first evaluation.
+    rows. Scoring the controls costs several SAEs' worth of report, so they are scored once, at the first
+    evaluation, with the centre (`b_pre`) the SAE has then; the final report rescores them on the final
+    SAE, so a run's last value can differ slightly from its last intermediate one.
     """
     sc = cfg.sae
     fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling)

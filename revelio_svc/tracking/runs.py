@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -181,11 +182,15 @@ def log_store_inputs(store_uri: str, config_hash: str, dataset: Mapping[str, Any
 
 
 def log_result(result: StageResult, *, step: int | None = None, skip_existing_metrics: bool = False) -> None:
-    """Everything a stage result carries, into the active run."""
+    """Everything a stage result carries, into the active run.
+
+    `skip_existing_metrics`: leave out metrics the run already shows with this value (logged during
+    training); a final value that differs from the last one logged (e.g. an interpretation metric whose
+    controls were rescored on the final SAE) is logged, so the run shows what the result says."""
     metrics = dict(result.metrics)
     if skip_existing_metrics:
         have = mlflow.get_run(mlflow.active_run().info.run_id).data.metrics
-        metrics = {k: v for k, v in metrics.items() if k not in have}
+        metrics = {k: v for k, v in metrics.items() if k not in have or not math.isclose(have[k], v, rel_tol=1e-9)}
     if metrics:
         log_metrics(metrics, step)
     if result.params:
