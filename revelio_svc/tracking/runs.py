@@ -24,6 +24,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 
+from .. import distributed
 from ..config import Config, to_dict
 from ..contracts import MetricsCallback, StageResult
 from ..features.extract import ExtractResult
@@ -138,6 +139,9 @@ def stage_run(cfg: Config, stage: str, *, tags: Mapping[str, str] | None = None,
         mlflow.set_tags({**all_tags, "mlflow.note.content": DESCRIPTIONS.get(stage, "")})
         if params:
             log_params_once(stage_params(cfg, stage))
+        ctx = distributed.context()
+        if ctx.distributed:
+            log_params_once({"world_size": ctx.world_size, "dist_backend": ctx.backend})
         yield run
 
 
