@@ -158,6 +158,28 @@ def gather_floats(values: list[float]) -> list[list[float]]:
     return table.tolist()
 
 
+def share_flag(value: bool) -> bool:
+    """Rank 0's `value` on every rank (what rank 0 decided, e.g. to run a stage or reuse it)."""
+    ctx = context()
+    if not ctx.distributed:
+        return value
+    t = torch.tensor([1.0 if (value and ctx.is_main) else 0.0])
+    return bool(all_reduce(t)[0] > 0)
+
+
+def share_text(text: str) -> str:
+    """Rank 0's `text` on every rank (UTF-8 bytes summed into zeros: no object pickling)."""
+    ctx = context()
+    if not ctx.distributed:
+        return text
+    data = text.encode() if ctx.is_main else b""
+    size = all_reduce(torch.tensor([len(data)], dtype=torch.int64))
+    buf = torch.zeros(int(size[0]), dtype=torch.int64)
+    if ctx.is_main and data:
+        buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64))
+    return bytes(all_reduce(buf).to(torch.uint8).tolist()).decode()
+
+
 def failure_message(command: str, e: BaseException) -> str:
     """One line naming the rank (when distributed) and the cause."""
     ctx = context() if _ctx is not None or not launched() else Context(

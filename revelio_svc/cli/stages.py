@@ -119,6 +119,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from ..pipeline import run as run_pipeline
 
     res = run_pipeline(cfg)
+    if not distributed.is_main():
+        return 0
     print(f"pipeline finished in {res.seconds:.0f} s; parent run {res.parent_run_id}")
     for o in res.stages.values():
         print(f"  {o.stage:<12} run {o.run_id}" + (f" (reused from {o.reused_from})" if o.reused_from else ""))
