@@ -51,6 +51,7 @@ from .stages.sweep import sweep_identity
 from .stages.train_probe import probe_identity
 from .tracking import (
     DESCRIPTIONS,
+    distributed_params,
     log_params_once,
     log_result,
     run_name,
@@ -184,7 +185,7 @@ class _Chain:
         with mlflow.start_run(run_name=run_name(self.cfg, stage), nested=True, tags=tags,
                               description=DESCRIPTIONS[stage]) as r:
             mlflow.set_tag("mlflow.note.content", DESCRIPTIONS[stage])
-            log_params_once(stage_params(self.cfg, stage))
+            log_params_once({**stage_params(self.cfg, stage), **distributed_params()})
             if cached is not None:
                 origin, outputs, metrics = cached
                 mlflow.set_tag(REUSED_TAG, origin)
@@ -271,7 +272,7 @@ def run(cfg: Config, stages: tuple[str, ...] | None = None, progress: bool = Tru
     say = print if progress else (lambda *a, **k: None)
     with _Parent(cfg) as parent:
         ccfg = replace(cfg, **{"tracking.experiment": mlflow.get_experiment(parent.info.experiment_id).name})
-        log_params_once(stage_params(cfg, "main"))
+        log_params_once({**stage_params(cfg, "main"), **distributed_params()})
         _log_config(cfg)
         chain = _Chain(ccfg, parent.info.run_id, parent.info.experiment_id, say)
         _run_stages(ccfg, chain, wanted, progress)

@@ -109,6 +109,12 @@ def stage_params(cfg: Config, stage: str) -> dict[str, str]:
     return {k: v[:6000] for k, v in params.items()}
 
 
+def distributed_params() -> dict[str, str]:
+    """`world_size` and `dist_backend` of a run under torchrun; nothing for one process."""
+    ctx = distributed.context()
+    return {"world_size": str(ctx.world_size), "dist_backend": ctx.backend} if ctx.distributed else {}
+
+
 def log_params_once(params: Mapping[str, Any]) -> None:
     """Log the params the active run does not have yet (MLflow refuses to change a logged param)."""
     run = mlflow.active_run()
@@ -139,9 +145,7 @@ def stage_run(cfg: Config, stage: str, *, tags: Mapping[str, str] | None = None,
         mlflow.set_tags({**all_tags, "mlflow.note.content": DESCRIPTIONS.get(stage, "")})
         if params:
             log_params_once(stage_params(cfg, stage))
-        ctx = distributed.context()
-        if ctx.distributed:
-            log_params_once({"world_size": ctx.world_size, "dist_backend": ctx.backend})
+        log_params_once(distributed_params())
         yield run
 
 

@@ -13,7 +13,9 @@ REVELIO = str(Path(sys.executable).parent / "revelio")
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    base = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID",
+                                                             "MLFLOW_EXPERIMENT_NAME")}
+    return {**base, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
             "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "REVELIO_DIST_TIMEOUT": "60",
             "REVELIO_DIST_BACKEND": "gloo", "MASTER_ADDR": "127.0.0.1"}
 

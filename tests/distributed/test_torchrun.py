@@ -106,3 +106,26 @@ def test_sae_on_two_ranks_resumes_after_a_killed_rank(planted):
     ref, got = load_file(str(planted / "ref" / "sae.safetensors")), load_file(str(planted / "killed" / "sae.safetensors"))
     for k in ref:
         np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_run_under_torchrun_tracks_and_registers_from_rank_0_only(tiny_unet_dir, tmp_path):
+    from mlflow import MlflowClient
+
+    from ..registry.helpers import tiny_overrides
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [a for o in tiny_overrides(tiny_unet_dir, tmp_path / "out") for a in ("--set", o)]
+    out, _ = torchrun(2, ["run", *sets], cwd=tmp_path, extra_env={"MLFLOW_TRACKING_URI": uri}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("pipeline finished") == 1  # only rank 0 reports
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("revelio")
+    runs = client.search_runs([exp.experiment_id])
+    stages = sorted(r.data.tags.get("stage", "") for r in runs)
+    assert stages == sorted(["main", "extract", "train_sae", "train_probe", "register"])  # one run each
+    by = {r.data.tags["stage"]: r for r in runs}
+    for stage in ("main", "extract", "train_sae"):
+        assert by[stage].data.params["world_size"] == "2" and by[stage].data.params["dist_backend"] == "gloo"
+    assert {"images_per_s.rank0", "images_per_s.rank1"} <= set(by["extract"].data.metrics)
+    assert {"samples_per_s.rank0", "samples_per_s.rank1"} <= set(by["train_sae"].data.metrics)
+    assert [str(v.version) for v in client.search_model_versions("name='revelio-sae'")] == ["1"]
