@@ -180,6 +180,17 @@ def share_text(text: str) -> str:
     return bytes(all_reduce(buf).to(torch.uint8).tolist()).decode()
 
 
+def check_same(value: str, what: str) -> None:
+    """Stop when this rank sees `what` differently from rank 0 (e.g. files on a disk only one node has)."""
+    ctx = context()
+    if not ctx.distributed:
+        return
+    theirs = share_text(value)
+    if theirs != value:
+        raise DistributedError(f"{ctx.describe()} sees {what} as {value!r} but rank 0 sees {theirs!r}; every rank "
+                               "must see the same files (put them on a file system all nodes share, or on S3)")
+
+
 def failure_message(command: str, e: BaseException) -> str:
     """One line naming the rank (when distributed) and the cause."""
     ctx = context() if _ctx is not None or not launched() else Context(

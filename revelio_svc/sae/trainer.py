@@ -511,6 +511,7 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
             f.unlink(missing_ok=True)
     # no rank reads the output before rank 0 cleared it (force), so they all take the same decision
     distributed.barrier()
+    distributed.check_same(_output_state(metrics_path, ckpt_path), f"the SAE output directory {out}")
     if not cfg.force and metrics_path.is_file():
         done = json.loads(metrics_path.read_text())
         if done.get("complete") and done.get("training_key") == key:
@@ -626,6 +627,15 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
     ckpt_path.unlink(missing_ok=True)
     return TrainResult(str(out), sae, final, history, lr, sc.steps, resumed_from, store.uri, fset.key,
                        stream.n_vectors, len(ev), identity=digest(key))
+
+
+def _output_state(metrics_path: Path, ckpt_path: Path) -> str:
+    """What a rank finds in the output directory: the ranks must agree before they resume or skip."""
+    if metrics_path.is_file():
+        return "finished"
+    if ckpt_path.is_file():
+        return f"checkpoint of {ckpt_path.stat().st_size} bytes"
+    return "empty"
 
 
 def _key_mismatch(out: Path, saved: Any, key: dict[str, Any]) -> str:
