@@ -21,7 +21,8 @@ def env() -> dict[str, str]:
 
 
 def torchrun(nproc: int, argv: list[str], *, script: bool = False, timeout: float = 180,
-             cwd: Path | None = None, extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
+             cwd: Path | None = None,
+             extra_env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, float]:
     """`torchrun --standalone --nproc-per-node N` of `revelio ARGV` (or of the Python script argv[0])."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     cmd += argv if script else ["--no-python", REVELIO, *argv]

@@ -103,7 +103,8 @@ def test_sae_on_two_ranks_resumes_after_a_killed_rank(planted):
     assert (planted / "killed" / CHECKPOINT_FILE).is_file()  # rank 0's checkpoint of step 100
     out, _ = torchrun(2, [str(HERE / "train.py"), str(planted), "200", "killed"], script=True)
     assert _metrics(out)["resumed_from"] == 100
-    ref, got = load_file(str(planted / "ref" / "sae.safetensors")), load_file(str(planted / "killed" / "sae.safetensors"))
+    ref = load_file(str(planted / "ref" / "sae.safetensors"))
+    got = load_file(str(planted / "killed" / "sae.safetensors"))
     for k in ref:
         np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
 
