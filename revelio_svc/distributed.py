@@ -15,7 +15,9 @@ SAE trainer computes on the CPU; with nccl its buffers are reduced on the rank's
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -118,6 +120,18 @@ def init() -> Context:
 def context() -> Context:
     """This process's place in the group (a group of one until `init()` joined a larger one)."""
     return _ctx if _ctx is not None else _SINGLE
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """Run a block on this rank only, as a group of one (rank 0's light stages: a probe's control
+    extraction must not wait for ranks that are not there)."""
+    global _ctx
+    saved, _ctx = _ctx, _SINGLE
+    try:
+        yield
+    finally:
+        _ctx = saved
 
 
 def is_main() -> bool:

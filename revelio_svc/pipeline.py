@@ -18,6 +18,7 @@ that computed it>`, the same outputs and metrics. `--set force=true` recomputes 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -193,7 +194,8 @@ class _Chain:
                 self.say(f"[{stage}] reused from run {origin} (unchanged identity {key}; force=true recomputes)")
             else:
                 self.say(f"[{stage}] running")
-                res = fn()
+                with contextlib.nullcontext() if stage in DISTRIBUTED_STAGES else distributed.alone():
+                    res = fn()
                 log_result(res, skip_existing_metrics=True)
                 outputs = {**res.outputs(), **(extra_outputs(res) if extra_outputs else {})}
                 metrics = dict(res.metrics)

@@ -115,7 +115,9 @@ def test_run_under_torchrun_tracks_and_registers_from_rank_0_only(tiny_unet_dir,
     from ..registry.helpers import tiny_overrides
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sets = [a for o in tiny_overrides(tiny_unet_dir, tmp_path / "out") for a in ("--set", o)]
+    # with the probe controls: their extraction runs on rank 0 alone
+    overrides = [*tiny_overrides(tiny_unet_dir, tmp_path / "out"), "probe.controls=true"]
+    sets = [a for o in overrides for a in ("--set", o)]
     out, _ = torchrun(2, ["run", *sets], cwd=tmp_path, extra_env={"MLFLOW_TRACKING_URI": uri}, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("pipeline finished") == 1  # only rank 0 reports
