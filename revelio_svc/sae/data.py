@@ -155,15 +155,9 @@ class ActivationStream:
         return x, perm
 
     # ------------------------------------------------------------------ iteration
-    def batches(self, start: int = 0, part: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
-        """Batches (B, d) float32 from stream position `start` (samples consumed so far) on, forever.
-
-        `part=(lo, hi)`: only rows [lo, hi) of every batch (a rank's share of the global batch); the
-        other rows are never copied out of the group."""
+    def batches(self, start: int = 0) -> Iterator[np.ndarray]:
+        """Batches (B, d) float32 from stream position `start` (samples consumed so far) on, forever."""
         B = self.batch_size
-        lo, hi = part if part is not None else (0, B)
-        if not 0 <= lo < hi <= B:
-            raise ValueError(f"part {part} is not a non-empty slice of a batch of {B}")
         epoch, off = divmod(int(start), self.n_vectors)
         pending: list[np.ndarray] = []
         have = 0
@@ -179,10 +173,7 @@ class ActivationStream:
                 pos = off - base
                 while pos < size:
                     take = min(B - have, size - pos)
-                    # batch rows [have, have + take) come from here; keep those inside [lo, hi)
-                    a, b = max(lo, have) - have, min(hi, have + take) - have
-                    if a < b:
-                        pending.append(x[perm[pos + a:pos + b]])
+                    pending.append(x[perm[pos:pos + take]])
                     have += take
                     pos += take
                     if have == B:

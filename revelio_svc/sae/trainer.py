@@ -175,7 +175,8 @@ class SparseStep:
 
     # ------------------------------------------------------------------ gradients
     @torch.no_grad()
-    def compute_grads(self, xn: torch.Tensor) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    def compute_grads(self, xn: torch.Tensor, den: torch.Tensor | None = None) -> tuple[float, float, torch.Tensor,
+                                                                                        torch.Tensor]:
         """Fill every parameter's .grad with ∂L/∂p (decoder gradient already projected); returns
         (loss, auxk_loss, fired latent ids, kept activations)."""
         sae = self.sae
@@ -194,7 +195,7 @@ class SparseStep:
             offsets = offsets_from_rows(rows, B)
         xhat = F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=a) + b_pre
         e = xhat - xn
-        den = self._centred_ss(xn)
+        den = self._centred_ss(xn) if den is None else den
         loss = (e * e).sum() / den
         G = e * (2.0 / den)  # ∂L/∂x̂
 
@@ -292,8 +293,10 @@ class SparseStep:
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
-    def step(self, xn: torch.Tensor, lr: float) -> StepStats:
-        loss, aux, fired, kept = self.compute_grads(xn)
+    def step(self, xn: torch.Tensor, lr: float, den: torch.Tensor | None = None) -> StepStats:
+        """`den`: the FVU denominator of the global batch when `xn` is this rank's part of it (computed
+        by every rank from the whole batch, which saves a collective per step)."""
+        loss, aux, fired, kept = self.compute_grads(xn, den)
         B = self._batch  # the global batch when distributed
         if not (math.isfinite(loss) and math.isfinite(aux)):
             raise NonFiniteLossError(f"the loss is {loss} (auxk_loss {aux})")
@@ -555,7 +558,7 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
 
     show = progress and ctx.is_main
     bar = progress_bar(total=sc.steps, initial=step, desc="train-sae", unit="step") if show else None
-    batches = stream.batches(step * sc.batch_size, part=(lo, hi))
+    batches = stream.batches(step * sc.batch_size)
     t_train, n_interval, aux_sum, loss_sum, n_steps_interval = 0.0, 0, 0.0, 0.0, 0
     metrics: dict[str, float] = history[-1] if history else {}
     while step < sc.steps:
@@ -565,8 +568,13 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
             raise TrainingError(f"step {step}: training stopped: {e}") from e
         t0 = time.perf_counter()
         xn = sae.normalize(torch.from_numpy(x))
+        den = None
+        if ctx.distributed:
+            # the whole batch's denominator, as one process computes it; then only this rank's rows
+            den = ((xn - xn.mean(0)) ** 2).sum().clamp_min(1e-30)
+            xn = xn[lo:hi]
         try:
-            st = engine.step(xn, lr_at(step, lr, sc.warmup_steps, sc.steps))
+            st = engine.step(xn, lr_at(step, lr, sc.warmup_steps, sc.steps), den)
         except NonFiniteLossError as e:
             raise TrainingError(
                 f"step {step}: training stopped: {e}. The inputs of this batch are finite, so the optimisation "
@@ -574,7 +582,7 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
                 f"(now {sc.normalize}).") from e
         t_train += time.perf_counter() - t0
         step += 1
-        n_interval += x.shape[0]
+        n_interval += xn.shape[0]
         n_steps_interval += 1
         aux_sum += st.auxk_loss
         loss_sum += st.loss
