@@ -160,6 +160,20 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return t
 
 
+def broadcast_(t: torch.Tensor) -> torch.Tensor:
+    """Overwrite `t` with rank 0's values, in place."""
+    ctx = context()
+    if not ctx.distributed:
+        return t
+    if ctx.backend == "nccl" and t.device.type != "cuda":
+        dev = t.to(f"cuda:{ctx.local_rank}")
+        dist.broadcast(dev, src=0)
+        t.copy_(dev.cpu())
+    else:
+        dist.broadcast(t, src=0)
+    return t
+
+
 def gather_floats(values: list[float]) -> list[list[float]]:
     """Every rank's `values` (same length on all ranks), indexed by rank; a single process gets [values]."""
     ctx = context()

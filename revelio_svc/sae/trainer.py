@@ -591,6 +591,10 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
             bar.set_postfix(loss=f"{st.loss:.4f}", dead=st.n_dead)
         if (step % sc.eval_every == 0 or step == sc.steps) and ctx.distributed:
             rates = distributed.gather_floats([n_interval / t_train if t_train > 0 else 0.0])
+            # the ranks apply identical updates; rank 0's copy also settles any last-bit drift
+            with torch.no_grad():
+                for t in [*sae.parameters(), *sae.buffers()]:
+                    distributed.broadcast_(t.data)
             if not ctx.is_main:
                 t_train, n_interval, aux_sum, loss_sum, n_steps_interval = 0.0, 0, 0.0, 0.0, 0
         if (step % sc.eval_every == 0 or step == sc.steps) and ctx.is_main:
