@@ -85,23 +85,26 @@ def _metrics(out) -> dict:
     return json.loads(line[0][len("METRICS "):])
 
 
-def test_sae_on_two_ranks_matches_one_process(planted):
-    one = train_sae(tiny_cfg(planted, planted / "store", steps=200, output=str(planted / "one")), progress=False)
-    out, _ = torchrun(2, [str(HERE / "train.py"), str(planted), "200", "two"], script=True)
+@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
+def test_sae_on_two_ranks_matches_one_process(planted, variant):
+    one = train_sae(tiny_cfg(planted, planted / "store", steps=200, output=str(planted / f"one-{variant}"),
+                             variant=variant), progress=False)
+    out, _ = torchrun(2, [str(HERE / "train.py"), str(planted), "200", f"two-{variant}", variant], script=True)
     two = _metrics(out)
     assert two["fvu"] == pytest.approx(one.metrics["fvu"], rel=0.05)
-    assert two["l0"] == pytest.approx(one.metrics["l0"], rel=0.05)
+    assert two["l0"] == pytest.approx(one.metrics["l0"], rel=0.1)
     assert {"samples_per_s.rank0", "samples_per_s.rank1"} <= set(two)
-    assert sorted(p.name for p in (planted / "two").iterdir()) == ["config.json", "metrics.json", "sae.safetensors"]
+    written = sorted(p.name for p in (planted / f"two-{variant}").iterdir())
+    assert written == ["config.json", "metrics.json", "sae.safetensors"]  # once, by rank 0; no checkpoint left
 
 
 def test_sae_on_two_ranks_resumes_after_a_killed_rank(planted):
-    out, _ = torchrun(2, [str(HERE / "train.py"), str(planted), "200", "ref"], script=True)
+    out, _ = torchrun(2, [str(HERE / "train.py"), str(planted), "200", "ref", "topk"], script=True)
     _metrics(out)
-    out, _ = torchrun(2, [str(HERE / "train.py"), str(planted), "200", "killed", "1", "130"], script=True)
+    out, _ = torchrun(2, [str(HERE / "train.py"), str(planted), "200", "killed", "topk", "1", "130"], script=True)
     assert out.returncode != 0
     assert (planted / "killed" / CHECKPOINT_FILE).is_file()  # rank 0's checkpoint of step 100
-    out, _ = torchrun(2, [str(HERE / "train.py"), str(planted), "200", "killed"], script=True)
+    out, _ = torchrun(2, [str(HERE / "train.py"), str(planted), "200", "killed", "topk"], script=True)
     assert _metrics(out)["resumed_from"] == 100
     ref = load_file(str(planted / "ref" / "sae.safetensors"))
     got = load_file(str(planted / "killed" / "sae.safetensors"))
