@@ -18,6 +18,7 @@ that computed it>`, the same outputs and metrics. `--set force=true` recomputes 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -30,6 +31,7 @@ from typing import Any
 import mlflow
 import yaml
 
+from . import distributed
 from .config import Config, replace, to_dict
 from .contracts import StageResult
 from .features.extract import extract, store_identity
@@ -39,7 +41,7 @@ from .inference import Classifier
 from .registry import Registration, register_set
 from .registry.faithfulness import faithfulness_for_classifier
 from .sae.io import sae_identity
-from .sae.trainer import sae_training_identity
+from .sae.trainer import sae_training_identity, train_sae
 from .stages import (
     build_classifier_stage,
     sweep_stage,
@@ -50,6 +52,7 @@ from .stages.sweep import sweep_identity
 from .stages.train_probe import probe_identity
 from .tracking import (
     DESCRIPTIONS,
+    distributed_params,
     log_params_once,
     log_result,
     run_name,
@@ -60,6 +63,8 @@ from .tracking import (
 )
 
 STAGES = ("extract", "train_sae", "train_probe", "register", "sweep")
+# under torchrun these run on every rank; the others on rank 0 only (docs/distributed.md)
+DISTRIBUTED_STAGES = ("extract", "train_sae")
 CACHE_TAG = "cache_key"
 REUSED_TAG = "reused_from"
 OUTPUTS_TAG = "outputs"
@@ -196,12 +201,14 @@ class _Chain:
         """Run `fn` as the child run of `stage` (or reuse the run that computed `key` before)."""
         t0 = time.perf_counter()
         cached = None if self.cfg.force else find_cached(self.experiment_id, stage, key)
+        if stage in DISTRIBUTED_STAGES:
+            distributed.share_flag(cached is None)  # the other ranks join the stage only when it runs
         tags = {**run_tags(self.cfg, stage), CACHE_TAG: key, "parent_run": self.parent_id,
                 **{f"upstream.{k}": v for k, v in dict(upstream).items()}}
         with mlflow.start_run(run_name=run_name(self.cfg, stage), nested=True, tags=tags,
                               description=DESCRIPTIONS[stage]) as r:
             mlflow.set_tag("mlflow.note.content", DESCRIPTIONS[stage])
-            log_params_once(stage_params(self.cfg, stage))
+            log_params_once({**stage_params(self.cfg, stage), **distributed_params()})
             if cached is not None:
                 origin, outputs, metrics = cached
                 mlflow.set_tag(REUSED_TAG, origin)
@@ -209,7 +216,8 @@ class _Chain:
                 self.say(f"[{stage}] reused from run {origin} (unchanged identity {key}; force=true recomputes)")
             else:
                 self.say(f"[{stage}] running")
-                res = fn()
+                with contextlib.nullcontext() if stage in DISTRIBUTED_STAGES else distributed.alone():
+                    res = fn()
                 log_result(res, skip_existing_metrics=True)
                 outputs = {**res.outputs(), **(extra_outputs(res) if extra_outputs else {})}
                 metrics = dict(res.metrics)
@@ -282,10 +290,13 @@ def run(cfg: Config, stages: tuple[str, ...] | None = None, progress: bool = Tru
     """Run the chain (see the module docstring); returns run ids, outputs, metrics and registrations."""
     t_all = time.perf_counter()
     wanted = _wanted(cfg, stages)
+    if not distributed.context().is_main:
+        _follow(cfg, wanted)
+        return PipelineResult("", {}, {}, time.perf_counter() - t_all)
     say = print if progress else (lambda *a, **k: None)
     with _Parent(cfg) as parent:
         ccfg = replace(cfg, **{"tracking.experiment": mlflow.get_experiment(parent.info.experiment_id).name})
-        log_params_once(stage_params(cfg, "main"))
+        log_params_once({**stage_params(cfg, "main"), **distributed_params()})
         _log_config(cfg)
         chain = _Chain(ccfg, parent.info.run_id, parent.info.experiment_id, say)
         _run_stages(ccfg, chain, wanted, progress)
@@ -312,6 +323,7 @@ def _run_stages(cfg: Config, chain: _Chain, wanted: tuple[str, ...], progress: b
         return
     store = open_store(store_uri)
     if any(s in wanted for s in ("train_sae", "train_probe", "register")):
+        distributed.share_text(store_uri)  # a reused store may live elsewhere than this config's default
         scfg = replace(cfg, **{"sae.store": store_uri})
         chain.do("train_sae", sae_training_identity(scfg, store),
                  lambda: train_sae_stage(scfg, store=store, progress=progress, on_eval=step_logger()),
@@ -335,6 +347,19 @@ def _run_stages(cfg: Config, chain: _Chain, wanted: tuple[str, ...], progress: b
     if "sweep" in wanted:
         wcfg = replace(cfg, **{"probe.store": store_uri})
         chain.do("sweep", sweep_identity(wcfg, store), lambda: sweep_stage(wcfg), {"extract": ex.run_id})
+
+
+def _follow(cfg: Config, wanted: tuple[str, ...]) -> None:
+    """A rank other than 0: its share of each distributed stage rank 0 runs (not reuses), in the same
+    order; never the tracking server or the registry."""
+    if distributed.share_flag(False):
+        extract(cfg, progress=False)
+    if not any(s in wanted for s in ("train_sae", "train_probe", "register", "sweep")):
+        return
+    if any(s in wanted for s in ("train_sae", "train_probe", "register")):
+        store_uri = distributed.share_text("")
+        if distributed.share_flag(False):
+            train_sae(replace(cfg, **{"sae.store": store_uri}), store=open_store(store_uri), progress=False)
 
 
 def _log_config(cfg: Config) -> None:

@@ -137,19 +137,56 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
             FileExistsError)
 
 
+# the commands that run as one rank each under torchrun (docs/distributed.md)
+DISTRIBUTED = ("extract", "train-sae", "run")
+
+
+def _join_group(command: str) -> bool:
+    """Under torchrun: join the process group (distributed commands) or refuse; True when joined."""
+    from .. import distributed
+
+    if not distributed.launched():
+        return False
+    if command not in DISTRIBUTED:
+        raise ConfigError(f"`revelio {command}` does not run under torchrun (WORLD_SIZE > 1); only "
+                          f"{', '.join(DISTRIBUTED)} do. Run it as one process.")
+    distributed.init()
+    return True
+
+
 def _run(args: argparse.Namespace) -> int:
+    where = ""
     try:
         cfg = load(args)
-        return int(_handler(args.command)(cfg, args) or 0)
+        joined = _join_group(args.command)
+        if joined:
+            from .. import distributed
+
+            where = f" (rank {distributed.context().rank} of {distributed.context().world_size})"
+        code = int(_handler(args.command)(cfg, args) or 0)
+        if joined:
+            distributed.shutdown()
+        return code
     except ConfigError as e:
-        print(f"revelio {args.command}: invalid configuration: {e}", file=sys.stderr)
+        print(f"revelio {args.command}{where}: invalid configuration: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"revelio {args.command}: interrupted; completed work is kept, run the same command to resume",
+        print(f"revelio {args.command}{where}: interrupted; completed work is kept, run the same command to resume",
               file=sys.stderr)
         return 130
     except _expected_errors() as e:
-        print(f"revelio {args.command}: {e}", file=sys.stderr)
+        print(f"revelio {args.command}{where}: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not where:
+            raise
+        # under torchrun the launcher stops the other ranks when this one exits; say which rank and why
+        import traceback
+
+        traceback.print_exc()
+        from .. import distributed
+
+        print(distributed.failure_message(args.command, e), file=sys.stderr, flush=True)
         return 1
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .. import distributed
 from ..config import Config, replace
 
 
@@ -33,8 +34,10 @@ def extract(cfg: Config, args: argparse.Namespace) -> int:
 
     # the plan first: its figures, and a refusal (nothing written) when the store would not fit
     pl, kw = preflight(cfg)
-    if getattr(args, "no_mlflow", False):
+    if getattr(args, "no_mlflow", False) or not distributed.is_main():
         res = run_extract(cfg, **kw)
+        if not distributed.is_main():
+            return 0
     else:
         with stage_run(cfg, "extract"):
             log_json(pl.to_dict(), "plan.json", "feature_store")
@@ -59,6 +62,12 @@ def train_sae(cfg: Config, args: argparse.Namespace) -> int:
     from ..stages import train_sae_stage
     from ..tracking import log_result, stage_run, step_logger
 
+    if not distributed.is_main():
+        # this rank's share of every batch; rank 0 evaluates, interprets, writes and logs
+        from ..sae.trainer import train_sae as train_only
+
+        train_only(cfg, progress=False)
+        return 0
     with stage_run(cfg, "train_sae"):
         res = train_sae_stage(cfg, on_eval=step_logger())
         log_result(res, step=res.steps, skip_existing_metrics=not res.skipped_training)
@@ -110,6 +119,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     from ..pipeline import run as run_pipeline
 
     res = run_pipeline(cfg)
+    if not distributed.is_main():
+        return 0
     print(f"pipeline finished in {res.seconds:.0f} s; parent run {res.parent_run_id}")
     for o in res.stages.values():
         print(f"  {o.stage:<12} run {o.run_id}" + (f" (reused from {o.reused_from})" if o.reused_from else ""))

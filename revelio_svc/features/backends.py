@@ -1,5 +1,5 @@
 """Where a store's files live: a local directory or an S3 prefix, behind one small interface
-(exists, read, write, local_path)."""
+(exists, read, write, list, delete, local_path)."""
 from __future__ import annotations
 
 import os
@@ -31,6 +31,26 @@ class LocalBackend:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+
+    def list(self, prefix: str) -> list[str]:
+        """Files under `prefix` (relative names, sorted); temp files are not part of the store."""
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                      if p.is_file() and not p.name.endswith(".tmp"))
+
+    def delete(self, rel: str) -> None:
+        """Remove a file, and its folders up to the root once they are empty (no trace left in the layout)."""
+        path = self.root / rel
+        path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == self.root or self.root not in parent.parents:
+                break
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (or gone): stop climbing
+                break
 
     def local_path(self, rel: str) -> Path | None:
         return self.root / rel

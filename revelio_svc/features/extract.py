@@ -13,6 +13,7 @@ from ..backbones import BackboneAdapter, backbone_describe, load_backbone
 from ..backbones.memory import OOMBackoff
 from ..config import Config
 from ..contracts import StageResult
+from .. import distributed
 from ..data import BadImageError, ImageDataset, assign_split, load_dataset
 from ..identity import Paths, digest
 from ..progress import progress_bar
@@ -138,10 +139,18 @@ def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageD
         return adapter.conditioning(len(idx))
 
     n_shards = (n + ec.shard_size - 1) // ec.shard_size
-    bar = progress_bar(total=n * len(ec.timesteps), desc="extract", unit="img·t", enabled=progress)
+    ctx = distributed.init()
+    mine = ctx.shard(n_shards)
+    if ctx.distributed:
+        # rank 0 creates or resumes the store (and folds parts of an earlier launch) before anyone writes
+        writer, feature_sets = _open_shared_writer(ctx, uri, conf, chash, n, ec, ds, adapter, order, ids,
+                                                   cond_for, np_dtype, known_sets)
+    my_images = sum(min(ec.shard_size, n - s * ec.shard_size) for s in mine)
+    bar = progress_bar(total=my_images * len(ec.timesteps), desc="extract", unit="img·t",
+                       enabled=progress and ctx.is_main)
     backoff = OOMBackoff(ec.batch_size, log=bar.write)
     t_compute, work, computed = 0.0, 0, 0
-    for s in range(n_shards):
+    for s in mine:
         if writer is not None and s in writer.done:
             bar.update(min(ec.shard_size, n - s * ec.shard_size) * len(ec.timesteps))
             continue
@@ -195,14 +204,47 @@ def extract(cfg: Config, adapter: BackboneAdapter | None = None, dataset: ImageD
     bar.close()
     if writer is None:
         raise RuntimeError("the dataset is empty: nothing to extract")
-    m = writer.manifest
     rate = work / t_compute if t_compute > 0 else 0.0
-    metrics = {"images_per_s": rate, "n_images": n, "n_rows": m.n_rows, "skipped_images": len(m.skipped),
-               "shards_computed": computed}
+    metrics: dict[str, float] = {}
+    if ctx.distributed:
+        rates = _finish_shared(ctx, writer, [rate, float(computed)])
+        metrics.update({f"images_per_s.rank{r}": v[0] for r, v in enumerate(rates)})
+        rate, computed = sum(v[0] for v in rates), int(sum(v[1] for v in rates))
+    m = writer.manifest
+    metrics.update({"images_per_s": rate, "n_images": n, "n_rows": m.n_rows, "skipped_images": len(m.skipped),
+                    "shards_computed": computed})
     return ExtractResult(identity=chash, metrics=metrics, tags={"store_uri": writer.uri, "config_hash": chash},
                          store_uri=writer.uri, config_hash=chash, n_images=n, n_rows=m.n_rows,
                          skipped=tuple(m.skipped), images_per_s=rate, shards_computed=computed,
                          dataset=conf["dataset"])
+
+
+def _open_shared_writer(ctx, uri, conf, chash, n, ec, ds, adapter, order, ids, cond_for, np_dtype, known_sets):
+    """Rank 0 opens the store as the one process would; the others join it after a barrier, each with its
+    own manifest part (docs/feature-store.md, "Distributed writing")."""
+    if ctx.is_main:
+        writer, feature_sets = _open_writer(uri, conf, chash, n, ec, ds, adapter, order, [], ids, [], cond_for,
+                                            np_dtype, known_sets)
+    distributed.barrier()
+    if not ctx.is_main:
+        writer = StoreWriter(uri, new_manifest(conf, chash, n, ec.shard_size, ds.label_names(), {}), part=ctx.rank)
+        feature_sets = {k: {"shape": list(v.shape)} for k, v in writer.manifest.feature_sets.items()}
+    return writer, feature_sets
+
+
+def _finish_shared(ctx, writer: StoreWriter, figures: list[float]) -> list[list[float]]:
+    """Every rank's `figures`; on return the manifest holds every rank's shards and no part is left."""
+    gathered = distributed.gather_floats(figures)  # also the barrier: every rank has written its part
+    if ctx.is_main:
+        writer.fold_parts()
+        if not writer.manifest.complete:
+            missing = sorted(set(range(writer.manifest.n_shards)) - writer.done)
+            raise RuntimeError(f"after every rank finished, shards {missing[:10]} are still missing from "
+                               f"{writer.uri}; run the same command again to complete the store")
+    distributed.barrier()
+    if not ctx.is_main:
+        writer.reload()
+    return gathered
 
 
 def _open_writer(uri, conf, chash, n, ec, ds, adapter, order, imgs, ids, kept, cond_for, np_dtype, known_sets=None):

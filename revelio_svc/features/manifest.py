@@ -19,6 +19,12 @@ from .errors import StoreError
 FORMAT = "revelio-feature-store"
 VERSION = 1
 MANIFEST = "manifest.json"
+PART_FORMAT = "revelio-feature-store-part"
+PARTS = "_parts"  # per-rank manifest parts of a distributed extraction; folded in and deleted, never kept
+
+
+def part_name(rank: int) -> str:
+    return f"{PARTS}/rank-{rank:05d}.json"
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,23 @@ class Manifest:
             raise StoreError(f"shard {i} is outside the store's {self.n_shards} shards")
         return dataclasses.replace(self, shards={**self.shards, i: entry})
 
+    def merged(self, shards: Mapping[int, ShardEntry], where: str) -> Manifest:
+        """This manifest plus the shards of a part (docs/feature-store.md, "Distributed writing").
+
+        A shard already present must have the same entry: two writers of one shard write the same bytes
+        (extraction is deterministic), so a difference means the store was written by something else.
+        """
+        for i, e in shards.items():
+            if i in self.shards and self.shards[i] != e:
+                raise StoreError(f"{where}: shard {i} is recorded twice with different checksums; the store "
+                                 "was written by different configurations or code. Start a new store.")
+        new = dict(self.shards)
+        for i, e in shards.items():
+            if not 0 <= i < self.n_shards:
+                raise StoreError(f"{where}: shard {i} is outside the store's {self.n_shards} shards")
+            new[i] = e
+        return dataclasses.replace(self, shards=new)
+
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,8 +119,7 @@ class Manifest:
             "label_names": {k: list(v) for k, v in self.label_names.items()},
             "feature_sets": {k: {"hook_point": s.hook_point, "timestep": s.timestep, "pooling": s.pooling,
                                  "shape": list(s.shape), "dtype": s.dtype} for k, s in self.feature_sets.items()},
-            "shards": {str(i): {"n_rows": e.n_rows, "sha256": dict(e.sha256), "skipped": [dict(x) for x in e.skipped]}
-                       for i, e in self.shards.items()},
+            "shards": shards_to_dict(self.shards),
             "complete": self.complete,
         }
 
@@ -121,7 +143,36 @@ class Manifest:
                 feature_sets={k: FeatureSetSpec(v["hook_point"], int(v["timestep"]), v["pooling"],
                                                 tuple(int(x) for x in v["shape"]), v.get("dtype", "float32"))
                               for k, v in d["feature_sets"].items()},
-                shards={int(k): ShardEntry(int(v["n_rows"]), dict(v["sha256"]), tuple(v.get("skipped", ())))
-                        for k, v in d["shards"].items()})
+                shards=shards_from_dict(d["shards"]))
         except (KeyError, TypeError, ValueError) as e:
             raise StoreError(f"{where}: {MANIFEST} is malformed ({type(e).__name__}: {e})") from e
+
+
+def shards_to_dict(shards: Mapping[int, ShardEntry]) -> dict[str, Any]:
+    return {str(i): {"n_rows": e.n_rows, "sha256": dict(e.sha256), "skipped": [dict(x) for x in e.skipped]}
+            for i, e in shards.items()}
+
+
+def shards_from_dict(d: Mapping[str, Any]) -> dict[int, ShardEntry]:
+    return {int(k): ShardEntry(int(v["n_rows"]), dict(v["sha256"]), tuple(v.get("skipped", ()))) for k, v in d.items()}
+
+
+def part_to_bytes(config_hash: str, rank: int, shards: Mapping[int, ShardEntry]) -> bytes:
+    """A rank's record of the shards it finished, until rank 0 folds it into the manifest."""
+    return json.dumps({"format": PART_FORMAT, "version": VERSION, "config_hash": config_hash, "rank": rank,
+                       "shards": shards_to_dict(shards)}, indent=1, sort_keys=True).encode()
+
+
+def part_from_bytes(data: bytes, config_hash: str, where: str) -> dict[int, ShardEntry]:
+    try:
+        d = json.loads(data)
+        if not isinstance(d, dict) or d.get("format") != PART_FORMAT or d.get("version") != VERSION:
+            raise StoreError(f"{where} is not a version {VERSION} manifest part")
+        if d.get("config_hash") != config_hash:
+            raise StoreError(f"{where} belongs to a store with config hash {d.get('config_hash')}, "
+                             f"not {config_hash}")
+        return shards_from_dict(d["shards"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        if isinstance(e, StoreError):
+            raise
+        raise StoreError(f"{where} is malformed ({type(e).__name__}: {e})") from e

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..backbones import load_backbone
 from ..config import Config
 from ..data import BadImageError, ImageDataset, load_dataset
@@ -562,7 +563,8 @@ def preflight(cfg: Config, dataset: ImageDataset | None = None, adapter=None) ->
     ds = dataset if dataset is not None else load_dataset(cfg.data)
     adapter = adapter if adapter is not None else load_backbone(cfg.backbone)
     p = plan(cfg, dataset=ds, adapter=adapter, require_space=True)
-    print(format_plan(p), flush=True)
+    if distributed.is_main():
+        print(format_plan(p), flush=True)
     return p, {"adapter": adapter, "dataset": ds, "feature_sets": p.feature_sets() if p.shapes_verified else None}
 
 

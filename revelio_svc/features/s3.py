@@ -187,5 +187,22 @@ class S3Backend:
         self._call("write", key, lambda: self.client.upload_fileobj(io.BytesIO(bytes(data)), self.bucket, key,
                                                                     Config=self.transfer))
 
+    def list(self, prefix: str) -> list[str]:
+        """Objects under `prefix`, relative to the store (sorted)."""
+        key = self.key(prefix)
+        self._check_bucket("listing", key)
+        start = len(self.prefix) + 1 if self.prefix else 0
+
+        def names() -> list[str]:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=key + "/")
+            return sorted(o["Key"][start:] for page in pages for o in page.get("Contents", ()))
+
+        return self._call("listing", key, names)
+
+    def delete(self, rel: str) -> None:
+        key = self.key(rel)
+        self._check_bucket("delete", key)
+        self._call("delete", key, lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
     def local_path(self, rel: str) -> None:
         return None

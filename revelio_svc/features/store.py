@@ -17,7 +17,16 @@ from safetensors.numpy import save as st_save
 
 from .backends import backend_for
 from .errors import StoreError, StoreMismatchError
-from .manifest import MANIFEST, FeatureSetSpec, Manifest, ShardEntry
+from .manifest import (
+    MANIFEST,
+    PARTS,
+    FeatureSetSpec,
+    Manifest,
+    ShardEntry,
+    part_from_bytes,
+    part_name,
+    part_to_bytes,
+)
 
 ROWS = "rows"
 
@@ -62,12 +71,28 @@ def diff_configs(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 # --------------------------------------------------------------------------- writer
 class StoreWriter:
-    """Creates or resumes a store; a shard becomes visible only once all its files are written."""
+    """Creates or resumes a store; a shard becomes visible only once all its files are written.
 
-    def __init__(self, uri: str | Path, manifest: Manifest):
+    `part=None` (one process, or rank 0 of a distributed extraction) owns `manifest.json`: it folds in
+    any manifest parts left by ranks of an earlier launch and cleans up temp files. `part=r` is rank r
+    of a distributed extraction joining a store rank 0 opened: it records its shards in its own part
+    (`_parts/rank-<r>.json`), which rank 0 folds into the manifest (`fold_parts`).
+    """
+
+    def __init__(self, uri: str | Path, manifest: Manifest, part: int | None = None):
         self.backend = backend_for(uri)
         self.uri = str(uri)
-        if self.backend.exists(MANIFEST):
+        self.part = part
+        self._part_shards: dict[int, ShardEntry] = {}
+        if part is not None:
+            if not self.backend.exists(MANIFEST):
+                raise StoreError(f"rank {part}: no manifest at {self.uri}; rank 0 creates it before the others join")
+            self.manifest = Manifest.from_bytes(self.backend.read(MANIFEST), self.uri)
+            if self.manifest.config_hash != manifest.config_hash:
+                raise StoreMismatchError(f"rank {part}: the store at {self.uri} has config hash "
+                                         f"{self.manifest.config_hash}, this rank computes {manifest.config_hash}; "
+                                         "every rank must run the same configuration")
+        elif self.backend.exists(MANIFEST):
             existing = Manifest.from_bytes(self.backend.read(MANIFEST), self.uri)
             if existing.config_hash != manifest.config_hash:
                 diffs = diff_configs(existing.config, manifest.config)
@@ -81,6 +106,8 @@ class StoreWriter:
             cleanup = getattr(self.backend, "remove_stale_temp", None)
             if cleanup is not None:
                 cleanup()
+            # shards a killed distributed launch finished are kept, not recomputed
+            self.fold_parts()
         else:
             self.manifest = manifest
             self._write_manifest()
@@ -110,7 +137,34 @@ class StoreWriter:
 
     def add_shard(self, i: int, entry: ShardEntry) -> None:
         self.manifest = self.manifest.with_shard(i, entry)
+        if self.part is None:
+            self._write_manifest()
+        else:
+            self._part_shards[i] = entry
+            self.backend.write(part_name(self.part), part_to_bytes(self.manifest.config_hash, self.part,
+                                                                  self._part_shards))
+
+    def fold_parts(self) -> int:
+        """Merge every manifest part into the manifest, write it, then delete the parts (in that order, so
+        a kill in between loses nothing). Returns the number of shards the parts added."""
+        if self.part is not None:
+            raise StoreError(f"rank {self.part} may not write the manifest; rank 0 folds the parts")
+        names = self.backend.list(PARTS)
+        if not names:
+            return 0
+        before = len(self.manifest.shards)
+        for name in names:
+            where = f"{self.uri}/{name}"
+            self.manifest = self.manifest.merged(part_from_bytes(self.backend.read(name), self.manifest.config_hash,
+                                                                 where), where)
         self._write_manifest()
+        for name in names:
+            self.backend.delete(name)
+        return len(self.manifest.shards) - before
+
+    def reload(self) -> None:
+        """Re-read the manifest (a rank other than 0, after rank 0 folded the parts)."""
+        self.manifest = Manifest.from_bytes(self.backend.read(MANIFEST), self.uri)
 
     def write_shard(self, i: int, rows: dict[str, np.ndarray], sets: dict[str, np.ndarray],
                     skipped: list[dict[str, Any]]) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..config import Config, ConfigError, SAEConfig, to_dict
 from ..contracts import MetricsCallback
 from ..features.extract import store_uri_for
@@ -133,8 +134,12 @@ class SparseStep:
 
     def __init__(self, sae: SparseAutoencoder, lr: float, *, auxk_coef: float = 1.0 / 32, k_aux: int = 0,
                  dead_window: int = 400_000, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 fused: bool = True):
+                 fused: bool = True, reduce: Callable[..., torch.Tensor] | None = None):
+        """`reduce(t, op="sum")`: an in-place all-reduce over the ranks (distributed.all_reduce) when each
+        rank holds a disjoint part of the global batch; None for one process. Every rank then sees the
+        same gradients, dead-latent statistics and decoder, so the parameters never drift apart."""
         self.sae = sae
+        self.reduce = reduce
         self.auxk_coef = float(auxk_coef)
         self.k_aux = int(k_aux) if k_aux > 0 else max(1, sae.d_in // 2)
         self.dead_window = int(dead_window)
@@ -170,7 +175,8 @@ class SparseStep:
 
     # ------------------------------------------------------------------ gradients
     @torch.no_grad()
-    def compute_grads(self, xn: torch.Tensor) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    def compute_grads(self, xn: torch.Tensor, den: torch.Tensor | None = None) -> tuple[float, float, torch.Tensor,
+                                                                                        torch.Tensor]:
         """Fill every parameter's .grad with ∂L/∂p (decoder gradient already projected); returns
         (loss, auxk_loss, fired latent ids, kept activations)."""
         sae = self.sae
@@ -189,7 +195,7 @@ class SparseStep:
             offsets = offsets_from_rows(rows, B)
         xhat = F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=a) + b_pre
         e = xhat - xn
-        den = ((xn - xn.mean(0)) ** 2).sum().clamp_min(1e-30)
+        den = self._centred_ss(xn) if den is None else den
         loss = (e * e).sum() / den
         G = e * (2.0 / den)  # ∂L/∂x̂
 
@@ -211,7 +217,7 @@ class SparseStep:
             aa = sae.activation(va)
             ehat = F.embedding_bag(cols_a, W_dec, offs_a, mode="sum", per_sample_weights=aa)
             r = e.neg_()  # x_n − x̂ (e is not needed any more)
-            den_a = ((r - r.mean(0)) ** 2).sum().clamp_min(1e-30)
+            den_a = self._centred_ss(r)
             diff = ehat.sub_(r)
             aux = (diff * diff).sum() / den_a
             Ga = diff.mul_(2.0 * self.auxk_coef / den_a)
@@ -234,15 +240,64 @@ class SparseStep:
         W_enc.grad = scatter_rows(ec, eg, xc, cat(enc_rows), n)
         b_enc.grad = torch.zeros(n).index_add_(0, ec, eg)
         b_pre.grad = G.sum(0) - torch.mv(W_enc.t(), b_enc.grad)
-        sae.remove_parallel_decoder_grad_()
         fired = cols[a != 0]
+        self._batch = B
+        self._active = fired.numel()
+        if self.reduce is not None:
+            loss, aux, fired = self._reduce_grads(loss, aux, fired)
+        # linear in the gradient, so after the sum over ranks it is the same as before it
+        sae.remove_parallel_decoder_grad_()
         return float(loss), float(aux), fired, a
+
+    def _centred_ss(self, x: torch.Tensor) -> torch.Tensor:
+        """Σ‖x_i − mean(x)‖² over the global batch (the FVU denominator)."""
+        if self.reduce is None:
+            return ((x - x.mean(0)) ** 2).sum().clamp_min(1e-30)
+        # from per-rank moments in float64 (one small all-reduce): Σ‖x‖² − ‖Σx‖²/n
+        xd = x.double()
+        m = torch.cat([xd.sum(0), (xd * xd).sum().reshape(1), torch.tensor([float(x.shape[0])], dtype=torch.float64)])
+        self.reduce(m)
+        n = m[-1].clamp_min(1.0)
+        return (m[-2] - (m[:-2] ** 2).sum() / n).float().clamp_min(1e-30)
+
+    def _reduce_grads(self, loss: torch.Tensor, aux: torch.Tensor, fired: torch.Tensor):
+        """Sum the ranks' gradients, losses, batch sizes and latent firings in one flat all-reduce.
+
+        Each rank's loss terms are already divided by the global denominators, so the sum is the
+        gradient of the global-batch loss (what one process computes on the whole batch)."""
+        n = self.sae.n_latents
+        grads = [p.grad for p in self.params]
+        fired_counts = torch.bincount(fired, minlength=n).float()
+        tail = torch.stack([loss.float().reshape(()), aux.float().reshape(()), torch.tensor(float(self._batch)),
+                            torch.tensor(float(self._active))])
+        flat = torch.cat([g.reshape(-1) for g in grads] + [fired_counts, tail])
+        self.reduce(flat)
+        pos = 0
+        for g in grads:
+            g.copy_(flat[pos:pos + g.numel()].view_as(g))
+            pos += g.numel()
+        fired_all = torch.nonzero(flat[pos:pos + n] > 0).squeeze(1)
+        loss, aux, batch, active = flat[pos + n:].tolist()
+        self._batch, self._active = int(round(batch)), int(round(active))
+        return torch.tensor(loss), torch.tensor(aux), fired_all
+
+    def _observed(self, kept: torch.Tensor) -> torch.Tensor:
+        """What the SAE's training statistics hook sees: with several ranks, the global smallest kept
+        activation (the only statistic a variant reads: BatchTopK's threshold), so ranks agree."""
+        if self.reduce is None or type(self.sae).observe_training_batch is SparseAutoencoder.observe_training_batch:
+            return kept
+        k = kept[kept > 0] if self.sae.config.relu else kept
+        m = torch.tensor([float(k.min()) if k.numel() else float("inf")])
+        self.reduce(m, op="min")
+        return m if math.isfinite(float(m)) else m[:0]
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
-    def step(self, xn: torch.Tensor, lr: float) -> StepStats:
-        B = xn.shape[0]
-        loss, aux, fired, kept = self.compute_grads(xn)
+    def step(self, xn: torch.Tensor, lr: float, den: torch.Tensor | None = None) -> StepStats:
+        """`den`: the FVU denominator of the global batch when `xn` is this rank's part of it (computed
+        by every rank from the whole batch, which saves a collective per step)."""
+        loss, aux, fired, kept = self.compute_grads(xn, den)
+        B = self._batch  # the global batch when distributed
         if not (math.isfinite(loss) and math.isfinite(aux)):
             raise NonFiniteLossError(f"the loss is {loss} (auxk_loss {aux})")
         for g in self.opt.param_groups:
@@ -252,9 +307,9 @@ class SparseStep:
         self.since_fired.add_(B)
         self.since_fired[fired] = 0
         self.samples_seen += B
-        self.sae.observe_training_batch(kept)
+        self.sae.observe_training_batch(self._observed(kept))
         n_dead = int(self.dead_mask().sum())
-        return StepStats(loss, aux, fired.numel() / B, n_dead)
+        return StepStats(loss, aux, self._active / B, n_dead)
 
 
 def loss_autograd(sae: SparseAutoencoder, xn: torch.Tensor, dead_mask: torch.Tensor | None = None,
@@ -432,6 +487,10 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
     """
     sc = cfg.sae
     check_trainer_config(sc)
+    ctx = distributed.init()
+    if ctx.world_size > sc.batch_size:
+        raise ConfigError(f"sae.batch_size: {sc.batch_size} is smaller than the {ctx.world_size} ranks; "
+                          "each rank needs a part of every batch")
     if sc.num_threads:
         torch.set_num_threads(sc.num_threads)
     if store is None:
@@ -450,10 +509,13 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
     ckpt_path = out / CHECKPOINT_FILE
     metrics_path = out / METRICS_FILE
 
-    if cfg.force:
+    if cfg.force and ctx.is_main:
         for f in (ckpt_path, metrics_path):
             f.unlink(missing_ok=True)
-    elif metrics_path.is_file():
+    # no rank reads the output before rank 0 cleared it (force), so they all take the same decision
+    distributed.barrier()
+    distributed.check_same(_output_state(metrics_path, ckpt_path), f"the SAE output directory {out}")
+    if not cfg.force and metrics_path.is_file():
         done = json.loads(metrics_path.read_text())
         if done.get("complete") and done.get("training_key") == key:
             return TrainResult(str(out), read_sae(out), done["metrics"], done.get("history", []), done.get("lr", 0.0),
@@ -467,7 +529,10 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
     stream = ActivationStream(fset, plan, sc.batch_size, sc.seed, buffer_vectors)
     sae = build_sae(make_sae_config(sc, d_in, store), seed=sc.seed)
     lr = sc.lr if sc.lr > 0 else default_lr(sae.n_latents)
-    engine = SparseStep(sae, lr, auxk_coef=sc.auxk_coef, k_aux=sc.k_aux, dead_window=sc.dead_window)
+    engine = SparseStep(sae, lr, auxk_coef=sc.auxk_coef, k_aux=sc.k_aux, dead_window=sc.dead_window,
+                        reduce=distributed.all_reduce if ctx.distributed else None)
+    # this rank's rows of every global batch (each rank computes on a disjoint part)
+    lo, hi = ctx.rank * sc.batch_size // ctx.world_size, (ctx.rank + 1) * sc.batch_size // ctx.world_size
     step, history = 0, []
     if ckpt_path.is_file():
         state = torch.load(ckpt_path, weights_only=True)
@@ -486,12 +551,13 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
             raise TrainingError(f"step 0: training stopped: {e}") from e
         sae.init_from_data(torch.from_numpy(sample))
     resumed_from = step
-    try:
-        ev = eval_vectors(fset, plan, max_eval_vectors, sc.seed)
+    try:  # only rank 0 evaluates
+        ev = eval_vectors(fset, plan, max_eval_vectors, sc.seed) if ctx.is_main else np.zeros((0, d_in), np.float32)
     except NonFiniteInputError as e:
         raise TrainingError(f"step {step}: training stopped: {e}") from e
 
-    bar = progress_bar(total=sc.steps, initial=step, desc="train-sae", unit="step") if progress else None
+    show = progress and ctx.is_main
+    bar = progress_bar(total=sc.steps, initial=step, desc="train-sae", unit="step") if show else None
     batches = stream.batches(step * sc.batch_size)
     t_train, n_interval, aux_sum, loss_sum, n_steps_interval = 0.0, 0, 0.0, 0.0, 0
     metrics: dict[str, float] = history[-1] if history else {}
@@ -502,8 +568,13 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
             raise TrainingError(f"step {step}: training stopped: {e}") from e
         t0 = time.perf_counter()
         xn = sae.normalize(torch.from_numpy(x))
+        den = None
+        if ctx.distributed:
+            # the whole batch's denominator, as one process computes it; then only this rank's rows
+            den = ((xn - xn.mean(0)) ** 2).sum().clamp_min(1e-30)
+            xn = xn[lo:hi]
         try:
-            st = engine.step(xn, lr_at(step, lr, sc.warmup_steps, sc.steps))
+            st = engine.step(xn, lr_at(step, lr, sc.warmup_steps, sc.steps), den)
         except NonFiniteLossError as e:
             raise TrainingError(
                 f"step {step}: training stopped: {e}. The inputs of this batch are finite, so the optimisation "
@@ -511,17 +582,28 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
                 f"(now {sc.normalize}).") from e
         t_train += time.perf_counter() - t0
         step += 1
-        n_interval += x.shape[0]
+        n_interval += xn.shape[0]
         n_steps_interval += 1
         aux_sum += st.auxk_loss
         loss_sum += st.loss
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{st.loss:.4f}", dead=st.n_dead)
-        if step % sc.eval_every == 0 or step == sc.steps:
+        if (step % sc.eval_every == 0 or step == sc.steps) and ctx.distributed:
+            rates = distributed.gather_floats([n_interval / t_train if t_train > 0 else 0.0])
+            # the ranks apply identical updates; rank 0's copy also settles any last-bit drift
+            with torch.no_grad():
+                for t in [*sae.parameters(), *sae.buffers()]:
+                    distributed.broadcast_(t.data)
+            if not ctx.is_main:
+                t_train, n_interval, aux_sum, loss_sum, n_steps_interval = 0.0, 0, 0.0, 0.0, 0
+        if (step % sc.eval_every == 0 or step == sc.steps) and ctx.is_main:
             metrics = evaluate(sae, ev, engine.dead_mask(), engine.k_aux)
             metrics["dead_frac"] = dead_frac(engine.since_fired, sc.dead_window, engine.samples_seen)
             metrics["samples_per_s"] = n_interval / t_train if t_train > 0 else 0.0
+            if ctx.distributed:  # the group's throughput, and each rank's (a slow rank shows here)
+                metrics.update({f"samples_per_s.rank{r}": v[0] for r, v in enumerate(rates)})
+                metrics["samples_per_s"] = sum(v[0] for v in rates)
             metrics["train_loss"] = loss_sum / max(n_steps_interval, 1)
             metrics["train_auxk_loss"] = aux_sum / max(n_steps_interval, 1)
             if extra_metrics is not None:
@@ -533,7 +615,7 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
             if on_eval is not None:
                 on_eval(step, {k: float(v) for k, v in metrics.items() if k != "step"})
             t_train, n_interval, aux_sum, loss_sum, n_steps_interval = 0.0, 0, 0.0, 0.0, 0
-        if step % sc.checkpoint_every == 0 and step < sc.steps:
+        if step % sc.checkpoint_every == 0 and step < sc.steps and ctx.is_main:
             _atomic_torch_save({"step": step, "model": sae.state_dict(), "engine": engine.state_dict(),
                                 "torch_rng": torch.get_rng_state(), "history": json.dumps(history),
                                 "training_key": json.dumps(key)}, ckpt_path)
@@ -543,6 +625,9 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
         bar.close()
 
     sae.eval()
+    if not ctx.is_main:  # rank 0 writes the SAE and its metrics, once
+        return TrainResult(str(out), sae, {}, [], lr, sc.steps, resumed_from, store.uri, fset.key,
+                           stream.n_vectors, 0, identity=digest(key))
     sae.save(out)
     final = {k: v for k, v in metrics.items() if k != "step"}
     _atomic_write_text(metrics_path, json.dumps(
@@ -554,6 +639,15 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
     ckpt_path.unlink(missing_ok=True)
     return TrainResult(str(out), sae, final, history, lr, sc.steps, resumed_from, store.uri, fset.key,
                        stream.n_vectors, len(ev), identity=digest(key))
+
+
+def _output_state(metrics_path: Path, ckpt_path: Path) -> str:
+    """What a rank finds in the output directory: the ranks must agree before they resume or skip."""
+    if metrics_path.is_file():
+        return "finished"
+    if ckpt_path.is_file():
+        return f"checkpoint of {ckpt_path.stat().st_size} bytes"
+    return "empty"
 
 
 def _key_mismatch(out: Path, saved: Any, key: dict[str, Any]) -> str:

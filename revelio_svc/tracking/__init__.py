@@ -1,6 +1,7 @@
 """MLflow tracking: where runs go (setup) and how stage results become runs (the adapter in runs.py)."""
 from .runs import (
     DESCRIPTIONS,
+    distributed_params,
     flat_params,
     log_json,
     log_metrics,
@@ -21,6 +22,7 @@ from .setup import (
     tracking_uri,
 )
 
-__all__ = ["DEFAULT_TRACKING_URI", "DESCRIPTIONS", "TrackingUnavailableError", "check_server", "flat_params",
+__all__ = ["DEFAULT_TRACKING_URI", "DESCRIPTIONS", "TrackingUnavailableError", "check_server", "distributed_params",
+           "flat_params",
            "log_json", "log_metrics", "log_params_once", "log_result", "log_store_inputs", "run_name", "run_tags",
            "setup", "stage_params", "stage_run", "step_logger", "tracking_uri"]

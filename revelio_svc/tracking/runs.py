@@ -25,6 +25,7 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 
+from .. import distributed
 from ..config import Config, to_dict
 from ..contracts import MetricsCallback, StageResult
 from ..features.extract import ExtractResult
@@ -109,6 +110,12 @@ def stage_params(cfg: Config, stage: str) -> dict[str, str]:
     return {k: v[:6000] for k, v in params.items()}
 
 
+def distributed_params() -> dict[str, str]:
+    """`world_size` and `dist_backend` of a run under torchrun; nothing for one process."""
+    ctx = distributed.context()
+    return {"world_size": str(ctx.world_size), "dist_backend": ctx.backend} if ctx.distributed else {}
+
+
 def log_params_once(params: Mapping[str, Any]) -> None:
     """Log the params the active run does not have yet (MLflow refuses to change a logged param)."""
     run = mlflow.active_run()
@@ -139,6 +146,7 @@ def stage_run(cfg: Config, stage: str, *, tags: Mapping[str, str] | None = None,
         mlflow.set_tags({**all_tags, "mlflow.note.content": DESCRIPTIONS.get(stage, "")})
         if params:
             log_params_once(stage_params(cfg, stage))
+        log_params_once(distributed_params())
         yield run
 
 

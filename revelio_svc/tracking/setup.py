@@ -6,6 +6,7 @@ import os
 import mlflow
 import requests
 
+from .. import distributed
 from ..config import TrackingConfig
 
 # the project's documented default when neither the config nor MLFLOW_TRACKING_URI names a store
@@ -38,6 +39,11 @@ def check_server(uri: str | None = None, timeout: float = 3.0) -> str:
 
 def setup(cfg: TrackingConfig, experiment: bool = True) -> str:
     """Point MLflow at the configured store (and experiment); returns the tracking URI."""
+    ctx = distributed.context()
+    if not ctx.is_main:
+        # one writer per run and per registered version: a second rank would duplicate or race them
+        raise RuntimeError(f"{ctx.describe()} asked for MLflow tracking; only rank 0 talks to the tracking "
+                           "server and the registry")
     uri = tracking_uri(cfg)
     if uri.startswith("http"):
         # a dead server otherwise retries for minutes
