@@ -58,6 +58,7 @@ class Context:
 
 _SINGLE = Context()
 _ctx: Context | None = None
+_farewell = None  # the group shutdown() meets the other ranks in (see init)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -113,6 +114,12 @@ def init() -> Context:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s()), rank=rank, world_size=world)
+    global _farewell
+    # the ranks meet once more before leaving (shutdown): a rank that tears its group down while rank 0
+    # still runs the light stages can abort inside gloo. That wait lasts as long as rank 0's probe and
+    # registration, so it gets a group of its own with no practical timeout; if rank 0 fails instead,
+    # torchrun stops the waiting ranks.
+    _farewell = dist.new_group(backend="gloo", timeout=timedelta(days=7))
     _ctx = Context(rank, world, local, backend)
     return _ctx
 
@@ -228,8 +235,10 @@ def failure_message(command: str, e: BaseException) -> str:
 
 
 def shutdown() -> None:
-    """Leave the process group (a clean exit; torchrun waits for every rank)."""
-    global _ctx
+    """Leave the process group together with every other rank (a clean exit; torchrun waits for all)."""
+    global _ctx, _farewell
     if dist.is_available() and dist.is_initialized():
+        if _farewell is not None:
+            dist.all_reduce(torch.zeros(1), group=_farewell)
         dist.destroy_process_group()
-    _ctx = None
+    _ctx, _farewell = None, None
