@@ -29,14 +29,8 @@ from revelio_svc.config import load_config  # noqa: E402
 from revelio_svc.data import load_dataset  # noqa: E402
 from revelio_svc.features.extract import store_uri_for  # noqa: E402
 from revelio_svc.features.store import open_store, parse_set_key  # noqa: E402
-from revelio_svc.interpret.report import (  # noqa: E402
-    HEADLINE_K,
-    ReportData,
-    control_report,
-    dissection_rows,
-    report_rows,
-)
-from revelio_svc.interpret.toplatents import read_rows  # noqa: E402
+from revelio_svc.interpret.report import HEADLINE_K, control_report  # noqa: E402
+from revelio_svc.interpret.toplatents import store_report_data  # noqa: E402
 from revelio_svc.probe.linear import fit_linear_probe  # noqa: E402
 from revelio_svc.sae import image_latents, read_sae  # noqa: E402
 from revelio_svc.sae.data import feature_set_for  # noqa: E402
@@ -93,16 +87,8 @@ def main() -> None:
 
     sc = sae.config
     fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling or "mean")
-    use = report_rows(store.is_test())
-    feats = read_rows(fset, use)
-    is_test = store.is_test()[use]
-    rows = dissection_rows(is_test)
-    masks_fn = getattr(ds, "masks_batch", None)
-    data = ReportData.build(feats, {c: store.labels(c)[use] for c in store.label_names}, is_test, concept,
-                            masks=masks_fn(store.index()[use][rows]) if masks_fn else None, mask_rows=rows,
-                            class_names=list(store.label_names[concept]),
-                            parts=(getattr(ds, "concept_parts", None) or {}).get(concept))
-    rep = control_report(sae, data, init_seed=cfg.sae.seed, sae_acts=image_latents(sae, feats))
+    data = store_report_data(fset, concept, ds)
+    rep = control_report(sae, data, init_seed=cfg.sae.seed, sae_acts=image_latents(sae, data.feats))
     m = rep.metrics()
     done = json.loads((sae_dir / "metrics.json").read_text())["metrics"]
 

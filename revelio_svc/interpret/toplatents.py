@@ -149,6 +149,20 @@ def read_rows(fset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def store_report_data(fset, primary: str, dataset=None) -> ReportData:
+    """What a control report reads from a store: the report rows of `fset` (every test row, a fixed train
+    sample), every concept's labels, and the dataset's concept masks for dissection when it has them."""
+    store = fset.store
+    use = report_rows(store.is_test())
+    is_test = store.is_test()[use]
+    rows = dissection_rows(is_test)
+    masks_fn = getattr(dataset, "masks_batch", None)
+    return ReportData.build(read_rows(fset, use), {c: store.labels(c)[use] for c in store.label_names}, is_test,
+                            primary, masks=masks_fn(store.index()[use][rows]) if masks_fn else None, mask_rows=rows,
+                            class_names=list(store.label_names[primary]),
+                            parts=(getattr(dataset, "concept_parts", None) or {}).get(primary))
+
+
 # --------------------------------------------------------------------------- the whole interpretation
 @dataclass
 class InterpretResult:

@@ -14,14 +14,8 @@ from ..contracts import Artifact, MetricsCallback, StageResult
 from ..data import ImageDataset, load_dataset
 from ..features.store import FeatureStore, open_store
 from ..interpret import interpret_sae
-from ..interpret.report import (
-    ReportData,
-    control_report,
-    dissection_rows,
-    report_rows,
-    score_controls,
-)
-from ..interpret.toplatents import read_rows
+from ..interpret.report import control_report, score_controls
+from ..interpret.toplatents import store_report_data
 from ..sae import SparseAutoencoder
 from ..sae.base import CONFIG_FILE, WEIGHTS_FILE, SAEConfigBase
 from ..sae.data import feature_set_for
@@ -77,16 +71,8 @@ def live_interpreter(cfg: Config, store: FeatureStore, dataset: ImageDataset | N
     """
     sc = cfg.sae
     fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling)
-    use = report_rows(store.is_test())
-    feats = read_rows(fset, use)
     concept = cfg.probe.concept if cfg.probe.concept in store.label_names else next(iter(store.label_names))
-    is_test = store.is_test()[use]
-    rows = dissection_rows(is_test)
-    masks_fn = getattr(dataset, "masks_batch", None)
-    data = ReportData.build(feats, {c: store.labels(c)[use] for c in store.label_names}, is_test, concept,
-                            masks=masks_fn(store.index()[use][rows]) if masks_fn else None, mask_rows=rows,
-                            class_names=list(store.label_names[concept]),
-                            parts=(getattr(dataset, "concept_parts", None) or {}).get(concept))
+    data = store_report_data(fset, concept, dataset)
     controls: dict = {}
 
     def metrics(sae: SparseAutoencoder) -> dict[str, float]:
