@@ -75,38 +75,51 @@ def fvu(x, xhat) -> float:
     return float(((x - xhat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
 
 
-def _ours(variant: str, d: int, n: int, k: int, pool, lr: float):
+def sae_step(sae, variant: str, lr: float, k: int):
+    """One optimisation step on a batch: our trainer's fused `SparseStep` ("ours"), or the plain autograd
+    reference ("dense": the same TopK SAE through torch.autograd and Adam). Shared with gpu_fullsize.py."""
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(ROOT))
-    from revelio_svc.sae import TopKSAE, TopKSAEConfig
-    from revelio_svc.sae.trainer import SparseStep, evaluate
+    from revelio_svc.sae.trainer import SparseStep
 
-    sae = TopKSAE(TopKSAEConfig(d_in=d, n_latents=n, k=k), seed=0)
-    with torch.no_grad():
-        sae.init_from_data(torch.cat(pool))
     if variant == "ours":
         eng = SparseStep(sae, lr, auxk_coef=1 / 32, dead_window=10**9)
 
         def step(x):
             eng.step(sae.normalize(x), lr)
-    else:
-        params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_pre]
-        opt = torch.optim.Adam(params, lr=lr)
 
-        def step(x):
-            xn = sae.normalize(x)
-            pre = (xn - sae.b_pre) @ sae.W_enc.t() + sae.b_enc
-            v, idx = pre.topk(k, dim=1)
-            z = torch.zeros_like(pre).scatter(1, idx, F.relu(v))
-            xhat = z @ sae.W_dec + sae.b_pre
-            loss = ((xhat - xn) ** 2).sum() / ((xn - xn.mean(0)) ** 2).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            sae.remove_parallel_decoder_grad_()
-            opt.step()
-            sae.normalize_decoder_()
+        return step
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_pre]
+    opt = torch.optim.Adam(params, lr=lr)
+
+    def step(x):
+        xn = sae.normalize(x)
+        pre = (xn - sae.b_pre) @ sae.W_enc.t() + sae.b_enc
+        v, idx = pre.topk(k, dim=1)
+        z = torch.zeros_like(pre).scatter(1, idx, F.relu(v))
+        xhat = z @ sae.W_dec + sae.b_pre
+        loss = ((xhat - xn) ** 2).sum() / ((xn - xn.mean(0)) ** 2).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_decoder_grad_()
+        opt.step()
+        sae.normalize_decoder_()
+
+    return step
+
+
+def _ours(variant: str, d: int, n: int, k: int, pool, lr: float):
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from revelio_svc.sae import TopKSAE, TopKSAEConfig
+    from revelio_svc.sae.trainer import evaluate
+
+    sae = TopKSAE(TopKSAEConfig(d_in=d, n_latents=n, k=k), seed=0)
+    with torch.no_grad():
+        sae.init_from_data(torch.cat(pool))
+    step = sae_step(sae, variant, lr, k)
 
     def evaluate_fvu(x):
         return evaluate(sae, x)["fvu"]

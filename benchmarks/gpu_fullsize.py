@@ -139,10 +139,11 @@ def extraction(name: str, args, tiny_root: Path | None) -> dict:
 
 def sae_training(args) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from revelio_svc.sae import TopKSAE, TopKSAEConfig
-    from revelio_svc.sae.trainer import SparseStep
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_sae import sae_step  # the same two step functions bench_sae.py times on the CPU
 
     device = torch.device(args.device)
     d, n, k, batch = args.sae_d, args.sae_d * args.sae_expansion, args.sae_k, args.sae_batch
@@ -161,28 +162,7 @@ def sae_training(args) -> dict:
         sae = sae.to(device)
         try:
             with torch.device(device):  # SparseStep allocates its buffers on the default device
-                if variant == "ours":
-                    eng = SparseStep(sae, lr, auxk_coef=1 / 32, dead_window=10**9)
-
-                    def step(x):
-                        eng.step(sae.normalize(x), lr)
-                else:
-                    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_pre]
-                    opt = torch.optim.Adam(params, lr=lr)
-
-                    def step(x):
-                        xn = sae.normalize(x)
-                        pre = (xn - sae.b_pre) @ sae.W_enc.t() + sae.b_enc
-                        v, idx = pre.topk(k, dim=1)
-                        z = torch.zeros_like(pre).scatter(1, idx, F.relu(v))
-                        xhat = z @ sae.W_dec + sae.b_pre
-                        loss = ((xhat - xn) ** 2).sum() / ((xn - xn.mean(0)) ** 2).sum()
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        sae.remove_parallel_decoder_grad_()
-                        opt.step()
-                        sae.normalize_decoder_()
-
+                step = sae_step(sae, variant, lr, k)
                 step(pool[0])  # warm-up
                 _reset_peak(device)
                 times = []
