@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from revelio_svc.backbones.arch import _bytes_to_unicode  # the byte-level BPE table the stand-in tokenizer uses too
+
 VAE_SCALE = 2
 LATENT_CHANNELS = 4
 LATENT_SIZE = 8
@@ -33,19 +35,6 @@ _cache: dict[str, Path] = {}
 
 
 # --------------------------------------------------------------------------- tokenizer
-def _bytes_to_unicode() -> dict[int, str]:
-    # the byte → printable-character table of byte-level BPE (GPT-2 / CLIP)
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def write_clip_tokenizer(folder: Path, max_length: int = TEXT_MAX_LENGTH) -> int:
     """Write a CLIP byte-level BPE tokenizer (vocab.json, merges.txt); returns its vocab size."""
     folder.mkdir(parents=True, exist_ok=True)
