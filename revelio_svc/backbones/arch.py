@@ -157,17 +157,18 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
+def byte_vocab() -> dict[str, int]:
+    """The 256 byte symbols, then the same as word ends (`</w>`): a byte-level BPE vocabulary without merges."""
+    chars = list(_bytes_to_unicode().values())
+    return {s: i for i, s in enumerate(chars + [c + "</w>" for c in chars])}
+
+
 def stand_in_tokenizer(conf: dict[str, Any]):
     """A CLIP tokenizer without merges over the 512 byte symbols (ids 0–511) plus CLIP's start (49406)
     and end (49407) tokens: real sequence length, padding token and special ids; not CLIP's vocabulary."""
     from transformers import CLIPTokenizer
 
-    chars = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab[c] = len(vocab)
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
+    vocab = byte_vocab()
     vocab["<|startoftext|>"] = 49406
     vocab["<|endoftext|>"] = 49407
     with tempfile.TemporaryDirectory(prefix="revelio-tok-") as tmp:

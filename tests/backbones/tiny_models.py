@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from revelio_svc.backbones.arch import _bytes_to_unicode  # the byte-level BPE table the stand-in tokenizer uses too
+from revelio_svc.backbones.arch import byte_vocab
 
 VAE_SCALE = 2
 LATENT_CHANNELS = 4
@@ -38,12 +38,7 @@ _cache: dict[str, Path] = {}
 def write_clip_tokenizer(folder: Path, max_length: int = TEXT_MAX_LENGTH) -> int:
     """Write a CLIP byte-level BPE tokenizer (vocab.json, merges.txt); returns its vocab size."""
     folder.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
-    vocab: dict[str, int] = {}
-    for c in chars:
-        vocab[c] = len(vocab)
-    for c in chars:
-        vocab[c + "</w>"] = len(vocab)
+    vocab = byte_vocab()
     merges: list[str] = []
     # a few whole-word merges so that prompts are not purely character-level
     for word in _WORDS:
