@@ -30,7 +30,7 @@ from revelio_svc.data import load_dataset  # noqa: E402
 from revelio_svc.features.extract import store_uri_for  # noqa: E402
 from revelio_svc.features.store import open_store, parse_set_key  # noqa: E402
 from revelio_svc.interpret.report import HEADLINE_K, control_report  # noqa: E402
-from revelio_svc.interpret.toplatents import store_report_data  # noqa: E402
+from revelio_svc.interpret.toplatents import dataset_report_data  # noqa: E402
 from revelio_svc.probe.linear import fit_linear_probe  # noqa: E402
 from revelio_svc.sae import image_latents, read_sae  # noqa: E402
 from revelio_svc.sae.data import feature_set_for  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> None:
 
     sc = sae.config
     fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling or "mean")
-    data = store_report_data(fset, concept, ds)
+    data = dataset_report_data(fset, concept, ds)
     rep = control_report(sae, data, init_seed=cfg.sae.seed, sae_acts=image_latents(sae, data.feats))
     m = rep.metrics()
     done = json.loads((sae_dir / "metrics.json").read_text())["metrics"]

@@ -149,18 +149,27 @@ def read_rows(fset, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def store_report_data(fset, primary: str, dataset=None) -> ReportData:
+def store_report_data(fset, primary: str, *, masks_fn: Callable | None = None,
+                      concept_parts: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+                      concepts: Sequence[str] | None = None) -> ReportData:
     """What a control report reads from a store: the report rows of `fset` (every test row, a fixed train
-    sample), every concept's labels, and the dataset's concept masks for dissection when it has them."""
+    sample), the labels of `concepts` (default: all), and, given the dataset's `masks_batch`, the concept
+    masks of the rows dissection uses."""
     store = fset.store
     use = report_rows(store.is_test())
     is_test = store.is_test()[use]
     rows = dissection_rows(is_test)
-    masks_fn = getattr(dataset, "masks_batch", None)
-    return ReportData.build(read_rows(fset, use), {c: store.labels(c)[use] for c in store.label_names}, is_test,
-                            primary, masks=masks_fn(store.index()[use][rows]) if masks_fn else None, mask_rows=rows,
+    return ReportData.build(read_rows(fset, use),
+                            {c: store.labels(c)[use] for c in (concepts or store.label_names)}, is_test, primary,
+                            masks=masks_fn(store.index()[use][rows]) if masks_fn else None, mask_rows=rows,
                             class_names=list(store.label_names[primary]),
-                            parts=(getattr(dataset, "concept_parts", None) or {}).get(primary))
+                            parts=(concept_parts or {}).get(primary))
+
+
+def dataset_report_data(fset, primary: str, dataset=None) -> ReportData:
+    """`store_report_data` with the masks and concept parts of `dataset`, when it has them."""
+    return store_report_data(fset, primary, masks_fn=getattr(dataset, "masks_batch", None),
+                             concept_parts=getattr(dataset, "concept_parts", None))
 
 
 # --------------------------------------------------------------------------- the whole interpretation
@@ -331,14 +340,8 @@ def control_section(sae, fset, store, labels: dict[str, np.ndarray], primary: st
     """The SAE against its matched controls (report.py): metrics, per-latent columns, files."""
     import pandas as pd
 
-    use = report_rows(store.is_test())  # every test row, a fixed sample of train rows
-    feats = read_rows(fset, use)
-    is_test = store.is_test()[use]
-    lab = {k: v[use] for k, v in labels.items()}
-    rows = dissection_rows(is_test)
-    masks = masks_fn(store.index()[use][rows]) if masks_fn is not None else None
-    data = ReportData.build(feats, lab, is_test, primary, masks=masks, mask_rows=rows,
-                            class_names=list(store.label_names[primary]), parts=concept_parts.get(primary))
+    data = store_report_data(fset, primary, masks_fn=masks_fn, concept_parts=concept_parts, concepts=list(labels))
+    use = report_rows(store.is_test())  # the rows store_report_data read
     rep = control_report(sae, data, init_seed=init_seed, sae_acts=sae_acts[use])
     metrics = rep.metrics()
     columns: dict[str, Any] = {}

@@ -15,7 +15,7 @@ from ..data import ImageDataset, load_dataset
 from ..features.store import FeatureStore, open_store
 from ..interpret import interpret_sae
 from ..interpret.report import control_report, score_controls
-from ..interpret.toplatents import store_report_data
+from ..interpret.toplatents import dataset_report_data
 from ..sae import SparseAutoencoder
 from ..sae.base import CONFIG_FILE, WEIGHTS_FILE, SAEConfigBase
 from ..sae.data import feature_set_for
@@ -72,7 +72,7 @@ def live_interpreter(cfg: Config, store: FeatureStore, dataset: ImageDataset | N
     sc = cfg.sae
     fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling)
     concept = cfg.probe.concept if cfg.probe.concept in store.label_names else next(iter(store.label_names))
-    data = store_report_data(fset, concept, dataset)
+    data = dataset_report_data(fset, concept, dataset)
     controls: dict = {}
 
     def metrics(sae: SparseAutoencoder) -> dict[str, float]:
