@@ -1,1 +1,0 @@
-/work/main/revelio_svc/app/__init__.py

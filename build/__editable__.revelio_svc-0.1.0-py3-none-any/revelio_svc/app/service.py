@@ -1,1 +1,0 @@
-/work/main/revelio_svc/app/service.py

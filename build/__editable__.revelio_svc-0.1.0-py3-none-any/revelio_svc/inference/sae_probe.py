@@ -1,1 +1,0 @@
-/work/main/revelio_svc/inference/sae_probe.py

@@ -1,1 +1,0 @@
-/work/main/revelio_svc/interpret/__init__.py

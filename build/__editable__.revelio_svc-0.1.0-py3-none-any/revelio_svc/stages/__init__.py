@@ -1,1 +1,0 @@
-/work/main/revelio_svc/stages/__init__.py

@@ -1,1 +1,0 @@
-/work/main/revelio_svc/stages/train_probe.py
