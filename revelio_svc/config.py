@@ -84,11 +84,11 @@ class ExtractConfig:
     timesteps: tuple[int, ...] = (10, 100, 250)
     pooling: tuple[Literal["mean", "max", "tokens"], ...] = ("mean", "max", "tokens")
     # token maps are large: keep them only at these hook points / timesteps (empty = everywhere)
-    token_hook_points: tuple[str, ...] = ()
-    token_timesteps: tuple[int, ...] = ()
-    dtype: Literal["float32", "float16"] = "float32"
-    batch_size: int = 64
-    shard_size: int = 512  # dataset indices per shard
+    token_hook_points: tuple[str, ...] = ("up_blocks.1",)
+    token_timesteps: tuple[int, ...] = (10,)
+    dtype: Literal["float32", "float16"] = "float16"
+    batch_size: int = 100
+    shard_size: int = 500  # dataset indices per shard
     noise_seed: int = 0
     store: str = ""  # "" = features/<config hash> under the project's output dir; or a path / s3:// URI
     num_threads: int = 0  # 0 = torch default
@@ -160,10 +160,10 @@ class SAEConfig:
     input: Literal["pooled", "tokens"] = "tokens"
     pooling: Literal["mean", "max"] = "mean"  # which pooled features (input=pooled)
     expansion: int = 8
-    k: int = 32
+    k: int = 12
     relu: bool = True
-    normalize: Literal["none", "standard", "scalar", "whiten"] = "scalar"
-    whiten_power: float = 1.0  # normalize=whiten: principal variances λ → λ^(1 − power); 1 = full whitening
+    normalize: Literal["none", "standard", "scalar", "whiten"] = "whiten"
+    whiten_power: float = 0.7  # normalize=whiten: principal variances λ → λ^(1 − power); 1 = full whitening
     lr: float = 0.0  # 0 = scaled with the number of latents
     warmup_steps: int = 100
     steps: int = 2000
@@ -192,7 +192,7 @@ class SAEConfig:
 @dataclass(frozen=True)
 class ProbeConfig:
     kind: Literal["linear", "diffc"] = "linear"
-    input: Literal["features", "sae"] = "features"
+    input: Literal["features", "sae"] = "sae"
     hook_point: str = "up_blocks.1"
     timestep: int = 10
     pooling: Literal["mean", "max"] = "mean"
@@ -225,7 +225,7 @@ class ProbeConfig:
 @dataclass(frozen=True)
 class TuneConfig:
     target: Literal["sae", "probe"] = "sae"
-    n_trials: int = 8
+    n_trials: int = 4
     metric: str = "fvu"
     direction: Literal["minimize", "maximize"] = "minimize"
     storage: str = ""  # "" = sqlite:///optuna.db; any Optuna RDB URL
@@ -265,7 +265,7 @@ class DemoConfig:
     port: int = 7860
     max_pixels: int = 16_000_000  # larger uploads are refused before decoding
     concurrency: int = 2  # requests served at once; the rest queue
-    allow_register: bool = True  # show the few-shot tab's "Register in MLflow"
+    allow_register: bool = False  # the few-shot tab's "Register in MLflow": off unless asked for (anyone on the demo could register)
     browse_images: int = 2000  # dataset images behind the atlas and latent pages (a seeded sample; 0 = all)
 
     def __post_init__(self) -> None:

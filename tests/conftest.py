@@ -60,6 +60,7 @@ def tiny_cfg(tiny_unet_dir, tmp_path):
         "data.source=shapes", "data.n_images=40", "data.image_size=16",
         f"backbone.id={tiny_unet_dir}",
         "extract.hook_points=[down_blocks.0, mid_block, up_blocks.0]", "extract.timesteps=[10, 200]",
-        "extract.pooling=[mean, max, tokens]", "extract.batch_size=8", "extract.shard_size=16",
+        "extract.pooling=[mean, max, tokens]", "extract.token_hook_points=[]", "extract.token_timesteps=[]",
+        "extract.dtype=float32", "extract.batch_size=8", "extract.shard_size=16",
         f"output_dir={tmp_path / 'out'}",
     ])

@@ -29,7 +29,8 @@ def test_top_level_help_lists_commands():
 
 
 def test_bad_override_exits_2_with_message(capsys):
-    assert main(["extract", "--set", "extract.hook_points=[nope]", "--set", "sae.k=x"]) == 2
+    assert main(["extract", "--set", "extract.hook_points=[nope]", "--set", "extract.token_hook_points=[]",
+                 "--set", "sae.k=x"]) == 2
     err = capsys.readouterr().err
     assert "sae.k" in err
 

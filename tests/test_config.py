@@ -23,7 +23,7 @@ def test_default_yaml_loads():
 
 @pytest.mark.parametrize("override,value", [
     ("sae.k=16", 16), ("sae.lr=1e-3", 1e-3), ("extract.timesteps=[10, 50]", (10, 50)),
-    ("extract.hook_points=mid_block", ("mid_block",)), ("tracking.register=false", False),
+    ("extract.hook_points=up_blocks.1", ("up_blocks.1",)), ("tracking.register=false", False),
 ])
 def test_overrides_are_typed(override, value):
     cfg = load_config(None, [override])

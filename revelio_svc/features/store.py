@@ -230,7 +230,9 @@ class FeatureStore:
         self.uri = str(uri)
         self.backend = backend_for(uri)
         if not self.backend.exists(MANIFEST):
-            raise StoreError(f"no feature store at {self.uri} (missing {MANIFEST})")
+            raise StoreError(f"no feature store at {self.uri} (missing {MANIFEST}); `revelio extract` with the same "
+                             "--config and options writes it (`revelio run` does too), or point sae.store / "
+                             "probe.store at an existing store")
         self.manifest = Manifest.from_bytes(self.backend.read(MANIFEST), self.uri)
         self.verify = verify
         self._rows: dict[str, np.ndarray] | None = None

@@ -78,10 +78,14 @@ def random_init_config(cfg: Config, hook_points: Sequence[str] | None = None, ti
     colliding with (and being refused by) the model's store.
     """
     changes: dict = {"backbone.init": "random", "extract.store": ""}
+    # the control extracts exactly the sets asked for: the model's token filters (which name its own hook
+    # points and timesteps) do not apply to it
     if hook_points is not None:
         changes["extract.hook_points"] = tuple(hook_points)
+        changes["extract.token_hook_points"] = ()
     if timesteps is not None:
         changes["extract.timesteps"] = tuple(int(t) for t in timesteps)
+        changes["extract.token_timesteps"] = ()
     if poolings is not None:
         changes["extract.pooling"] = tuple(poolings)
     return replace(cfg, **changes)

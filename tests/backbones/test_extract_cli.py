@@ -20,6 +20,7 @@ def test_extract_command_on_tiny_local_model(tmp_path_factory, tmp_path, name, k
             f"backbone.kind={kind}", f"backbone.id={model_dir}", "backbone.device=cpu",
             f"backbone.prompt_mode={mode}", f"extract.hook_points=[{', '.join(hooks)}]",
             "extract.timesteps=[10, 500]", "extract.pooling=[mean, tokens]", "extract.batch_size=5",
+            "extract.token_hook_points=[]", "extract.token_timesteps=[]", "extract.dtype=float32",
             "extract.shard_size=8", f"output_dir={tmp_path / 'out'}"]
     args = ["extract", "--no-mlflow"]
     for s in sets:

@@ -100,6 +100,7 @@ def test_extract_refuses_a_store_that_does_not_fit(tiny_cfg, tmp_path, monkeypat
     args = ["extract", "--no-mlflow", "--set", f"extract.store={store}"]
     for k, v in (("data.n_images", 40), ("data.image_size", 16), ("backbone.id", tiny_cfg.backbone.id),
                  ("extract.hook_points", "[down_blocks.0, mid_block, up_blocks.0]"), ("extract.timesteps", "[10, 200]"),
+                 ("extract.token_hook_points", "[]"), ("extract.token_timesteps", "[]"), ("extract.dtype", "float32"),
                  ("extract.batch_size", 8), ("extract.shard_size", 16), ("output_dir", tmp_path / "out")):
         args += ["--set", f"{k}={v}"]
     assert main(args) == 1

@@ -44,7 +44,8 @@ def _run(tmp_path: Path, arch: str, kind: str, dtype: str, res: int, hooks: list
     sets = ["data.source=shapes", "data.n_images=2", f"data.image_size={image}", f"backbone.kind={kind}",
             f"backbone.id={arch}", "backbone.init=random", "backbone.device=cpu", f"backbone.dtype={dtype}",
             f"backbone.resolution={res}", f"extract.hook_points=[{', '.join(hooks)}]",
-            f"extract.timesteps=[{TIMESTEP}]", "extract.pooling=[mean, tokens]", "extract.dtype=float16",
+            f"extract.timesteps=[{TIMESTEP}]", "extract.pooling=[mean, tokens]", "extract.token_hook_points=[]",
+            "extract.token_timesteps=[]", "extract.dtype=float16",
             "extract.batch_size=2", f"output_dir={tmp_path / 'out'}"]
     args = [sys.executable, "-m", "tests.fullsize.extract_and_measure", "--no-mlflow"]
     for s in sets:

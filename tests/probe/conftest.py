@@ -84,9 +84,10 @@ def tiny_config(unet: Path, out: Path, **changes) -> Config:
     cfg = Config(data=DataConfig(source="shapes", n_images=48, image_size=16))
     cfg = replace(cfg, **{"backbone.id": str(unet), "backbone.device": "cpu",
                           "extract.hook_points": ("down_blocks.1", "up_blocks.1"), "extract.timesteps": (10, 250),
-                          "extract.pooling": ("mean", "tokens"), "extract.batch_size": 16,
+                          "extract.pooling": ("mean", "tokens"), "extract.token_hook_points": (),
+                          "extract.token_timesteps": (), "extract.dtype": "float32", "extract.batch_size": 16,
                           "extract.shard_size": 16, "output_dir": str(out),
-                          "probe.hook_point": "up_blocks.1", "probe.timestep": 10, "probe.shots": ("1", "all"),
+                          "probe.input": "features", "probe.hook_point": "up_blocks.1", "probe.timestep": 10, "probe.shots": ("1", "all"),
                           "probe.seeds": 2, "probe.max_iter": 200, "probe.concept": "colour"})
     return replace(cfg, **changes) if changes else cfg
 

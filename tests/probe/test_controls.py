@@ -77,3 +77,11 @@ def test_random_init_control_refuses_another_architecture(extracted):
     with pytest.raises(ControlError, match="same architecture"):
         random_init_store(cfg, ["up_blocks.1"], [10], ["mean"],
                           model_backbone={"kind": "unet2d", "id": "some/other-model"})
+
+
+def test_the_random_init_control_elsewhere_is_not_bound_by_the_models_token_filters():
+    from revelio_svc.config import load_config
+
+    cfg = load_config(None)  # the defaults keep token maps at up_blocks.1, t=10 only
+    r = random_init_config(cfg, ["mid_block"], [100], ["tokens"])
+    assert r.extract.poolings_for("mid_block", 100) == ("tokens",)

@@ -82,6 +82,7 @@ def build_store(root: Path, n_images: int = 400, shard_size: int = 100, d: int =
 
 def tiny_cfg(tmp_path: Path, store: Path, **sae) -> Config:
     base = {"hook_point": HOOK, "timestep": T, "input": "pooled", "pooling": "mean", "expansion": 4, "k": 4,
+            "normalize": "scalar",
             "steps": 200, "batch_size": 64, "lr": 3e-3, "warmup_steps": 10, "eval_every": 50,
             "checkpoint_every": 50, "dead_window": 2000, "store": str(store), "seed": 0}
     base.update(sae)

@@ -32,8 +32,8 @@ def test_sweep_on_a_planted_store_writes_and_logs_every_artifact(tmp_path, mlflo
     (sae_dir / "b.json").write_text(json.dumps({"config": {"hook_point": "down_blocks.1", "timestep": 250},
                                                 "fvu": 0.3}))
     (sae_dir / "unrelated.json").write_text(json.dumps({"something": 1}))
-    cfg = replace(Config(), **{"probe.store": str(store), "probe.controls": False, "output_dir": str(tmp_path / "o"),
-                               "extract.hook_points": ("up_blocks.1", "down_blocks.1")})
+    cfg = replace(Config(), **{"probe.store": str(store), "probe.controls": False, "probe.input": "features",
+                               "output_dir": str(tmp_path / "o"), "extract.hook_points": ("up_blocks.1", "down_blocks.1")})
     with mlflow.start_run() as run:
         out = sweep_stage(cfg, sae_results=sae_dir, concepts=["shape", "colour"])  # fewer figures, faster
         log_result(out)
