@@ -6,7 +6,11 @@ folder. A SQLite store that does not exist is an error at once, naming the file;
 side effect of a lookup.
 
 A model version's files never change, so a version fetched once is kept in a cache and later loads read it
-from there: `$XDG_CACHE_HOME/revelio/models/<store>/<name>/<version>` (default `~/.cache/...`). An alias can
+from there: `$XDG_CACHE_HOME/revelio/models/<key>/<name>/<version>` (default `~/.cache/...`), where the key is
+a digest of where the store really is (the absolute path of a SQLite file, not the URI as written: two
+projects that both use `sqlite:///mlflow.db` are two stores) and of the version's run id; the run id recorded
+in a cached copy is checked again before the copy is used, so a store rebuilt in the same place never gets
+another store's files. An alias can
 move, so every load still asks the store which version it names; for a SQLite store that question is one
 read-only query with the standard library (`_sqlite_version`), because building an MLflow client imports
 its whole SQL layer (about 2 s on a small machine) and a cached load should cost a fraction of that.
@@ -166,6 +170,34 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "revelio" / "models"
 
 
+def store_location(uri: str | None = None) -> str:
+    """Where the tracking store `uri` (default: `target_uri()`) really is: the absolute path of a SQLite
+    database or file store, else the server URL. A relative URI means a different store in every folder."""
+    uri = uri or target_uri()
+    db = _sqlite_path(uri)
+    if db is not None:
+        return f"sqlite:{db.expanduser().resolve()}"
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return f"file:{Path(unquote(parsed.path) if parsed.scheme else uri).expanduser().resolve()}"
+    return uri.rstrip("/")
+
+
+def cache_entry(mv) -> Path:
+    """The cache directory of model version `mv` of the store at `target_uri()` (see the module docstring)."""
+    key = digest({"store": store_location(), "run_id": mv.run_id})
+    return cache_root() / key / mv.name / str(mv.version)
+
+
+def _cached(entry: Path, mv) -> bool:
+    """Whether `entry` holds a complete download of exactly `mv` (its recorded run id and source agree)."""
+    try:
+        done = json.loads((entry / COMPLETE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(done, dict) and done.get("run_id") == mv.run_id and done.get("source") == mv.source
+
+
 def _sqlite_version(ref: ModelRef) -> SimpleNamespace | None:
     """The READY version `ref` names in a SQLite store, read with the standard library (read-only: it can
     neither create nor change the file); None whenever anything is unusual (another store, a missing name
@@ -208,14 +240,14 @@ def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
         return fetch(uri, tempfile.mkdtemp(prefix="revelio-model-"))
     mv = _sqlite_version(ref)
     if mv is not None:
-        entry = cache_root() / digest(target_uri()) / mv.name / str(mv.version)
-        if (entry / COMPLETE).is_file():
+        entry = cache_entry(mv)
+        if _cached(entry, mv):
             return entry, _version_info(ref, mv)
     client = registry_client()
     mv = resolve_version(ref, client)
-    entry = cache_root() / digest(target_uri()) / mv.name / str(mv.version)
+    entry = cache_entry(mv)
     info = _version_info(ref, mv)
-    if not (entry / COMPLETE).is_file():
+    if not _cached(entry, mv):
         entry.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=entry.parent))
         try:
