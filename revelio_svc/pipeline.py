@@ -52,7 +52,9 @@ from .stages.sweep import sweep_identity
 from .stages.train_probe import probe_identity
 from .tracking import (
     DESCRIPTIONS,
+    closing_run,
     distributed_params,
+    end_status,
     log_params_once,
     log_result,
     run_name,
@@ -180,7 +182,7 @@ class _Parent:
         return self.run
 
     def __exit__(self, et, ev, tb):
-        mlflow.end_run("FINISHED" if et is None else "KILLED" if et is KeyboardInterrupt else "FAILED")
+        mlflow.end_run(end_status(ev))  # KILLED when stopped (Ctrl+C, SIGTERM), FAILED when broken
         if self._env_run:
             os.environ["MLFLOW_RUN_ID"] = self._env_run
         return False
@@ -205,8 +207,8 @@ class _Chain:
             distributed.share_flag(cached is None)  # the other ranks join the stage only when it runs
         tags = {**run_tags(self.cfg, stage), CACHE_TAG: key, "parent_run": self.parent_id,
                 **{f"upstream.{k}": v for k, v in dict(upstream).items()}}
-        with mlflow.start_run(run_name=run_name(self.cfg, stage), nested=True, tags=tags,
-                              description=DESCRIPTIONS[stage]) as r:
+        with closing_run(mlflow.start_run(run_name=run_name(self.cfg, stage), nested=True, tags=tags,
+                                          description=DESCRIPTIONS[stage])) as r:
             mlflow.set_tag("mlflow.note.content", DESCRIPTIONS[stage])
             log_params_once({**stage_params(self.cfg, stage), **distributed_params()})
             if cached is not None:

@@ -50,7 +50,7 @@ from .features.store import StoreError, open_store
 from .registry import MODEL_NAMES, register_model
 from .stages import train_probe_stage, train_sae_stage
 from .stages.train_sae import INTERPRET_METRICS, TRAINER_METRICS
-from .tracking import check_server, log_result, run_tags, setup, tracking_uri
+from .tracking import check_server, end_status, log_result, run_tags, setup, tracking_uri
 
 PARENT_ATTR = "mlflow_parent_run_id"
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -322,16 +322,20 @@ def tune(cfg: Config, n_trials: int | None = None, enqueue: list[dict[str, Any]]
             outer = mlflow.start_run(run_id=env_run)
             mlflow.set_tag("optuna.parent_run_id", pid)
         mlflow.start_run(run_id=pid, nested=outer is not None)
+        stopped: BaseException | None = None
         try:
             _log_parent_params(cfg, storage, space)
             objective = _objective(cfg, space, d_in, pid)
             study.optimize(objective, n_trials=n_trials, timeout=tc.timeout_s or None, catch=(Exception,),
                            gc_after_trial=True)
             result = _finish(cfg, study, storage, pid, before)
+        except BaseException as e:
+            stopped = e
+            raise
         finally:
-            mlflow.end_run()
+            mlflow.end_run(end_status(stopped))  # KILLED when stopped (Ctrl+C, SIGTERM), FAILED when broken
             if outer is not None:
-                mlflow.end_run()
+                mlflow.end_run(end_status(stopped))
     finally:
         if env_run:
             os.environ["MLFLOW_RUN_ID"] = env_run
@@ -385,9 +389,13 @@ def _objective(cfg: Config, space: dict[str, Any], d_in: int | None, pid: str):
         except optuna.TrialPruned:
             state = "pruned"
             raise
+        except KeyboardInterrupt:  # Ctrl+C or SIGTERM (cli/main.py): the trial was stopped, not broken
+            state = "stopped"
+            raise
         finally:
             mlflow.set_tag("optuna.state", state)
-            mlflow.end_run({"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[state])
+            mlflow.end_run({"complete": "FINISHED", "pruned": "KILLED", "stopped": "KILLED",
+                            "failed": "FAILED"}[state])
 
     return objective
 

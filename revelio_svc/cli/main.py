@@ -8,11 +8,14 @@ config file < --set < --section.key. `revelio config` prints the effective confi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, get_args, get_origin
 
 from ..config import Config, ConfigError, load_config, to_dict
@@ -154,7 +157,34 @@ def _join_group(command: str) -> bool:
     return True
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, torchrun stopping a rank): raised like Ctrl+C so that the code unwinds,
+    finished work stays and the MLflow runs end KILLED (tracking/status.py) instead of staying RUNNING."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def _run(args: argparse.Namespace) -> int:
+    with _sigterm_raises():
+        return _run_command(args)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     where = ""
     try:
         cfg = load(args)
@@ -170,10 +200,11 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"revelio {args.command}{where}: invalid configuration: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"revelio {args.command}{where}: interrupted; completed work is kept, run the same command to resume",
+    except KeyboardInterrupt as e:
+        why = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"revelio {args.command}{where}: {why}; completed work is kept, run the same command to resume",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
     except _expected_errors() as e:
         print(f"revelio {args.command}{where}: {e}", file=sys.stderr)
         return 1

@@ -21,8 +21,10 @@ from .setup import (
     setup,
     tracking_uri,
 )
+from .status import closing_run, end_status
 
-__all__ = ["DEFAULT_TRACKING_URI", "DESCRIPTIONS", "TrackingUnavailableError", "check_server", "distributed_params",
+__all__ = ["DEFAULT_TRACKING_URI", "DESCRIPTIONS", "TrackingUnavailableError", "check_server", "closing_run",
+           "distributed_params", "end_status",
            "flat_params",
            "log_json", "log_metrics", "log_params_once", "log_result", "log_store_inputs", "run_name", "run_tags",
            "setup", "stage_params", "stage_run", "step_logger", "tracking_uri"]

@@ -31,6 +31,7 @@ from ..contracts import MetricsCallback, StageResult
 from ..features.extract import ExtractResult
 from ..features.store import open_store
 from .setup import setup
+from .status import closing_run
 
 # options that change only where files go, speed or progress output: never params
 NOT_PARAMS: dict[str, set[str]] = {
@@ -142,7 +143,7 @@ def stage_run(cfg: Config, stage: str, *, tags: Mapping[str, str] | None = None,
     else:
         run_cm = mlflow.start_run(run_name=run_name(cfg, stage), nested=active is not None, tags=all_tags,
                                   description=DESCRIPTIONS.get(stage))
-    with run_cm as run:
+    with closing_run(run_cm) as run:  # KILLED when stopped, FAILED when broken (status.py)
         mlflow.set_tags({**all_tags, "mlflow.note.content": DESCRIPTIONS.get(stage, "")})
         if params:
             log_params_once(stage_params(cfg, stage))
