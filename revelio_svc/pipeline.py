@@ -49,7 +49,7 @@ from .stages import (
     train_sae_stage,
 )
 from .stages.sweep import sweep_identity
-from .stages.train_probe import probe_identity
+from .stages.train_probe import check_probe_labels, probe_identity
 from .tracking import (
     DESCRIPTIONS,
     closing_run,
@@ -324,6 +324,8 @@ def _run_stages(cfg: Config, chain: _Chain, wanted: tuple[str, ...], progress: b
     if not any(s in wanted for s in ("train_sae", "train_probe", "register", "sweep")):
         return
     store = open_store(store_uri)
+    if any(s in wanted for s in ("train_probe", "register")):
+        check_probe_labels(cfg, store)  # a probe that cannot be trained is refused before the SAE trains
     if any(s in wanted for s in ("train_sae", "train_probe", "register")):
         distributed.share_text(store_uri)  # a reused store may live elsewhere than this config's default
         scfg = replace(cfg, **{"sae.store": store_uri})

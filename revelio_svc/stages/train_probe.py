@@ -178,10 +178,25 @@ class ProbeResult(StageResult):
 
 def _open_checked(cfg: Config) -> FeatureStore:
     store = open_store(cfg.probe.store or store_uri_for(cfg))
-    if cfg.probe.concept not in store.label_names:
-        raise ConfigError(f"probe.concept: the store at {store.uri} has no labels for {cfg.probe.concept!r}; it "
-                          f"has: {', '.join(store.label_names)}")
+    check_probe_labels(cfg, store)
     return store
+
+
+def check_probe_labels(cfg: Config, store: FeatureStore) -> None:
+    """The store has labels for probe.concept, of at least two classes among its train rows (a probe has
+    nothing to tell apart otherwise); checked before any training, by `train-probe` and by `revelio run`."""
+    concept = cfg.probe.concept
+    if concept not in store.label_names:
+        raise ConfigError(f"probe.concept: the store at {store.uri} has no labels for {concept!r}; it "
+                          f"has: {', '.join(store.label_names)}")
+    names = list(store.label_names[concept])
+    present = sorted({int(v) for v in store.labels(concept)[~store.is_test()]})
+    if len(present) < 2:
+        found = ", ".join(repr(names[i]) if 0 <= i < len(names) else str(i) for i in present) or "none"
+        folder = (" (an image folder needs one sub-folder per class, and at least two of them)"
+                  if store.config.get("dataset", {}).get("name") == "imagefolder" else "")
+        raise ConfigError(f"probe.concept: the train rows of the store at {store.uri} hold {len(present)} class "
+                          f"of {concept!r} ({found}); a probe needs at least two classes to tell apart{folder}")
 
 
 def _run_protocol(cfg: Config, store: FeatureStore, main: ProbeInputs, meta: dict[str, Any], labels: np.ndarray,
