@@ -183,7 +183,7 @@ class DemoService:
 
     def __init__(self, clf, *, max_pixels: int = DEFAULT_MAX_PIXELS, top: int = 6, n_top_images: int = 6,
                  browse_images: int = 2000, fewshot_dir: str | os.PathLike = "outputs/fewshot",
-                 fewshot_eval: int = 120, allow_register: bool = True, experiment: str = "revelio",
+                 fewshot_eval: int = 120, allow_register: bool = False, experiment: str = "revelio",
                  cache_dir: str | os.PathLike | None = None, atlas_method: str = "tsne"):
         if max_pixels <= 0:
             raise ValueError(f"max_pixels must be > 0, got {max_pixels}")
@@ -408,10 +408,17 @@ class DemoService:
         model_name = (model_name or "").strip()
         if not _NAME_RE.match(model_name):
             raise InputError(f"{model_name!r} is not a usable registered-model name (letters, digits, _ - .)")
+        from revelio_svc.registry import MODEL_NAMES, register_model
+
+        pipeline_names = [MODEL_NAMES[k] for k in ("sae", "probe", "classifier", "backbone")]
+        if model_name in pipeline_names:
+            # the pipeline registers revelio-sae, -probe and -classifier as one champion set; a few-shot
+            # classifier among them could be promoted on its own and split that set
+            raise InputError(f"{model_name!r} holds the pipeline's own models ({', '.join(pipeline_names)}); "
+                             "register a few-shot classifier under a name of its own, e.g. "
+                             "'revelio-classifier-fewshot'")
         dest = self.save_fewshot(fs, name)
         import mlflow
-
-        from revelio_svc.registry import register_model
 
         try:
             mlflow.set_experiment(self.experiment)

@@ -8,7 +8,10 @@ all three, so `revelio-classifier@champion` always wraps `revelio-sae@champion` 
 The evidence (compared version, accuracy delta, p-value, paired images) is written as tags on the versions.
 
 `register_model` registers one model alone (a tuning trial's SAE, a few-shot classifier from the demo):
-it becomes `challenger`, and `champion` only when that model has none yet.
+it becomes `challenger`, and `champion` only when that model has none yet. A version registered alone never
+replaces a champion that belongs to a set (`promote` refuses): that would leave `revelio-classifier@champion`
+wrapping an SAE or probe that are not the champions. The demo registers few-shot classifiers under names of
+their own for that reason.
 
 Order makes a half-done registration harmless: artifacts are logged and checked first, versions are created
 last, and if anything after their creation fails they are deleted again.
@@ -277,6 +280,9 @@ def register_model(kind: str, local_dir: str | Path, metrics: Mapping[str, float
         if cur is None:
             client.set_registered_model_alias(p.name, CHAMPION, p.version)
             reason = "no champion yet"
+        elif _set_of(cur):
+            reason = (f"registered alone: champion stays version {cur.version}, which belongs to the set "
+                      f"{_set_of(cur)}; a model registered alone cannot replace one member of a set")
         else:
             reason = (f"registered alone: champion stays version {cur.version} (promote with "
                       f"`revelio registry promote {p.name}/{p.version}`)")
@@ -299,7 +305,16 @@ def promote(uri: str, alias: str = CHAMPION) -> str:
         raise RegistryError(f"alias {alias!r} must start with a letter and hold only letters, digits, _ and -")
     client = registry_client()
     mv = resolve_version(ref, client)
-    members = [m.split("/") for m in (mv.tags or {}).get("set", "").split(",") if "/" in m]
+    members = [m.split("/") for m in _set_of(mv).split(",") if "/" in m]
+    if alias == CHAMPION and not members:
+        cur = _current_champion(client, mv.name)
+        if cur is not None and str(cur.version) != str(mv.version) and _set_of(cur):
+            raise RegistryError(
+                f"{mv.name}/{mv.version} was registered alone, but champion {mv.name}/{cur.version} belongs to the "
+                f"set {_set_of(cur)}: making it champion would split the champion set (revelio-classifier@champion "
+                "would no longer wrap revelio-sae@champion and revelio-probe@champion). Promote a version "
+                "registered with its set (`revelio run` registers sets), or register such a model under a name "
+                "of its own")
     if alias != CHAMPION or not members:
         members = [[mv.name, str(mv.version)]]
     # a champion that belongs to a set moves with its set: the SAE, probe and classifier stay consistent
@@ -308,6 +323,11 @@ def promote(uri: str, alias: str = CHAMPION) -> str:
         if alias == CHAMPION:
             client.set_model_version_tag(name, version, "champion_decision", "promoted by hand")
     return str(mv.version)
+
+
+def _set_of(mv) -> str:
+    """The set a version was registered with ("revelio-sae/2,revelio-probe/2,revelio-classifier/2"), or ""."""
+    return (getattr(mv, "tags", None) or {}).get("set", "")
 
 
 def list_models(names: list[str] | None = None) -> list[dict[str, Any]]:

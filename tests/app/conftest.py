@@ -52,7 +52,7 @@ def served(tiny_clf, tmp_path_factory):
 
     fewshot_dir = tmp_path_factory.mktemp("fewshot")
     demo = launch(tiny_clf, port=free_port(), prevent_thread_lock=True, quiet=True, max_pixels=MAX_PIXELS,
-                  fewshot_dir=fewshot_dir, browse_images=40, fewshot_eval=24)
+                  fewshot_dir=fewshot_dir, browse_images=40, fewshot_eval=24, allow_register=True)
     try:
         yield demo.local_url, demo, fewshot_dir
     finally:
