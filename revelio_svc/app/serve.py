@@ -6,13 +6,14 @@
     revelio demo --host 0.0.0.0 --port 8080        binds 127.0.0.1:7860 unless told otherwise
 
 Every setting is in the `demo:` config section (`--demo.max_pixels`, `--demo.concurrency`,
-`--demo.allow_register false`, ...; `--model/--host/--port` are short for `--demo.model/host/port`).
+`--demo.allow_register true` to offer registering few-shot classifiers, off by default, ...; `--model/--host/--port` are short for `--demo.model/host/port`).
 Credentials are not config: REVELIO_DEMO_USER + REVELIO_DEMO_PASSWORD in the environment require a login.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -73,6 +74,24 @@ def load_for_demo(uri: str, cfg: Config):
     return clf
 
 
+def port_problem(host: str, port: int) -> OSError | None:
+    """Why `host:port` cannot be served on (taken, not an address here), or None. Checked before the model
+    loads: a failed start then has nothing running to tear down (a background computation at exit aborts
+    the interpreter: exit code 134 instead of 1) and does not first wait for the model."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        return e
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself binds
+        try:
+            s.bind(address)
+        except OSError as e:
+            return e
+    return None
+
+
 def import_app():
     """The Gradio app module; imported only when serving, because importing gradio takes seconds."""
     from . import main
@@ -97,6 +116,10 @@ def demo(cfg: Config, args: argparse.Namespace | None = None) -> int:
     except ValueError as e:
         print(f"revelio demo: {e}", file=sys.stderr)
         return 2
+    busy = port_problem(dc.host, dc.port)
+    if busy is not None:
+        print(f"revelio demo: cannot serve on {dc.host}:{dc.port}: {busy}. Pick another --port.", file=sys.stderr)
+        return 1
     print(f"revelio demo: loading {dc.model} ...", file=sys.stderr)
     try:
         clf = load_for_demo(dc.model, cfg)

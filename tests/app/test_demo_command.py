@@ -100,3 +100,45 @@ def test_registered_champion_is_served_and_its_version_is_shown(mlflow_tmp, tiny
     header = model_markdown(model_info(clf))
     for text in ("`revelio-classifier` version 1", "alias `champion`", "`up_blocks.1`", "t=10"):
         assert text in header, header
+
+
+def test_a_busy_port_exits_1_with_one_line(tiny_model_dir, tmp_path):
+    """In a real process: the model is a real one (its load starts background work), the port is taken."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.registry.helpers import subprocess_env
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = subprocess_env(GRADIO_ANALYTICS_ENABLED="False")
+        env.pop("REVELIO_DEMO_USER", None)
+        env.pop("REVELIO_DEMO_PASSWORD", None)
+        out = subprocess.run([sys.executable, "-m", "revelio_svc.cli", "demo", "--model", str(tiny_model_dir),
+                              "--port", str(port), "--set", f"output_dir={tmp_path / 'out'}"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, (out.returncode, out.stderr[-3000:])
+    assert f"revelio demo: cannot serve on 127.0.0.1:{port}" in out.stderr and "Pick another --port" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_registering_from_the_demo_is_off_unless_asked_for(tiny_model_dir, fake_launch):
+    assert demo(_cfg(model=str(tiny_model_dir))) == 0
+    assert fake_launch[-1][1]["allow_register"] is False
+    assert demo(_cfg(model=str(tiny_model_dir), allow_register="true")) == 0
+    assert fake_launch[-1][1]["allow_register"] is True
+
+
+def test_the_demo_registers_few_shot_classifiers_only_under_names_of_their_own(tiny_clf, tmp_path):
+    from revelio_svc.app.service import DemoService, InputError
+
+    with pytest.raises(InputError, match="turned off"):  # the default
+        DemoService(tiny_clf, fewshot_dir=tmp_path / "fs").register_fewshot(None, "mine", "revelio-fewshot")
+    svc = DemoService(tiny_clf, fewshot_dir=tmp_path / "fs", allow_register=True)
+    for name in ("revelio-classifier", "revelio-sae", "revelio-probe"):
+        with pytest.raises(InputError, match="name of its own, e.g. 'revelio-classifier-fewshot'"):
+            svc.register_fewshot(None, "mine", name)
+    assert not (tmp_path / "fs").exists()  # refused before anything was saved
