@@ -25,6 +25,7 @@ from .errors import (
     ModelNotFoundError,
     RegistrationError,
     RegistryError,
+    UntrustedModelError,
 )
 from .loaders import load_classifier, load_probe, load_sae, materialize, pull
 from .refs import CHALLENGER, CHAMPION, MODEL_NAMES, ModelRef, parse_uri
@@ -44,5 +45,5 @@ __all__ = [
     "ModelMismatchError", "ModelNotFoundError", "ModelRef", "Registration", "RegistrationError", "RegistryError",
     "fetch", "list_models", "load_classifier", "load_probe", "load_sae", "local_copy", "materialize", "model_kind",
     "parse_uri", "payload_dir", "promote", "pull", "promotion_decision", "register_model", "register_set",
-    "registry_client", "resolve_version", "target_uri",
+    "registry_client", "resolve_version", "target_uri", "UntrustedModelError",
 ]

@@ -38,6 +38,7 @@ from ..inference.classifier import META as CLS_META
 from ..tracking import check_server
 from .errors import AliasNotFoundError, MissingArtifactsError, ModelNotFoundError
 from .refs import ModelRef, parse_uri
+from .trust import verify_code
 
 SOURCE_FILE = "revelio-source.json"  # written by pull() and the cache: where a local copy came from
 COMPLETE = ".complete"  # marks a cache entry whose download finished
@@ -306,6 +307,7 @@ def payload_dir(model_dir: Path, want: str) -> Path:
     ml = read_mlmodel(model_dir)
     base = model_dir
     if ml is not None:
+        verify_code(model_dir, ml)  # never run here, but a tampered model is not used (trust.py)
         pf = (ml.get("flavors") or {}).get("python_function") or {}
         arts = pf.get("artifacts") or {}
         if kind not in arts:

@@ -22,5 +22,9 @@ class ModelMismatchError(RegistryError, ValueError):
     """A model's recorded configuration disagrees with its weights (or with the other parts it bundles)."""
 
 
+class UntrustedModelError(RegistryError):
+    """A model's code file (run by MLflow's loaders) is not the one revelio logs: it is refused, never used."""
+
+
 class RegistrationError(RegistryError):
     """Registering a new version failed; no version was left behind."""

@@ -14,7 +14,7 @@ from ..inference import Classifier
 from ..probe import read_probe
 from ..sae import read_sae
 from .access import SOURCE_FILE, fetch, local_copy, model_kind, payload_dir
-from .errors import MissingArtifactsError, ModelMismatchError, RegistryError
+from .errors import MissingArtifactsError, ModelMismatchError, RegistryError, UntrustedModelError
 
 # the files each kind must have; a load that fails with all of them present is a mismatch between them
 REQUIRED = {"sae": ("sae.safetensors", "config.json"),
@@ -80,7 +80,11 @@ def pull(uri: str, dest: str | Path) -> Path:
     kind = model_kind(dest)
     if kind is None:
         raise MissingArtifactsError(f"{uri} was fetched into {dest} but holds no revelio model")
-    payload_dir(dest, kind)  # raises when the weights are not there
+    try:
+        payload_dir(dest, kind)  # raises when the weights are not there or the model's code is not ours
+    except UntrustedModelError:
+        shutil.rmtree(dest, ignore_errors=True)  # a tampered model is not left behind to be served from there
+        raise
     info = {**info, "kind": kind, "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (dest / SOURCE_FILE).write_text(json.dumps(info, indent=2, default=str))
     return dest

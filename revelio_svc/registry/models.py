@@ -31,15 +31,7 @@ from .. import __version__
 from ..inference.classifier import META, Classifier, full_proba
 from ..probe import read_probe
 from ..sae import read_sae
-
-# Kept identical to registry/pyfunc_models.py (a test compares them): the file MLflow stores and runs on load.
-ENTRY_CODE = '''"""Models-from-code entry of every revelio pyfunc model (no pickle); the artifact name gives the kind."""
-import mlflow
-
-from revelio_svc.registry.models import RevelioPyfunc
-
-mlflow.models.set_model(RevelioPyfunc())
-'''
+from .trust import ENTRY_CODE
 
 ARTIFACT_KEYS = ("sae", "probe", "classifier")
 

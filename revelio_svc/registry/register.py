@@ -36,7 +36,7 @@ from .access import (
     registry_client,
     resolve_version,
 )
-from .errors import MissingArtifactsError, RegistrationError, RegistryError
+from .errors import MissingArtifactsError, RegistrationError, RegistryError, UntrustedModelError
 from .models import log_pyfunc
 from .refs import CHALLENGER, CHAMPION, MODEL_NAMES, parse_uri
 
@@ -229,8 +229,8 @@ def champion_evaluation(client, name: str) -> tuple[str | None, Evaluation | Non
     try:
         d, _ = local_copy(f"{name}/{cur.version}")
         return str(cur.version), Evaluation.read(payload_dir(d, "classifier") / EVALUATION_FILE)
-    except (MissingArtifactsError, MlflowException, OSError):
-        return str(cur.version), None
+    except (MissingArtifactsError, UntrustedModelError, MlflowException, OSError):
+        return str(cur.version), None  # nothing to compare with: champion moves only by hand
 
 
 def register_set(dirs: Mapping[str, str | Path], metrics: Mapping[str, Mapping[str, float]],
