@@ -677,12 +677,20 @@ def launch(classifier, *, host: str = "127.0.0.1", port: int = 7860, auth: tuple
     """
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-    demo = build_app(classifier, concurrency=concurrency, note=note, **build_kw)
+    warm = bool(build_kw.pop("warm", False))
+    examples = build_kw.pop("examples", None)
+    svc = build_kw.pop("service", None) or DemoService(classifier, **build_kw)
+    demo = build_app(classifier, service=svc, concurrency=concurrency, note=note, examples=examples)
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
     if host not in ("127.0.0.1", "localhost", "::1") and auth is None:
         log.warning("serving on %s without a login: anyone who can reach this address can use the demo "
                     "(set %s and %s to require one)", host, AUTH_USER_ENV, AUTH_PASSWORD_ENV)
-    demo.launch(server_name=host, server_port=int(port), auth=auth, prevent_thread_lock=prevent_thread_lock,
+    demo.launch(server_name=host, server_port=int(port), auth=auth, prevent_thread_lock=True,
                 show_error=False, quiet=quiet, max_file_size=max_file_size, share=False,
                 allowed_paths=[str(EXAMPLES_DIR)], ssr_mode=False)
+    if warm:  # only once the port is ours: a start that fails leaves no computation running at exit (which
+        # aborts the interpreter, exit code 134 instead of 1)
+        threading.Thread(target=_warm, args=(svc,), name="revelio-demo-warm", daemon=True).start()
+    if not prevent_thread_lock:
+        demo.block_thread()
     return demo

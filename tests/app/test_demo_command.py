@@ -142,3 +142,31 @@ def test_the_demo_registers_few_shot_classifiers_only_under_names_of_their_own(t
         with pytest.raises(InputError, match="name of its own, e.g. 'revelio-classifier-fewshot'"):
             svc.register_fewshot(None, "mine", name)
     assert not (tmp_path / "fs").exists()  # refused before anything was saved
+
+
+def test_background_work_starts_only_once_the_port_is_ours(tiny_clf, monkeypatch, tmp_path):
+    import socket
+    import time
+
+    import revelio_svc.app.main as app_main
+
+    started = []
+    monkeypatch.setattr(app_main, "_warm", lambda svc: started.append(svc))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            app_main.launch(tiny_clf, port=taken.getsockname()[1], warm=True, prevent_thread_lock=True, quiet=True,
+                            cache_dir=tmp_path, browse_images=40)
+    time.sleep(0.5)
+    assert started == []  # nothing left running when the failed start exits
+    demo = app_main.launch(tiny_clf, port=free_port(), warm=True, prevent_thread_lock=True, quiet=True,
+                           cache_dir=tmp_path, browse_images=40)
+    try:
+        for _ in range(50):
+            if started:
+                break
+            time.sleep(0.1)
+        assert len(started) == 1 and started[0].browse_images == 40
+    finally:
+        demo.close()
