@@ -73,7 +73,8 @@ def _add_section(p: argparse.ArgumentParser, section: str) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
-    p.add_argument("--config", "-c", default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument("--config", "-c", default=None,
+                   help="YAML config (default: the built-in defaults, which are mlproject/configs/default.yaml)")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set sae.k=32 --set extract.timesteps=[10,100] (repeatable)")
     p.add_argument("--verbose", "-v", action="store_true", help="more log output (MLflow's own INFO lines)")

@@ -37,6 +37,7 @@ def test_a_classifier_registered_alone_cannot_split_the_champion_set(fresh_mlflo
     assert "belongs to the set" in lone.reason and "registry promote" not in lone.reason  # no bad advice
     with pytest.raises(RegistryError, match="would split the champion set"):
         registry.promote("revelio-classifier/2")
+    capsys.readouterr()  # MLflow's log lines of the registrations above
     assert main(["registry", "promote", "revelio-classifier/2"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("revelio registry: revelio-classifier/2 was registered alone") and "Traceback" not in err

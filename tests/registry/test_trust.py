@@ -42,6 +42,7 @@ def test_a_tampered_code_file_in_the_artifact_store_is_refused(registered, tmp_p
         registry.load_sae("revelio-sae@champion")
     # the command line: one line, exit 1, and a pull leaves no copy behind to be served from
     dest = tmp_path / "pulled"
+    capsys.readouterr()  # MLflow's log lines of the registration
     assert main(["registry", "pull", "revelio-sae@champion", "--dest", str(dest)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("revelio registry: ") and "differs" in err and "Traceback" not in err
