@@ -165,7 +165,12 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _sigterm_raises() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+    # Only the main thread may set handlers. Under torchrun the launcher stops the other ranks with SIGTERM
+    # when one fails, and a rank blocked in a collective would not run a Python handler until the launcher's
+    # SIGKILL: ranks keep the default action (die at once).
+    from .. import distributed
+
+    if threading.current_thread() is not threading.main_thread() or distributed.launched():
         yield
         return
 
