@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..jsonmeta import json_default
+from .knn import knn_accuracy
 from .purity import (
     compare_purity,
     direction_activations,
@@ -258,6 +259,12 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
         metrics[f"label_purity_chance.{k}"] = s["chance"]
     if primary is not None:
         metrics["label_purity"] = pur_summary[primary]["sae"]["mean"]
+
+    # how well an atlas of the images would carry each concept: leave-one-out kNN in the latent codes (cosine,
+    # the atlas' geometry), beside the same in the raw channels
+    for k, lab in labels.items():
+        metrics[f"atlas_knn.{k}"] = knn_accuracy(sae_acts, lab, metric="cosine")
+        metrics[f"atlas_knn_channels.{k}"] = knn_accuracy(acts["channels"], lab, metric="cosine")
 
     artifacts: list[str] = []
     table = latent_table(sae_acts, labels, store.label_names, top_n, index)
