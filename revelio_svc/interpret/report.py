@@ -146,6 +146,31 @@ class ControlReport:
         return rows
 
 
+    def text(self) -> str:
+        """The SAE and every control as a plain-text table (seeded controls: mean ± sd), the strongest control
+        of each headline metric starred, then the gaps to it."""
+        m, best = self.metrics(), self.strongest()
+        keys = headline_keys(self.primary)
+        heads = ["purity share", "purity dedup", f"{HEADLINE_K}-sparse", "detectors", "detector share"]
+        cols = [*keys, "dissection.detector_share"]
+        lines = [f"{'units':<12}" + "".join(f"{h:>20}" for h in heads)]
+        for name in ("sae", *self.controls):
+            cells = []
+            for key in cols:
+                pre = "" if name == "sae" else f"control.{name}."
+                v, sd = m.get(pre + key), m.get(f"control.{name}_sd.{key}")
+                star = "*" if best.get(key if key != "dissection.detector_share" else "dissection.detectors") == name \
+                    and key != "dissection.detectors" else " "
+                cell = "–" if v is None else f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+                cells.append(f"{cell + star:>20}")
+            lines.append(f"{name:<12}" + "".join(cells))
+        lines.append("gap to the strongest control (*): " + "; ".join(
+            f"{k}: {m[f'gap.{k}']:+.3f} vs {best[k]}" if k.startswith("sparse_probe.")
+            else f"{k}: {m[f'gap.{k}']:.2f}× vs {best[k]}" for k in keys if f"gap.{k}" in m)
+            + (f"; gap.score {m['gap.score']:+.2f}" if "gap.score" in m else ""))
+        return "\n".join(lines)
+
+
 def headline_keys(primary: str) -> tuple[str, ...]:
     return (f"label_purity_share.{primary}", f"label_purity_share_dedup.{primary}", f"sparse_probe.k{HEADLINE_K}",
             "dissection.detectors")
