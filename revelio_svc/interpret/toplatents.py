@@ -444,7 +444,9 @@ def _control_figures(rep: ControlReport, out: Path) -> list[Path]:
                     yerr=[sd(name, k) for k in keys], label=name, edgecolor="black" if name == "sae" else None)
     axes[0].set_xticks(np.arange(len(concepts)) + 0.4 - width / 2, concepts, rotation=30)
     axes[0].set_ylabel("share of units with purity > 0.6")
-    axes[0].set_title("label purity (scored rows)")
+    pkey = f"label_purity_share.{rep.primary}"
+    pg = f", {rep.primary}: {m[f'gap.{pkey}']:.2f}× the strongest ({best.get(pkey)})" if f"gap.{pkey}" in m else ""
+    axes[0].set_title(f"label purity (scored rows){pg}", fontsize=9)
     axes[0].legend(fontsize=6, ncol=2)
     panels = [(axes[1], f"sparse_probe.k{HEADLINE_K}", f"{HEADLINE_K}-sparse probe: {rep.primary}", "test accuracy")]
     if rep.sae.dissection is not None:
