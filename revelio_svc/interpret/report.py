@@ -132,8 +132,8 @@ class ControlReport:
         return out
 
     def table(self) -> list[dict[str, object]]:
-        """One row per unit set (the SAE first) with its headline numbers; `strongest` marks the control each
-        gap is measured against."""
+        """One row per unit set (the SAE first) with its headline numbers; `strongest_for` lists the headline
+        metrics whose gap is measured against that control."""
         m, best = self.metrics(), self.strongest()
         rows = []
         for name in ("sae", *self.controls):
@@ -144,7 +144,6 @@ class ControlReport:
             row["strongest_for"] = ", ".join(k for k, n in best.items() if n == name and k in headline_keys(self.primary))
             rows.append(row)
         return rows
-
 
     def text(self) -> str:
         """The SAE and every control as a plain-text table (seeded controls: mean ± sd), the strongest control
@@ -172,6 +171,7 @@ class ControlReport:
 
 
 def headline_keys(primary: str) -> tuple[str, ...]:
+    """The metrics the headline gaps are stated in, for primary concept `primary`."""
     return (f"label_purity_share.{primary}", f"label_purity_share_dedup.{primary}", f"sparse_probe.k{HEADLINE_K}",
             "dissection.detectors")
 
