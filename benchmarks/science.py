@@ -92,24 +92,12 @@ def main() -> None:
     m = rep.metrics()
     done = json.loads((sae_dir / "metrics.json").read_text())["metrics"]
 
-    def row(name: str, key: str, fmt: str = "{:.3f}") -> None:
-        r, sd, i = m.get(f"control.random.{key}"), m.get(f"control.random_sd.{key}"), m.get(f"control.sae_init.{key}")
-        shown = [fmt.format(m[key]) if key in m else "–",
-                 (fmt.format(r) + (f" ± {fmt.format(sd)}" if sd is not None else "")) if r is not None else "–",
-                 fmt.format(i) if i is not None else "–"]
-        print(f"  {name:<34} {shown[0]:>10} {shown[1]:>18} {shown[2]:>10}")
-
-    print(f"\nSAE vs matched controls on {rep.n_test} test rows ({concept}):")
-    print(f"  {'':<34} {'SAE':>10} {'random (3 seeds)':>18} {'SAE init':>10}")
-    row("purity share > 0.6", f"label_purity_share.{concept}")
-    row("purity share > 0.6, de-duplicated", f"label_purity_share_dedup.{concept}")
-    row("classes with a pure unit", f"classes_with_pure_unit.{concept}", "{:.0f}")
-    row(f"{HEADLINE_K}-sparse probe accuracy", f"sparse_probe.k{HEADLINE_K}")
-    row("dissection detectors", "dissection.detectors", "{:.1f}")
-    row("sigma_label (lower = purer)", f"sigma_label.{concept}")
+    print(f"\nSAE vs every control on {rep.n_test} test rows ({concept}); seeded controls over "
+          f"{len(rep.seeds)} seeds (mean ± sd), * = the strongest control of the column:")
+    print(rep.text())
     g = {k: m.get(f"gap.{k}") for k in (f"label_purity_share.{concept}", "dissection.detectors",
                                          f"sparse_probe.k{HEADLINE_K}")}
-    print("\ntargets (issue #13):")
+    print("\ntargets (issue #13), gaps to the strongest control:")
     print(f"  raw probe best {table[0][1]:.3f} (>= {TARGETS['raw_probe']}): {'met' if table[0][1] >= TARGETS['raw_probe'] else 'NOT met'}")
     for label, key, target, unit in (("purity share ratio", f"label_purity_share.{concept}", TARGETS["purity_ratio"], "×"),
                                      ("detector ratio", "dissection.detectors", TARGETS["detector_ratio"], "×")):

@@ -178,6 +178,10 @@ class SAEConfig:
     checkpoint_every: int = 500
     eval_every: int = 250
     heldout_fraction: float = 0.1  # used only when the store has no test rows: train images held out by hash
+    # which rows evaluate (and interpret while training): the store's test rows, or, for tuning, a validation
+    # share of the train images (validation_fraction, by hash of the dataset index; test rows unread)
+    eval_rows: Literal["test", "validation"] = "test"
+    validation_fraction: float = 0.2
     num_threads: int = 0
 
     def __post_init__(self) -> None:
@@ -187,6 +191,7 @@ class SAEConfig:
                   k_aux=self.k_aux, num_threads=self.num_threads)
         _check(0 < self.whiten_power <= 1, "sae.whiten_power", "must be in (0, 1]")
         _check(0 < self.heldout_fraction < 1, "sae.heldout_fraction", "must be in (0, 1)")
+        _check(0 < self.validation_fraction < 1, "sae.validation_fraction", "must be in (0, 1)")
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
     tune.target     sae (k, expansion, lr, auxk_coef) | probe (C; Diff-C: lr, width)
     tune.metric     a metric the stage reports on held-out data (sae: fvu, explained_variance, dead_frac, l0,
                     and the interpretation report's: sigma_label, label_purity, label_purity_share.<concept>,
-                    sparse_probe.k<k>, dissection.detectors and their gap.* against the matched random
-                    dictionary, e.g. gap.label_purity_share.shape, or gap.score, the worst
+                    sparse_probe.k<k>, dissection.detectors and their gap.* against the strongest control,
+                    e.g. gap.label_purity_share.shape, or gap.score, the worst
                     of the headline gaps as a fraction of its target; probe: accuracy, macro_f1), optimised
                     in tune.direction
     tune.storage    any Optuna RDB URL; "" = sqlite:///optuna.db
@@ -20,6 +20,11 @@ wait for it and nest their trials under the same parent. Each trial is one neste
 params, intermediate values (`intermediate.<metric>` by step), the final value (`value`) and the state
 (tag `optuna.state` = complete | pruned | failed; run status FINISHED | KILLED | FAILED). The best params
 and value go on the parent, and the best trial's model is registered (champion rules of the registry).
+
+Rows: an SAE trial evaluates, interprets and is pruned on a validation split carved from the train rows
+(`sae.eval_rows=validation`, `sae.validation_fraction` of the train images by a hash of their index), trains
+on the other train rows, and never reads a test row: the test rows stay held out from everything that
+chose the recipe. Its final value is its last evaluation's (no test-row interpretation runs in a trial).
 
 Pruning (MedianPruner) acts on the SAE's held-out evaluations during training (every sae.eval_every steps),
 for the trainer's metrics (fvu, l0, …) and for the interpretation metrics (sigma_label, label_purity), which
@@ -169,7 +174,8 @@ def run_sae_trial(cfg: Config, reporter: Reporter) -> tuple[str, dict[str, float
     latents fully only when the tuned metric needs it.
     """
     interpretation = reporter.metric not in TRAINER_METRICS  # the report's metrics, computed while training
-    res = train_sae_stage(cfg, progress=False, on_eval=reporter.on_eval, interpret=interpretation,
+    cfg = replace(cfg, **{"sae.eval_rows": "validation"})  # never the test rows (module docstring)
+    res = train_sae_stage(cfg, progress=False, on_eval=reporter.on_eval, interpret=False,
                           live_interpretation=interpretation)
     log_result(res, step=res.steps, skip_existing_metrics=not res.skipped_training)
     return str(res.sae_dir), dict(res.metrics)

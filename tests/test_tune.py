@@ -120,3 +120,43 @@ def test_interpretation_metric_is_reported_during_training_and_prunes(fresh_mlfl
         assert [m.step for m in hist] == [20, 40] and all(-1 <= m.value <= 1 for m in hist)
     assert vals[2] and "value" not in runs[2].data.metrics
     assert vals[2][-1][1] < min(v[len(vals[2]) - 1][1] for v in vals[:2]), vals
+
+
+def test_a_tuning_study_never_reads_a_test_row(fresh_mlflow, trained, tmp_path, monkeypatch):
+    """Every read of the store's features hands back NaN on the test rows and -1 as their labels: any use of a
+    test row in training, pruning or the objective would fail the trial or make its value NaN."""
+    import numpy as np
+
+    from revelio_svc.features.store import FeatureSet, FeatureStore, open_store
+    from revelio_svc.stages import train_sae_stage
+
+    real_shard, real_labels = FeatureSet.shard, FeatureStore.labels
+
+    def poisoned_shard(self, i):
+        arr = np.array(real_shard(self, i), np.float32)
+        test = self.store.rows(i)["split"].astype(bool)
+        arr[test] = np.nan
+        return arr
+
+    def poisoned_labels(self, concept):
+        y = np.array(real_labels(self, concept))
+        y[self.is_test()] = -1
+        return y
+
+    monkeypatch.setattr(FeatureSet, "shard", poisoned_shard)
+    monkeypatch.setattr(FeatureStore, "labels", poisoned_labels)
+    store = open_store(trained[1])
+    assert store.is_test().sum() > 0
+    cfg = tune_cfg(trained, tmp_path, **{"tune.metric": "gap.score", "tune.direction": "maximize",
+                                         "tracking.register": False, "sae.validation_fraction": 0.4})
+    # the poison works: the default (test-row) evaluation of the same SAE cannot run on it
+    with pytest.raises(Exception, match="NaN"):
+        train_sae_stage(replace(cfg, **{"sae.lr": GOOD, "output_dir": str(tmp_path / "plain")}), progress=False,
+                        interpret=False)
+    res = tune(cfg, n_trials=2, enqueue=[{"sae.lr": GOOD}, {"sae.lr": GOOD * 0.9}])
+    client = MlflowClient()
+    runs = trial_runs(client, res.parent_run_id)
+    assert [r.data.tags["optuna.state"] for r in runs] == ["complete", "complete"]
+    for r in runs:
+        assert np.isfinite(r.data.metrics["value"]) and np.isfinite(r.data.metrics["fvu"])
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "intermediate.gap.score")] == [20, 40]

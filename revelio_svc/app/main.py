@@ -320,7 +320,14 @@ class DemoUI:
                 if view == "images" else f"{len(xy):,} latents")
         md = (views.legend_markdown(legend, title) if legend is not None else f"**Colour**: {title}")
         md += f"  \n{what}, every one drawn; embedding ({svc.atlas_method}) computed once per model and cached."
-        return img, md, {"view": view, "colour_by": colour_by, "n_points": int(len(xy)), "method": svc.atlas_method}
+        out = {"view": view, "colour_by": colour_by, "n_points": int(len(xy)), "method": svc.atlas_method}
+        if view == "images" and colour_by in svc.concepts():
+            knn = svc.atlas_knn(colour_by)
+            md += (f"  \nHow well the map carries **{colour_by}**: {int(knn['k'])}-nearest-neighbour accuracy "
+                   f"{knn['knn_codes']:.2f} in the latent codes, {knn['knn_layout']:.2f} in this layout "
+                   f"(chance {knn['chance']:.2f}).")
+            out["knn"] = knn
+        return img, md, out
 
     # ------------------------------------------------------------------ Latent pages
     def _latent_tab(self) -> None:

@@ -206,6 +206,7 @@ class DemoService:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.atlas_method = atlas_method
         self._atlas: dict[tuple[str, str], np.ndarray] = {}
+        self._knn: dict[str, dict[str, float]] = {}  # concept → atlas kNN report
         self._atlas_lock = threading.Lock()
         self._baselines: dict = {}  # steering: unsteered samples per (seeds, sampler, steps)
         self._datasets: dict[tuple[str, int], Any] = {}
@@ -531,6 +532,16 @@ class DemoService:
                         save_file({"xy": np.ascontiguousarray(xy, np.float32)}, str(f))
                 self._atlas[key] = np.asarray(xy, np.float32)
             return self._atlas[key]
+
+    def atlas_knn(self, concept: str) -> dict[str, float]:
+        """How well the image atlas carries `concept` (`inference.atlas.layout_report`): kNN accuracy in the
+        latent codes and in the 2-D layout, with chance; computed once per concept."""
+        if concept not in self.concepts():
+            raise InputError(f"no labels for {concept!r}; choose one of {', '.join(self.concepts())}")
+        if concept not in self._knn:  # idempotent: two requests at once compute the same numbers
+            dl = self.dataset_latents()
+            self._knn[concept] = atlas_mod.layout_report(dl.Z, self.atlas("images"), dl.labels[concept][1])
+        return self._knn[concept]
 
     def colour_options(self, view: str) -> list[str]:
         concepts = list(self.concepts())

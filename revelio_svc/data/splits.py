@@ -100,3 +100,34 @@ def few_shot_indices(labels: Sequence[int] | np.ndarray, candidates: Iterable[in
             raise ValueError(msg + "; lower n_per_class, or pass allow_fewer=True to take all of them")
         warnings.warn(msg + "; took all of them", FewShotShortfall, stacklevel=2)
     return np.sort(np.concatenate(picks)).astype(np.int64)
+
+
+def validation_mask(index: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Bool mask over dataset indices: about `fraction` of them, chosen by a seeded hash of the index alone
+    (the same rows in every process, whatever the store order), drawn independently of `assign_split`.
+    Carved from the train rows, it is what tuning scores on so the test rows choose nothing."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    h = _index_rank(np.asarray(index, np.int64), seed ^ 0x5A11D)
+    return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+
+
+def stratified_sample(labels: Sequence[int] | np.ndarray, candidates: Iterable[int], n: int, seed: int) -> np.ndarray:
+    """At most `n` of `candidates` (indices into `labels`), every class in proportion to its share among them
+    (largest remainders), each class's members ranked by a seeded hash of their index: the sample does not
+    depend on candidate order, so a dataset stored class by class gives a class-balanced sample. Sorted int64."""
+    cand = np.unique(np.fromiter((int(c) for c in candidates), dtype=np.int64))
+    if n >= len(cand):
+        return cand
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    lab = np.asarray(labels)[cand]
+    classes, counts = np.unique(lab, return_counts=True)
+    quota = counts * (n / len(cand))
+    take = np.floor(quota).astype(np.int64)
+    take[np.argsort(-(quota - take), kind="stable")[:n - int(take.sum())]] += 1
+    picks = []
+    for c, t in zip(classes, take):
+        members = cand[lab == c]
+        picks.append(members[np.argsort(_index_rank(members, seed), kind="stable")[:t]])
+    return np.sort(np.concatenate(picks)).astype(np.int64)

@@ -14,11 +14,17 @@ draws every point into a raster (a 50k-point map is one image, not 50k plot mark
 `method="pca"` uses the first two SVD components instead (instant; for quick looks and tests). UMAP is not
 used: `umap-learn` pulls numba/llvmlite and compiles on first use, which costs more than t-SNE at this size.
 Coordinates are scaled to [0, 1] on both axes.
+
+How well a map carries a concept (`knn_accuracy`, `layout_report`): the leave-one-out k-nearest-neighbour
+accuracy of the concept's labels in the latent code space (cosine, the geometry the map is built from) and
+in the 2-D layout itself (Euclidean), beside the majority-class share (what a map with no structure gets).
 """
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+
+from ..interpret.knn import KNN_K, knn_accuracy, unit_rows
 
 # scikit-learn's decomposition/manifold/neighbors modules are imported where a map is computed: importing them
 # takes about a second, and an app that serves from the cache never needs them
@@ -26,15 +32,6 @@ METHODS = ("tsne", "pca")
 MAX_LANDMARKS = 3000
 N_COMPONENTS = 50
 N_NEIGHBOURS = 5
-
-
-def _normalise_rows(X):
-    if sp.issparse(X):
-        X = sp.csr_matrix(X, dtype=np.float32)
-        norms = np.sqrt(np.asarray(X.multiply(X).sum(1)).reshape(-1))
-        return sp.diags(1.0 / np.maximum(norms, 1e-12)) @ X
-    X = np.asarray(X, np.float32)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
 
 
 def reduce(X, n_components: int = N_COMPONENTS, seed: int = 0) -> np.ndarray:
@@ -77,7 +74,7 @@ def embed(X, method: str = "tsne", *, max_landmarks: int = MAX_LANDMARKS, seed: 
     n = X.shape[0]
     if n == 0:
         return np.zeros((0, 2), np.float32)
-    Y = reduce(_normalise_rows(X) if normalise else X, seed=seed)
+    Y = reduce(unit_rows(X) if normalise else X, seed=seed)
     if method == "pca" or n < 4:
         return _unit_square(Y[:, :2])
     if n <= max_landmarks:
@@ -103,6 +100,18 @@ def latent_atlas(sae, method: str = "tsne", seed: int = 0, max_landmarks: int = 
     """Coordinates of latents from their decoder directions (cosine geometry)."""
     W = sae.W_dec.detach().float().cpu().numpy()
     return embed(W, method, seed=seed, max_landmarks=max_landmarks)
+
+
+def layout_report(Z, xy: np.ndarray | None, labels, k: int = KNN_K) -> dict[str, float]:
+    """How well a map carries a concept: kNN accuracy in the code space (`knn_codes`, cosine) and in the 2-D
+    layout `xy` (`knn_layout`, when given), the majority-class share (`chance`) and k."""
+    y = np.asarray([-1 if v is None else v for v in labels], np.int64)
+    lab = y[y >= 0]
+    out = {"knn_codes": knn_accuracy(Z, y, k, "cosine"), "k": float(k),
+           "chance": float(np.bincount(lab).max() / len(lab)) if len(lab) else float("nan")}
+    if xy is not None:
+        out["knn_layout"] = knn_accuracy(np.asarray(xy, np.float32), y, k, "euclidean")
+    return out
 
 
 def nearest_point(xy: np.ndarray, x: float, y: float, max_dist: float = 0.05) -> int | None:

@@ -53,9 +53,22 @@ def unit_thresholds(maps: np.ndarray, quantile: float = 0.995) -> np.ndarray:
     The `quantile` with numpy's "higher" rule: the element of rank ceil(q·(N − 1)), found by partition
     (linear time) rather than a full sort.
     """
-    maps = np.asarray(maps, np.float32)
-    flat = np.moveaxis(maps, 1, 0).reshape(maps.shape[1], -1)
-    kth = int(np.ceil(quantile * (flat.shape[1] - 1)))
+    maps = np.asarray(maps)
+    n, U = maps.shape[:2]
+    N = maps.size // max(U, 1)
+    kth = int(np.ceil(quantile * (N - 1)))
+    if maps.size and maps.min() >= 0:
+        # sparse non-negative maps (TopK codes): the rank-kth value is 0 unless more than N − kth positions
+        # are positive, and then it is the (kth − zeros)-th of the positive values alone, far fewer to partition
+        out = np.zeros(U, np.float32)
+        for u in range(U):
+            v = maps[:, u].reshape(-1)
+            pos = v[v > 0].astype(np.float32)
+            zeros = N - pos.size
+            if kth >= zeros:
+                out[u] = np.partition(pos, kth - zeros)[kth - zeros]
+        return out
+    flat = np.moveaxis(np.asarray(maps, np.float32), 1, 0).reshape(U, -1)
     return np.partition(flat, kth, axis=1)[:, kth].astype(np.float32)
 
 

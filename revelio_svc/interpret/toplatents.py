@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..jsonmeta import json_default
+from .knn import knn_accuracy
 from .purity import (
     compare_purity,
     direction_activations,
@@ -36,11 +37,16 @@ from .purity import (
     top_rows,
 )
 from .report import (
+    HEADLINE_K,
+    VALIDATION_FRACTION,
     ControlReport,
     ReportData,
+    compared_metric,
     control_report,
     dissection_rows,
+    headline_keys,
     report_rows,
+    split_roles,
 )
 
 
@@ -151,25 +157,29 @@ def read_rows(fset, rows: np.ndarray) -> np.ndarray:
 
 def store_report_data(fset, primary: str, *, masks_fn: Callable | None = None,
                       concept_parts: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
-                      concepts: Sequence[str] | None = None) -> ReportData:
-    """What a control report reads from a store: the report rows of `fset` (every test row, a fixed train
-    sample), the labels of `concepts` (default: all), and, given the dataset's `masks_batch`, the concept
-    masks of the rows dissection uses."""
+                      concepts: Sequence[str] | None = None, rows: str = "test",
+                      validation_fraction: float = VALIDATION_FRACTION, seed: int = 0) -> ReportData:
+    """What a control report reads from a store: the report rows of `fset` (every scored row, a class-stratified
+    seeded sample of the fitting rows; `rows` = "test" or, for tuning, "validation": see `report.split_roles`),
+    the labels of `concepts` (default: all), and, given the dataset's `masks_batch`, the concept masks of the
+    rows dissection uses. With rows="validation" no test row is read."""
     store = fset.store
-    use = report_rows(store.is_test())
-    is_test = store.is_test()[use]
-    rows = dissection_rows(is_test)
+    index = store.index()
+    scored, fitted = split_roles(store.is_test(), index, rows, validation_fraction, seed)
+    use = report_rows(scored, labels=store.labels(primary), seed=seed, train=fitted)
+    is_test = scored[use]
+    drows = dissection_rows(is_test)
     return ReportData.build(read_rows(fset, use),
                             {c: store.labels(c)[use] for c in (concepts or store.label_names)}, is_test, primary,
-                            masks=masks_fn(store.index()[use][rows]) if masks_fn else None, mask_rows=rows,
+                            masks=masks_fn(index[use][drows]) if masks_fn else None, mask_rows=drows,
                             class_names=list(store.label_names[primary]),
-                            parts=(concept_parts or {}).get(primary))
+                            parts=(concept_parts or {}).get(primary), rows=use)
 
 
-def dataset_report_data(fset, primary: str, dataset=None) -> ReportData:
+def dataset_report_data(fset, primary: str, dataset=None, **kw) -> ReportData:
     """`store_report_data` with the masks and concept parts of `dataset`, when it has them."""
     return store_report_data(fset, primary, masks_fn=getattr(dataset, "masks_batch", None),
-                             concept_parts=getattr(dataset, "concept_parts", None))
+                             concept_parts=getattr(dataset, "concept_parts", None), **kw)
 
 
 # --------------------------------------------------------------------------- the whole interpretation
@@ -250,6 +260,12 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
     if primary is not None:
         metrics["label_purity"] = pur_summary[primary]["sae"]["mean"]
 
+    # how well an atlas of the images would carry each concept: leave-one-out kNN in the latent codes (cosine,
+    # the atlas' geometry), beside the same in the raw channels
+    for k, lab in labels.items():
+        metrics[f"atlas_knn.{k}"] = knn_accuracy(sae_acts, lab, metric="cosine")
+        metrics[f"atlas_knn_channels.{k}"] = knn_accuracy(acts["channels"], lab, metric="cosine")
+
     artifacts: list[str] = []
     table = latent_table(sae_acts, labels, store.label_names, top_n, index)
     if controls and primary is not None:
@@ -258,7 +274,7 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
         metrics.update(cmetrics)
         table = table.join(ctable)
         artifacts += cfiles
-        summary["controls"] = {k: v for k, v in cmetrics.items() if not k.startswith("control.channels")}
+        summary["controls"] = dict(cmetrics)
     artifacts.append(str(save_table(table, out / "latents.parquet")))
     import pandas as pd
 
@@ -341,9 +357,10 @@ def control_section(sae, fset, store, labels: dict[str, np.ndarray], primary: st
     import pandas as pd
 
     data = store_report_data(fset, primary, masks_fn=masks_fn, concept_parts=concept_parts, concepts=list(labels))
-    use = report_rows(store.is_test())  # the rows store_report_data read
-    rep = control_report(sae, data, init_seed=init_seed, sae_acts=sae_acts[use])
+    rep = control_report(sae, data, init_seed=init_seed, sae_acts=sae_acts[data.rows])
     metrics = rep.metrics()
+    strongest = rep.strongest()
+    _print_strongest(rep, metrics, strongest)
     columns: dict[str, Any] = {}
     for c, pur in rep.sae.unit_purity.items():
         ref = np.concatenate([r.unit_purity[c] for r in rep.controls["random"]])
@@ -358,10 +375,25 @@ def control_section(sae, fset, store, labels: dict[str, np.ndarray], primary: st
         columns["dissection.best_iou"] = d.best_iou
         columns["dissection.detector"] = d.detectors
     files = [str(_write_json(out / "controls.json", {"metrics": metrics, "headline": rep.headline(),
+                                                     "strongest": strongest, "table": rep.table(),
                                                      "seeds": list(rep.seeds), "n_test_rows": rep.n_test,
                                                      "primary_concept": primary, "note": rep.dissection_note}))]
     files += [str(p) for p in _control_figures(rep, out)]
     return metrics, pd.DataFrame(columns), files
+
+
+def _print_strongest(rep: ControlReport, m: Mapping[str, float], strongest: Mapping[str, str]) -> None:
+    """One line per headline number: the SAE, the strongest control, the gap; a loss says so."""
+    for key in headline_keys(rep.primary):
+        name = strongest.get(key)
+        if name is None or f"gap.{key}" not in m:
+            continue
+        cmp = compared_metric(key)
+        g = m[f"gap.{key}"]
+        lost = g < 0 if key.startswith("sparse_probe.") else g < 1
+        print(f"interpret: {cmp}: SAE {m[cmp]:.4g} vs strongest control {name} {m[f'control.{name}.{cmp}']:.4g} "
+              f"(gap {g:+.3f}{'' if key.startswith('sparse_probe.') else '×'})"
+              + ("  — the SAE LOSES to this control" if lost else ""), file=sys.stderr)
 
 
 def _write_json(path: Path, obj: Any) -> Path:
@@ -394,28 +426,44 @@ def _control_figures(rep: ControlReport, out: Path) -> list[Path]:
     plt.close(fig)
 
     m = rep.metrics()
+    best = rep.strongest()
     concepts = list(rep.sae.purity)
-    names = ["sae", "random", "sae_init", "channels"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    names = ["sae", *rep.controls]
+
+    def value(name: str, key: str) -> float:
+        return m.get(key if name == "sae" else f"control.{name}.{key}", np.nan)
+
+    def sd(name: str, key: str) -> float:
+        return m.get(f"control.{name}_sd.{key}", 0.0) if name != "sae" else 0.0
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"width_ratios": [2, 1, 1]})
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        key = (lambda c: f"label_purity_share.{c}") if name == "sae" else (lambda c, n=name: f"control.{n}.label_purity_share.{c}")
-        vals = [m.get(key(c), np.nan) for c in concepts]
-        err = [m.get(f"control.random_sd.label_purity_share.{c}", 0) for c in concepts] if name == "random" else None
-        axes[0].bar(np.arange(len(concepts)) + i * width, vals, width, yerr=err, label=name)
+        keys = [f"label_purity_share.{c}" for c in concepts]
+        axes[0].bar(np.arange(len(concepts)) + i * width, [value(name, k) for k in keys], width,
+                    yerr=[sd(name, k) for k in keys], label=name, edgecolor="black" if name == "sae" else None)
     axes[0].set_xticks(np.arange(len(concepts)) + 0.4 - width / 2, concepts, rotation=30)
     axes[0].set_ylabel("share of units with purity > 0.6")
-    axes[0].set_title("label purity (test rows)")
-    axes[0].legend(fontsize=7)
+    pkey = f"label_purity_share.{rep.primary}"
+    pg = f", {rep.primary}: {m[f'gap.{pkey}']:.2f}× the strongest ({best.get(pkey)})" if f"gap.{pkey}" in m else ""
+    axes[0].set_title(f"label purity (scored rows){pg}", fontsize=9)
+    axes[0].legend(fontsize=6, ncol=2)
+    panels = [(axes[1], f"sparse_probe.k{HEADLINE_K}", f"{HEADLINE_K}-sparse probe: {rep.primary}", "test accuracy")]
     if rep.sae.dissection is not None:
-        det = [m.get("dissection.detectors" if n == "sae" else f"control.{n}.dissection.detectors", np.nan)
-               for n in names]
-        axes[1].bar(names, det, yerr=[0, m.get("control.random_sd.dissection.detectors", 0), 0, 0])
-        axes[1].set_ylabel("detector units (IoU > 0.04)")
-        axes[1].set_title(f"dissection: {rep.primary} and its parts")
+        panels.append((axes[2], "dissection.detectors", f"dissection: {rep.primary} and parts",
+                       "share of units that detect (IoU > 0.04)"))
     else:
-        axes[1].axis("off")
-        axes[1].text(0.5, 0.5, rep.dissection_note or "no dissection", ha="center", va="center", wrap=True)
+        axes[2].axis("off")
+        axes[2].text(0.5, 0.5, rep.dissection_note or "no dissection", ha="center", va="center", wrap=True)
+    for ax, key, title, ylabel in panels:
+        cmp = compared_metric(key)
+        colors = ["black" if n == "sae" else ("tab:red" if best.get(key) == n else "tab:grey") for n in names]
+        ax.bar(names, [value(n, cmp) for n in names], yerr=[sd(n, cmp) for n in names], color=colors)
+        g = m.get(f"gap.{key}")
+        gap = "" if g is None else (f"{g:+.3f}" if key.startswith("sparse_probe.") else f"{g:.2f}×")
+        ax.set_title(f"{title}\ngap to strongest ({best.get(key, '?')}, red): {gap}", fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
     fig.tight_layout()
     paths.append(out / "controls.png")
     fig.savefig(paths[-1], dpi=110)

@@ -2,7 +2,10 @@
 
 Which rows: training uses the store's train rows (`split == 0`), evaluation its test rows. A store
 without test rows falls back to holding out `heldout_fraction` of the train images, chosen by a hash of
-their dataset index (so the choice never depends on shard order), and never trains on them.
+their dataset index (so the choice never depends on shard order), and never trains on them. With
+`eval_rows="validation"` (tuning) a `validation_fraction` of the train images evaluates
+(`data.splits.validation_mask`, the rows the interpretation report scores too), the rest train, and the
+test rows are in neither: a tuning study never reads them.
 
 Which vectors: a pooled set gives one vector per row; a `tokens` set gives H·W vectors per row (each
 (n, H, W, C) shard is reshaped to (n·H·W, C)).
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.splits import validation_mask
 from ..features.store import FeatureSet, FeatureStore, StoreError
 
 
@@ -61,6 +65,14 @@ class SplitPlan:
     index: dict[int, np.ndarray]  # dataset index of each local row
     per_row: int  # vectors per row (H·W for tokens, else 1)
     heldout_fallback: bool  # the store had no test rows
+    validation: bool = False  # evaluation rows carved from the train rows; test rows unused
+
+    def describe(self, sc) -> str:
+        if self.validation:
+            return f"validation: {sc.validation_fraction:g} of the train images (test rows unread)"
+        if self.heldout_fallback:
+            return f"{sc.heldout_fraction:g} of the train images (the store has no test rows)"
+        return "store test rows"
 
     @property
     def n_train(self) -> int:
@@ -71,7 +83,8 @@ class SplitPlan:
         return sum(len(r) for r in self.eval_rows.values()) * self.per_row
 
 
-def plan_split(fset: FeatureSet, heldout_fraction: float = 0.1, seed: int = 0) -> SplitPlan:
+def plan_split(fset: FeatureSet, heldout_fraction: float = 0.1, seed: int = 0, eval_rows: str = "test",
+               validation_fraction: float = 0.2) -> SplitPlan:
     store = fset.store
     if not store.complete:
         raise StoreError(f"the feature store at {store.uri} is incomplete ({len(store.shard_ids)} of "
@@ -81,16 +94,22 @@ def plan_split(fset: FeatureSet, heldout_fraction: float = 0.1, seed: int = 0) -
     rows = {i: store.rows(i) for i in store.shard_ids}
     any_test = any(bool(r["split"].astype(bool).any()) for r in rows.values())
     train, ev, index = {}, {}, {}
+    if eval_rows not in ("test", "validation"):
+        raise ValueError(f"eval_rows must be 'test' or 'validation', got {eval_rows!r}")
     for i, r in rows.items():
         split = r["split"].astype(bool)
         index[i] = r["index"]
+        if eval_rows == "validation":
+            val = validation_mask(r["index"], validation_fraction, seed) & ~split
+            train[i], ev[i] = np.flatnonzero(~split & ~val), np.flatnonzero(val)
+            continue
         if any_test:
             test = split
         else:
             test = heldout_mask(r["index"], heldout_fraction, seed)
         train[i] = np.flatnonzero(~test)
         ev[i] = np.flatnonzero(test)
-    return SplitPlan(train, ev, index, per_row, not any_test)
+    return SplitPlan(train, ev, index, per_row, not any_test, eval_rows == "validation")
 
 
 def _vectors(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -396,6 +396,9 @@ def training_key(sc: SAEConfig, store: FeatureStore, buffer_vectors: int) -> dic
         d.pop(k, None)
     if sc.normalize != "whiten":  # only read when whitening; keeps the keys of other runs as they were
         d.pop("whiten_power", None)
+    if sc.eval_rows == "test":  # the default rows: keeps the keys of earlier runs as they were
+        d.pop("eval_rows", None)
+        d.pop("validation_fraction", None)
     return {"sae": d, "store_config_hash": store.config_hash,
             "buffer_vectors": int(buffer_vectors), "trainer_version": TRAINER_VERSION}
 
@@ -525,7 +528,7 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
         if done.get("complete"):
             raise TrainingError(_key_mismatch(out, done.get("training_key"), key))
 
-    plan = plan_split(fset, sc.heldout_fraction, sc.seed)
+    plan = plan_split(fset, sc.heldout_fraction, sc.seed, sc.eval_rows, sc.validation_fraction)
     stream = ActivationStream(fset, plan, sc.batch_size, sc.seed, buffer_vectors)
     sae = build_sae(make_sae_config(sc, d_in, store), seed=sc.seed)
     lr = sc.lr if sc.lr > 0 else default_lr(sae.n_latents)
@@ -634,8 +637,7 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
         {"complete": True, "metrics": final, "history": history, "lr": lr, "steps": sc.steps,
          "training_key": key, "store_uri": store.uri, "feature_set": fset.key,
          "n_train_vectors": stream.n_vectors, "n_eval_vectors": len(ev),
-         "heldout": "store test rows" if not plan.heldout_fallback else
-         f"{sc.heldout_fraction:g} of the train images (the store has no test rows)"}, indent=2, default=float))
+         "heldout": plan.describe(sc)}, indent=2, default=float))
     ckpt_path.unlink(missing_ok=True)
     return TrainResult(str(out), sae, final, history, lr, sc.steps, resumed_from, store.uri, fset.key,
                        stream.n_vectors, len(ev), identity=digest(key))

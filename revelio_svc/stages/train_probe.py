@@ -151,14 +151,53 @@ def probe_fitter(cfg: Config, n_classes: int, meta: dict[str, Any]):
                                           batch_size=pc.batch_size, seed=seed, meta=meta)
 
 
+# the controls a probe must beat at every shot count: a random ReLU expansion of the same width, and the
+# features the latents are computed from
+FLAG_CONTROLS = ("random_relu", "raw_features")
+
+
 def result_table(results: dict[str, FewShotResult], chance: float):
-    """One row per (input, shots): the model first, then its controls."""
+    """One row per (input, shots): the model first, then its controls; model rows say whether they beat the
+    `FLAG_CONTROLS` at that shot count (`flag_losses`)."""
     rows = []
     for name, res in results.items():
         for shots, s in res.summary.items():
             rows.append({"input": name, "role": "model" if name == "model" else "control", "shots": shots, **s,
                          "chance": chance})
-    return pd.DataFrame(rows)
+    return flag_losses(pd.DataFrame(rows))
+
+
+def flag_losses(table, controls=FLAG_CONTROLS):
+    """`table` with two columns on the model rows: `loses_to` (the flagged controls whose mean accuracy at that
+    shot count is higher than the model's, comma-separated, "" when none) and `beats_controls` (the model's mean
+    accuracy is above every flagged control present at that shot count; a tie does not beat). Control rows get
+    "" and NaN. A table without those controls (probe.controls=false) flags nothing."""
+    table = table.copy()
+    acc = {(r["input"], str(r["shots"])): r["accuracy_mean"] for _, r in table.iterrows()}
+    loses, beats = [], []
+    for _, r in table.iterrows():
+        if r["role"] != "model":
+            loses.append("")
+            beats.append(np.nan)
+            continue
+        ref = {c: acc[(c, str(r["shots"]))] for c in controls if (c, str(r["shots"])) in acc}
+        loses.append(",".join(c for c, v in ref.items() if v > r["accuracy_mean"]))
+        beats.append(bool(all(r["accuracy_mean"] > v for v in ref.values())) if ref else np.nan)
+    table["beats_controls"] = pd.Series(beats, index=table.index, dtype=object)
+    table["loses_to"] = loses
+    return table
+
+
+def loss_warnings(table, what: str = "the probe") -> list[str]:
+    """One warning line per shot count at which the model (`what`) loses to a flagged control."""
+    out = []
+    acc = {(r["input"], str(r["shots"])): r["accuracy_mean"] for _, r in table.iterrows()}
+    for _, r in table[table["role"] == "model"].iterrows():
+        if r["loses_to"]:
+            vs = ", ".join(f"{c} {acc[(c, str(r['shots']))]:.3f}" for c in r["loses_to"].split(","))
+            out.append(f"warning: {what} loses to its controls at {r['shots']} shots: "
+                       f"{r['accuracy_mean']:.3f} vs {vs}")
+    return out
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -283,6 +322,12 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
     files = probe.save(out)
     title = (f"{pc.kind} on {'SAE latents' if pc.input == 'sae' else 'features'}: {pc.concept} "
              f"({main.hook_point}, t={main.timestep})")
+    flagged = result_table(results, metrics["chance"])
+    for line in loss_warnings(flagged, f"the probe on {'SAE latents' if pc.input == 'sae' else 'features'}"):
+        print(line, file=sys.stderr)
+    model_rows = flagged[flagged["role"] == "model"]
+    if model_rows["beats_controls"].notna().any():  # only when the flagged controls ran
+        metrics["shots_losing_to_controls"] = int((model_rows["loses_to"] != "").sum())
     table = _write_report(out / "report", results, metrics, cm, class_names, title)
     evaluation = Evaluation(str(store.config.get("dataset", {}).get("fingerprint", store.config_hash)),
                             tuple(int(i) for i in store.index()[is_test]),

@@ -68,11 +68,15 @@ def live_interpreter(cfg: Config, store: FeatureStore, dataset: ImageDataset | N
     rows. Scoring the controls costs several SAEs' worth of report, so they are scored once, at the first
     evaluation, with the centre (`b_pre`) the SAE has then; the final report rescores them on the final
     SAE, so a run's last value can differ slightly from its last intermediate one.
+
+    Rows: the trainer's evaluation rows (`sae.eval_rows`): the store's test rows, or for tuning the
+    validation share of the train images, so what chooses a recipe never reads a test row.
     """
     sc = cfg.sae
     fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling)
     concept = cfg.probe.concept if cfg.probe.concept in store.label_names else next(iter(store.label_names))
-    data = dataset_report_data(fset, concept, dataset)
+    data = dataset_report_data(fset, concept, dataset, rows=sc.eval_rows, validation_fraction=sc.validation_fraction,
+                               seed=sc.seed)
     controls: dict = {}
 
     def metrics(sae: SparseAutoencoder) -> dict[str, float]:

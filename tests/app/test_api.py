@@ -191,8 +191,12 @@ def test_latent_page_reports_top_images_histogram_purity_control_and_cofiring(cl
 
 def test_atlas_maps_images_and_latents(client, tiny_clf):
     img, legend, info = client.predict("images", "shape", api_name="/atlas")
+    knn = info.pop("knn")
     assert info == {"view": "images", "colour_by": "shape", "n_points": 40, "method": "tsne"}
     assert "star" in legend and "every one drawn" in legend
+    # how well the map carries the concept, shown under it: kNN accuracy in the codes and in the layout
+    assert set(knn) == {"knn_codes", "knn_layout", "chance", "k"} and 0 <= knn["knn_layout"] <= 1
+    assert f"{knn['knn_codes']:.2f} in the latent codes" in legend
     img, legend, info = client.predict("latents", "best concept", api_name="/atlas")
     assert info["n_points"] == tiny_clf.n_latents
     with pytest.raises(AppError, match="cannot colour the latents atlas by 'shape'"):

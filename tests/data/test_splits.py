@@ -73,3 +73,26 @@ def test_few_shot_bad_arguments():
         few_shot_indices(np.zeros(5, np.int64), [7], 1, seed=0)
     with pytest.raises(ValueError, match="n_per_class"):
         few_shot_indices(np.zeros(5, np.int64), [1], 0, seed=0)
+
+
+def test_validation_mask_is_a_seeded_share_decided_by_the_index_alone():
+    from revelio_svc.data.splits import validation_mask
+
+    idx = np.arange(5000)
+    m = validation_mask(idx, 0.2, seed=0)
+    assert 0.18 < m.mean() < 0.22
+    perm = np.random.default_rng(0).permutation(5000)
+    assert np.array_equal(validation_mask(idx[perm], 0.2, seed=0), m[perm])
+    assert not np.array_equal(validation_mask(idx, 0.2, seed=1), m)
+    with pytest.raises(ValueError, match="validation fraction"):
+        validation_mask(idx, 1.0, seed=0)
+
+
+def test_stratified_sample_keeps_class_shares_and_ignores_candidate_order():
+    from revelio_svc.data.splits import stratified_sample
+
+    labels = np.repeat([0, 1, 2], [600, 300, 100])  # stored class by class
+    pick = stratified_sample(labels, np.arange(1000), 100, seed=0)
+    assert len(pick) == 100 and np.bincount(labels[pick]).tolist() == [60, 30, 10]
+    assert np.array_equal(stratified_sample(labels, np.arange(1000)[::-1], 100, seed=0), pick)
+    assert np.array_equal(stratified_sample(labels, np.arange(1000), 5000, seed=0), np.arange(1000))

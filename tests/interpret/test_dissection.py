@@ -93,3 +93,16 @@ def test_concept_masks_split_the_object_by_class_and_add_parts():
     assert list(got) == ["circle", "star", "star.tips"]
     assert got["circle"][0].all() and not got["circle"][1:].any()
     assert got["star.tips"].sum() == 2 and not got["star.tips"][0].any()
+
+
+@pytest.mark.parametrize("density", [0.001, 0.004, 0.02, 0.3, 1.0])
+def test_sparse_thresholds_equal_numpys_quantile_rule(density):
+    # TopK maps are mostly zero: the fast path must give exactly numpy's "higher" quantile of all positions
+    rng = np.random.default_rng(4)
+    maps = (rng.random((40, 6, 8, 8)) * (rng.random((40, 6, 8, 8)) < density)).astype(np.float16)
+    maps[:, 0] = 0  # a dead unit
+    want = np.quantile(np.moveaxis(maps.astype(np.float32), 1, 0).reshape(6, -1), 0.995, axis=1, method="higher")
+    assert np.array_equal(unit_thresholds(maps, 0.995), want.astype(np.float32))
+    signed = maps.astype(np.float32) - 0.5  # signed maps take the general path
+    want = np.quantile(np.moveaxis(signed, 1, 0).reshape(6, -1), 0.995, axis=1, method="higher")
+    assert np.array_equal(unit_thresholds(signed, 0.995), want.astype(np.float32))

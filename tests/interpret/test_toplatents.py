@@ -10,6 +10,7 @@ from PIL import Image
 
 from revelio_svc.features.store import open_store
 from revelio_svc.interpret import latent_table, render_grid, select_latents
+from revelio_svc.interpret.report import CONTROL_NAMES
 from revelio_svc.interpret.toplatents import read_rows
 from revelio_svc.stages import train_sae_stage
 from revelio_svc.tracking import log_result, step_logger
@@ -57,7 +58,7 @@ def token_store(tmp_path_factory):
     return build_store(tmp_path_factory.mktemp("tok") / "store", n_images=120, shard_size=40, hw=4)
 
 
-def test_stage_logs_sae_metrics_and_interpretation_to_mlflow(tmp_path, token_store, mlflow_tmp):
+def test_stage_logs_sae_metrics_and_interpretation_to_mlflow(tmp_path, token_store, mlflow_tmp, capsys):
     import mlflow
 
     cfg = tiny_cfg(tmp_path, token_store, input="tokens", expansion=2, k=3, steps=60, eval_every=30, lr=1e-2)
@@ -95,6 +96,17 @@ def test_stage_logs_sae_metrics_and_interpretation_to_mlflow(tmp_path, token_sto
     assert Image.open(grids[0]).size[0] > 96  # tiles of the 8×8 images, scaled up
     purity = pd.read_parquet(idir / "purity.parquet")
     assert set(purity["method"]) == {"sae", "random", "channels"}
+    # every control is scored and logged; the gaps are to the strongest one, named in controls.json
+    controls = json.loads((idir / "controls.json").read_text())
+    for name in CONTROL_NAMES:
+        assert f"control.{name}.sparse_probe.k16" in data.metrics, name
+    best = controls["strongest"]
+    assert [r["units"] for r in controls["table"]] == ["sae", *CONTROL_NAMES]
+    key = "sparse_probe.k16"
+    assert data.metrics[f"gap.{key}"] == pytest.approx(m[key] - m[f"control.{best[key]}.{key}"])
+    assert m[f"control.{best[key]}.{key}"] == max(m[f"control.{n}.{key}"] for n in CONTROL_NAMES)
+    assert "vs strongest control" in capsys.readouterr().err
+    assert 0 <= m["atlas_knn.group"] <= 1 and "atlas_knn_channels.group" in m
 
 
 def test_stage_without_mlflow_skips_grids_for_another_dataset(tmp_path, token_store, capsys):

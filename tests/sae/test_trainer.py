@@ -113,6 +113,17 @@ def test_stream_visits_each_train_vector_once_per_epoch_in_bounded_groups(pooled
     assert np.allclose(np.sort(ev, 0), np.sort(fset.load()[store.is_test()], 0))
 
 
+def test_validation_rows_are_carved_from_the_train_rows_and_test_rows_are_unused(pooled_store):
+    store = open_store(pooled_store)
+    fset = feature_set_for(store, "up_blocks.1", 10, "pooled", "mean")
+    plan = plan_split(fset, eval_rows="validation", validation_fraction=0.25, seed=0)
+    assert plan.validation and 40 < plan.n_eval < 110 and plan.n_train + plan.n_eval == 300  # 100 test rows unused
+    for i, r in store.manifest.shards.items():
+        test = set(np.flatnonzero(store.rows(i)["split"].astype(bool)))
+        assert not test & (set(plan.train_rows[i]) | set(plan.eval_rows[i]))
+        assert not set(plan.train_rows[i]) & set(plan.eval_rows[i])
+
+
 def test_store_without_test_rows_holds_out_a_fraction(tmp_path):
     store = build_store(tmp_path / "store", no_test=True)
     fset = feature_set_for(open_store(store), "up_blocks.1", 10, "pooled", "mean")

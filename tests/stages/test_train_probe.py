@@ -4,6 +4,7 @@ import json
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from mlflow.tracking import MlflowClient
@@ -131,3 +132,34 @@ def test_sae_latent_probe_is_sparse_end_to_end_and_loads_with_its_sae(extracted,
     is_test = store.is_test()
     # features → SAE latents → probe gives the stage's own test accuracy
     assert accuracy(store.labels("colour")[is_test], both.predict(T[is_test])) == out.metrics["accuracy"]
+    # the results table says, per shot count, whether the probe beats random_relu and raw_features
+    csv = pd.read_csv(out.report_dir / "results.csv", keep_default_na=False)
+    model = out.table[out.table.role == "model"]
+    assert {"beats_controls", "loses_to"} <= set(csv.columns) and model.beats_controls.notna().all()
+    assert out.metrics["shots_losing_to_controls"] == int((model.loses_to != "").sum())
+    for _, r in model.iterrows():
+        ref = out.table[(out.table.shots == r.shots) & out.table.input.isin(["random_relu", "raw_features"])]
+        assert r.beats_controls == bool((r.accuracy_mean > ref.accuracy_mean).all())
+        assert set(filter(None, r.loses_to.split(","))) == set(ref[ref.accuracy_mean > r.accuracy_mean].input)
+
+
+def test_probe_table_flags_every_shot_count_the_model_loses_at(capsys):
+    table = pd.DataFrame([
+        {"input": "model", "role": "model", "shots": "10", "accuracy_mean": 0.469},
+        {"input": "model", "role": "model", "shots": "all", "accuracy_mean": 0.90},
+        {"input": "random_relu", "role": "control", "shots": "10", "accuracy_mean": 0.519},
+        {"input": "random_relu", "role": "control", "shots": "all", "accuracy_mean": 0.885},
+        {"input": "raw_features", "role": "control", "shots": "10", "accuracy_mean": 0.40},
+        {"input": "raw_features", "role": "control", "shots": "all", "accuracy_mean": 0.90},  # a tie
+        {"input": "pixels", "role": "control", "shots": "all", "accuracy_mean": 0.99},  # not a flagged control
+    ])
+    flagged = stage.flag_losses(table)
+    model = flagged[flagged.role == "model"].set_index("shots")
+    assert model.loc["10", "loses_to"] == "random_relu" and model.loc["10", "beats_controls"] is False
+    assert model.loc["all", "loses_to"] == "" and model.loc["all", "beats_controls"] is False  # a tie does not beat
+    assert flagged[flagged.role == "control"].loses_to.eq("").all()
+    lines = stage.loss_warnings(flagged, "the probe on SAE latents")
+    assert lines == ["warning: the probe on SAE latents loses to its controls at 10 shots: 0.469 vs random_relu 0.519"]
+    # no flagged control ran: nothing to say
+    plain = stage.flag_losses(table[table.input.isin(["model", "pixels"])])
+    assert plain.beats_controls.isna().all() and not stage.loss_warnings(plain)
