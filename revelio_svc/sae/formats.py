@@ -45,7 +45,7 @@ EXPORT_FORMATS = ("saelens", "sparsify", "revelio")
 IMPORT_FORMATS = ("saelens", "sparsify", "unbox", "saeuron")
 
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
-SPARSIFY_CFG, SPARSIFY_WEIGHTS = "cfg.json", "sae.safetensors"
+SPARSIFY_CFG, SPARSIFY_WEIGHTS, SPARSIFY_META = "cfg.json", "sae.safetensors", "revelio.json"
 UNBOX_CFG, UNBOX_WEIGHTS, UNBOX_MEAN, UNBOX_STD = "config.json", "state_dict.pth", "mean.pt", "std.pt"
 ORIGIN_FILE = "origin.json"  # written next to an imported SAE: where it came from, what was kept aside
 EXTRA_STATS_FILE = "origin_stats.safetensors"  # statistics a layout ships that the SAE itself does not use
@@ -297,11 +297,11 @@ def write_sparsify(sae: SparseAutoencoder, dest: str | os.PathLike, metadata: di
     expansion = raw.n_latents // raw.d_in if raw.n_latents % raw.d_in == 0 else 0
     cfg = {"activation": "topk", "expansion_factor": expansion, "normalize_decoder": False,
            "num_latents": raw.n_latents, "k": raw.k, "multi_topk": False, "skip_connection": False,
-           "transcode": False, "d_in": raw.d_in,
-           # sparsify drops fields it does not know; the hook point and our provenance travel here
-           "revelio": {**_provenance_meta(raw, metadata), "folded_normalization": sae.config.normalize}}
+           "transcode": False, "d_in": raw.d_in}
     _write_atomic(tensors, d / SPARSIFY_WEIGHTS)
     _write_json(cfg, d / SPARSIFY_CFG)
+    # sparsify's config has no room for provenance (it warns about unknown fields): a file beside it
+    _write_json({**_provenance_meta(raw, metadata), "folded_normalization": sae.config.normalize}, d / SPARSIFY_META)
     return d
 
 
@@ -334,7 +334,7 @@ def read_sparsify(src: str | os.PathLike) -> RawSAE:
     _need(cfg.get("d_in") in (None, int(W_enc.shape[1])),
           f"{d}: cfg.json says d_in={cfg.get('d_in')} but the weights have {int(W_enc.shape[1])} inputs")
     _need(isinstance(cfg.get("k"), int), f"{d / SPARSIFY_CFG}: needs an integer k")
-    meta = dict(cfg.get("revelio") or {})
+    meta = _read_json(d / SPARSIFY_META) if (d / SPARSIFY_META).is_file() else {}
     meta.setdefault("hook_point", d.name)  # both tools name a hook point's folder after it
     return RawSAE(W_enc=W_enc, b_enc=b_enc - W_enc @ b_dec, W_dec=W_dec, b_dec=b_dec, k=int(cfg["k"]),
                   meta={k: v for k, v in meta.items() if k in PROVENANCE_FIELDS})

@@ -234,3 +234,12 @@ def test_saelens_and_sparsify_layouts_written_by_those_tools_import_with_their_c
     assert sae.config.hook_point == "mid_block"
     with torch.no_grad():
         assert (sae.encode(x) - z_ref).abs().max() < 1e-4 and (sae(x) - rec_ref).abs().max() < 1e-4
+
+
+def test_backbone_licences_in_the_card():
+    from revelio_svc.registry.transfer import backbone_licence
+
+    assert backbone_licence("builtin:shapes-unet").startswith("Apache-2.0")
+    assert backbone_licence("stable-diffusion-v1-5/stable-diffusion-v1-5") == "CreativeML OpenRAIL-M"
+    assert "Non-Commercial" in backbone_licence("stabilityai/sdxl-turbo")
+    assert "see the model card of `org/other`" in backbone_licence("org/other")
