@@ -94,7 +94,8 @@ def model_card(sae: SparseAutoencoder, *, fmt: str, source: Mapping[str, Any], m
              f"| backbone | `{c.backbone or 'unknown'}` ({c.backbone_init or 'init not recorded'}) |",
              f"| backbone licence | {backbone_licence(c.backbone)} |",
              f"| hook point | `{c.hook_point or 'unknown'}`"
-             + (f" (capture: {origin['capture']}, output − input)" if origin and origin.get("capture") else "")
+             + (" (capture mode update: the block's output minus its input)" if c.hook_point.endswith(":update")
+                else "")
              + " |",
              f"| timestep | {c.timestep if c.timestep >= 0 else 'not recorded'} |",
              f"| inputs | {c.input} ({'one vector per spatial position' if c.input == 'tokens' else c.pooling + '-pooled'})"
@@ -256,7 +257,7 @@ def import_sae(src: str | Path, fmt: str, *, dest: str | Path | None = None, reg
         return ImportResult(out, None)
     c = sae.config
     tags = {"origin": fmt, "origin_path": str(src)[:500], "hook_point": c.hook_point, "timestep": str(c.timestep),
-            "backbone": c.backbone, **({"capture": origin["capture"]} if origin.get("capture") else {})}
+            "backbone": c.backbone}
     run = mlflow.active_run()
     with (mlflow.start_run(run_name=f"import_sae · {fmt} · {c.hook_point or src.name}",
                            tags={"stage": "import_sae", **tags}) if run is None else nullcontext(run)):

@@ -345,10 +345,11 @@ _UNBOX_DIR = re.compile(r"^(?:unet\.)?(?P<hook>[A-Za-z_][\w.]*?)_k\d+_hidden\d+"
 
 
 def unbox_hook_point(path: Path) -> str:
-    """The hook point in the published checkpoint folder names (`unet.down_blocks.2.attentions.1_k10_…/final`)."""
+    """The hook point in the published checkpoint folder names (`unet.down_blocks.2.attentions.1_k10_…/final`),
+    in capture mode `update`: these SAEs read what the block adds to its input (output − input)."""
     for part in (path.name, path.parent.name):
         if m := _UNBOX_DIR.match(part):
-            return m.group("hook")
+            return f"{m.group('hook')}:update"
     return ""
 
 

@@ -107,14 +107,16 @@ def test_imported_sae_registers_with_its_origin_and_runs_through_train_probe(fre
     cfg, store_uri = trained[0], trained[1]
     d = read_sae(trained[2]).d_in
     src = foreign(fmt, tmp_path, d)
-    assert cli(["registry", "import", str(src), "--format", fmt, "--timestep", "10"]) == 0
+    # the tiny store has up_blocks.1 outputs; a published unbox SAE names its own block in update mode
+    where = ["--hook-point", "up_blocks.1"] if fmt == "unbox" else []
+    assert cli(["registry", "import", str(src), "--format", fmt, "--timestep", "10", *where]) == 0
     out = capsys.readouterr().out
     assert f"origin={fmt}" in out
     mv = max(MlflowClient().search_model_versions("name='revelio-sae'"), key=lambda v: int(v.version))
     assert mv.tags["origin"] == fmt and mv.tags["hook_point"] == "up_blocks.1"
     assert fmt in (mv.description or "")  # the card is the version's description
     sae = registry.load_sae(f"revelio-sae/{mv.version}")
-    expected = import_layout(src, fmt, tmp_path / "direct", timestep=10)
+    expected = import_layout(src, fmt, tmp_path / "direct", timestep=10, hook_point="up_blocks.1")
     same_codes(expected, sae, store_vectors(store_uri, 500))
 
     conf = tmp_path / "c.yaml"

@@ -138,7 +138,7 @@ def test_unbox_import_matches_the_published_encoder(tmp_path):
     src = tmp_path / "unet.down_blocks.2.attentions.1_k10_hidden5120_auxk256_bs4096_lr0.0001" / "final"
     sd = write_unbox(src, D, N, K)
     sae = import_layout(src, "unbox", tmp_path / "ours")
-    assert sae.config.hook_point == "down_blocks.2.attentions.1"
+    assert sae.config.hook_point == "down_blocks.2.attentions.1:update"
     x = rand(100, D, seed=8)
     z_ref, rec_ref = reference_unbox(sd, x, K)
     with torch.no_grad():
@@ -167,8 +167,8 @@ def test_unbox_refuses_a_checkpoint_that_needs_unpickling(tmp_path):
 
 def test_unbox_hook_point_from_the_published_folder_names():
     assert unbox_hook_point(Path("x/unet.mid_block.attentions.0_k10_hidden5120_auxk256_bs4096_lr0.0001/final")) \
-        == "mid_block.attentions.0"
-    assert unbox_hook_point(Path("up_blocks.0.attentions.1_k10_hidden5120")) == "up_blocks.0.attentions.1"
+        == "mid_block.attentions.0:update"
+    assert unbox_hook_point(Path("up_blocks.0.attentions.1_k10_hidden5120")) == "up_blocks.0.attentions.1:update"
     assert unbox_hook_point(Path("somewhere/else")) == ""
 
 
