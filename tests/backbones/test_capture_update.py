@@ -3,6 +3,8 @@ SDXL-Turbo SAEs read, on the tiny SD and SDXL models: in a capture, in `revelio 
 where it cannot apply."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -66,7 +68,7 @@ def test_bad_capture_modes_and_shape_changing_modules_are_refused(adapter):
 
 
 @pytest.mark.parametrize("kind", ["sd", "sdxl"])
-def test_extract_stores_update_hook_points(tmp_path_factory, tmp_path, kind):
+def test_plan_and_extract_store_update_hook_points(tmp_path_factory, tmp_path, capsys, kind):
     model_dir = tm.pipeline_dir(tmp_path_factory, kind)
     hook = f"{ATTN[kind]}:update"
     args = ["extract", "--no-mlflow"]
@@ -75,6 +77,9 @@ def test_extract_stores_update_hook_points(tmp_path_factory, tmp_path, kind):
               "extract.timesteps=[10]", "extract.pooling=[mean, tokens]", "extract.batch_size=3",
               "extract.shard_size=6", f"output_dir={tmp_path / 'out'}"]:
         args += ["--set", s]
+    assert main(["plan", "--no-probe", "--json", *args[2:]]) == 0  # the plan knows the update hook point
+    plan = json.loads(capsys.readouterr().out)
+    assert hook in json.dumps(plan)
     assert main(args) == 0
     store = open_store(next((tmp_path / "out" / "features").iterdir()), verify=True)
     upd = store.feature_set(hook, 10, "tokens").load()
@@ -83,3 +88,33 @@ def test_extract_stores_update_hook_points(tmp_path_factory, tmp_path, kind):
     assert not np.allclose(upd, out)
     np.testing.assert_allclose(store.feature_set(hook, 10, "mean").load(), upd.mean(axis=(1, 2)), rtol=1e-3,
                                atol=1e-4)
+
+
+def test_steering_at_an_update_hook_point_reads_and_edits_the_update(adapter):
+    """Ablation at PATH:update removes z_j(output − input) · d_j from the block's output; steer() runs there."""
+    from revelio_svc.inference.steering import LatentIntervention, SteeringSpec, decoder_direction, steer
+    from revelio_svc.sae import TopKSAEConfig, build_sae
+
+    kind, a = adapter
+    hook = f"{ATTN[kind]}:update"
+    upd = features(a, tm.images(4), [f"i{i}" for i in range(4)], 10, [hook])[hook]
+    tok = upd.float().permute(0, 2, 3, 1).reshape(-1, upd.shape[1])
+    sae = build_sae(TopKSAEConfig(d_in=int(upd.shape[1]), n_latents=32, k=4, hook_point=hook, timestep=10,
+                                  input="tokens"), seed=0)
+    sae.init_from_data(tok)
+    sae.eval()
+    vals, idx = sae.encode_sparse(tok)
+    j = int(idx[0, 0])
+    block = torch.nn.Linear(tok.shape[1], tok.shape[1])  # stands in for a residual block: out = x + f(x)
+    x = torch.randn(2, tok.shape[1], 3, 3)
+    out = x + block(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    hook_fn = LatentIntervention(sae, SteeringSpec(j, "ablate"), torch.tensor([1.0, 1.0]))
+    hook_fn.t, hook_fn.update = 500, True
+    got = hook_fn(None, (x,), out.clone())
+    read = (out - x).permute(0, 2, 3, 1).reshape(-1, tok.shape[1])
+    v, i = sae.encode_sparse(read)
+    z_j = (v * (i == j)).sum(-1)
+    expect = out.permute(0, 2, 3, 1).reshape(-1, tok.shape[1]) - z_j[:, None] * decoder_direction(sae, j)
+    torch.testing.assert_close(got.permute(0, 2, 3, 1).reshape(-1, tok.shape[1]), expect, atol=1e-5, rtol=1e-5)
+    res = steer(a, sae, hook, SteeringSpec(j, "add", (8.0,)), [0], steps=2)
+    assert res.images.shape[:2] == (2, 1) and not np.array_equal(res.images[0, 0], res.images[1, 0])
