@@ -5,13 +5,22 @@ Both libraries are in the `test` extra (pyproject.toml), so `make test` runs the
 """
 from __future__ import annotations
 
+import re
+import shlex
+import subprocess
+import sys
+
 import mlflow
 import torch
+import yaml
 
 from revelio_svc import registry
+from revelio_svc.config import to_dict
 from revelio_svc.sae import BatchTopKSAEConfig, TopKSAEConfig, build_sae, read_sae
+from tests.registry.helpers import REPO, subprocess_env
 from tests.registry.test_registry import cli
 from tests.registry.test_transfer import TAGS, store_vectors
+from tests.sae.layouts import write_unbox
 
 pytest_plugins = ("tests.registry.fixtures",)
 
@@ -95,3 +104,50 @@ def test_sparsify_loads_the_export_and_gives_our_codes(fresh_mlflow, trained, tm
             top_acts, top_indices, _ = theirs.encode(x)
             codes = dense(top_acts, top_indices, ours.n_latents)
             check(ours, codes, theirs.decode(top_acts, top_indices), x)
+
+
+def readme_commands() -> list[str]:
+    """The command lines of the README's "Use with SAELens / sparsify" block (comments dropped)."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Use with SAELens / sparsify", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [re.split(r"\s{2,}#", line)[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_commands_run(fresh_mlflow, trained, tmp_path, monkeypatch, capsys):
+    """Every line of the README block, in order, in a fresh folder with the tiny chain's SAE as champion
+    (`revelio` lines through the real CLI with the tiny chain's config, `python -c` lines in a subprocess)."""
+    lines = readme_commands()
+    assert [ln.split()[:3] for ln in lines if ln.startswith("revelio registry")] == [
+        ["revelio", "registry", "export"], ["revelio", "registry", "export"], ["revelio", "registry", "import"],
+        ["revelio", "registry", "import"]]
+    with mlflow.start_run():
+        registry.register_model("sae", trained[2], {"fvu": 0.5}, TAGS, "fvu")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for ln in lines:  # the published SAE the README imports, small, in its own layout and folder name
+        if "--format unbox" in ln:
+            write_unbox(work / shlex.split(ln)[3], 16, 64, 4)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(to_dict(trained[0])))
+    for ln in lines:
+        args = shlex.split(ln)
+        if args[0] == "revelio":
+            extra = ["--config", str(conf)] if args[1] == "train-probe" else []
+            assert cli(args[1:] + extra) == 0, ln
+        else:
+            assert args[:2] == ["python", "-c"], ln
+            r = subprocess.run([sys.executable, "-c", args[2]], cwd=work, capture_output=True, text=True,
+                               env=subprocess_env(), timeout=300)
+            assert r.returncode == 0, r.stderr[-2000:]
+            capsys.readouterr()
+            print(r.stdout)
+    out = capsys.readouterr().out
+    assert "held-out accuracy" in out
+    assert (work / "sae_saelens" / "README.md").is_file() and (work / "sae_sparsify" / "up_blocks.1").is_dir()
+    versions = {v.tags.get("origin", "trained"): v for v in
+                mlflow.MlflowClient().search_model_versions("name='revelio-sae'")}
+    assert set(versions) == {"trained", "unbox", "saelens"}
+    assert versions["unbox"].tags["hook_point"] == "down_blocks.2.attentions.1:update"
+    assert versions["unbox"].tags["backbone"] == "stabilityai/sdxl-turbo"
