@@ -127,6 +127,23 @@ def test_imported_sae_registers_with_its_origin_and_runs_through_train_probe(fre
                                          "tags.stage = 'train_probe'"), key=lambda r: r.info.start_time)
     assert run.info.status == "FINISHED" and "accuracy" in run.data.metrics
 
+    # and in the demo: a classifier on the imported SAE explains an uploaded image with its latents
+    from revelio_svc.app.service import DemoService
+    from revelio_svc.config import replace
+    from revelio_svc.inference.classifier import Classifier
+    from revelio_svc.stages import train_probe_stage
+    from tests.app.helpers import write_png
+    from tests.registry.helpers import dataset_images
+
+    sae_dir = registry.materialize(f"revelio-sae/{mv.version}", "sae")
+    pcfg = replace(cfg, **{"probe.sae": str(sae_dir)})
+    probe_dir = train_probe_stage(pcfg).probe_dir
+    Classifier.build(pcfg, sae_dir, probe_dir, store_uri, top_n=4).save(tmp_path / "clf")
+    svc = DemoService(registry.load_classifier(str(tmp_path / "clf")), fewshot_dir=tmp_path / "fs")
+    exp = svc.explain(str(write_png(tmp_path / "img.png", dataset_images(cfg, [3])[0])))
+    assert exp["label"] in svc.clf.class_names and exp["contributions"]
+    assert all(0 <= int(c["latent"]) < sae.n_latents for c in exp["contributions"])
+
 
 class Opaque:
     """Not a tensor nor a plain container: loading it needs full unpickling."""
