@@ -173,6 +173,16 @@ def _run_metrics(info: Mapping[str, Any]) -> tuple[dict[str, float], str]:
     return metrics, command
 
 
+def _trainer_metrics(payload: Path) -> dict[str, float]:
+    """The final metrics the trainer wrote beside the weights (metrics.json), when it is there."""
+    try:
+        final = json.loads((payload / "metrics.json").read_text()).get("metrics") or {}
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return {}
+    return {k: float(v) for k, v in final.items()
+            if k in ("fvu", "explained_variance", "l0", "dead_frac") and isinstance(v, (int, float))}
+
+
 # --------------------------------------------------------------------------- export
 @dataclass(frozen=True)
 class ExportResult:
@@ -198,13 +208,9 @@ def export_sae(uri: str, dest: str | Path, fmt: str) -> ExportResult:
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty; export into a new directory")
     sae, info, payload = _source_sae(uri)
-    metrics, command = _run_metrics(info)
-    if not metrics and (payload / "metrics.json").is_file():
-        try:
-            metrics = {k: v for k, v in json.loads((payload / "metrics.json").read_text()).items()
-                       if isinstance(v, (int, float))}
-        except json.JSONDecodeError:
-            pass
+    metrics = _trainer_metrics(payload)
+    logged, command = _run_metrics(info)
+    metrics.update(logged)
     origin = json.loads((payload / ORIGIN_FILE).read_text()) if (payload / ORIGIN_FILE).is_file() else None
     card = model_card(sae, fmt=fmt, source=info, metrics=metrics, origin=origin, command=command)
     extra = {"source": str(info.get("uri", uri)), "command": command or reproduce_command(sae.config)}

@@ -32,9 +32,13 @@ def store_vectors(store_uri: str, n: int = 2000) -> torch.Tensor:
 
 
 def register_trained_sae(trained):
+    """Registered as the pipeline does: tagged with the train_sae run, whose metrics hold the control gaps."""
     _, _, sae_dir, _, sae_m, _ = trained
+    with mlflow.start_run() as train_run:
+        mlflow.log_metrics({"fvu": 0.25, "gap.shape.purity_share": 2.0, "gap.shape.sparse_probe_16": 0.17})
     with mlflow.start_run():
-        return registry.register_model("sae", sae_dir, sae_m, TAGS, "fvu")
+        return registry.register_model("sae", sae_dir, sae_m, {**TAGS, "run_id.train_sae": train_run.info.run_id},
+                                       "fvu")
 
 
 def same_codes(a, b, x):
@@ -55,8 +59,8 @@ def test_export_a_registered_sae_with_its_card_and_import_it_back(fresh_mlflow, 
     ours = read_sae(trained[2])
     c = ours.config
     for needle in (f"`{c.hook_point}` at t={c.timestep}", "| backbone licence | see the model card of",
-                   "revelio train-sae", f"k={c.k}",
-                   "| fvu |", f"revelio-sae/{reg.version}"):
+                   "revelio train-sae", f"k={c.k}", "| fvu | 0.25 |", "| l0 |", "| gap.shape.purity_share | 2 |",
+                   "Against matched controls", f"revelio-sae/{reg.version}"):
         assert needle in card, needle
     assert ("folded exactly" in card) == (fmt != "revelio")
     weights = {"saelens": out, "sparsify": out / "up_blocks.1", "revelio": out}[fmt]
