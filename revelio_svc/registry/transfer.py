@@ -49,6 +49,10 @@ LICENCES = {
 }
 
 
+# what the card's metric table shows besides the control gaps (throughput and losses say little to a reader)
+HEADLINE = ("fvu", "explained_variance", "l0", "dead_frac", "l2_ratio")
+
+
 class TransferError(RegistryError):
     """An export or import that cannot be done; the message names the model or folder and the reason."""
 
@@ -85,6 +89,10 @@ def model_card(sae: SparseAutoencoder, *, fmt: str, source: Mapping[str, Any], m
     """The README.md of an export (and the description of an imported version)."""
     c = sae.config
     title = c.hook_point or "unknown hook point"
+    registered = f"{source['name']}/{source['version']}" if source.get("name") and source.get("version") else ""
+    where = registered or str(source.get("uri", "")) or "a local directory"
+    if origin and not command:
+        command = f"revelio registry import {origin.get('source', '<folder>')} --format {origin.get('format')}"
     selection = ("exactly k per row, then ReLU" if c.variant == "topk" else
                  f"ReLU where the pre-activation exceeds {_fmt(float(getattr(sae, 'threshold', 0.0)))} (BatchTopK)")
     lines = [f"# Sparse autoencoder: `{title}` at t={c.timestep}", "",
@@ -104,8 +112,7 @@ def model_card(sae: SparseAutoencoder, *, fmt: str, source: Mapping[str, Any], m
              f"`{c.store_config_hash or 'not recorded'}`"
              + (f", dataset `{source['tags']['dataset']}`" if source.get("tags", {}).get("dataset") else "") + " |",
              f"| selection | {selection} |",
-             f"| source | {source.get('name', '')}{'/' + str(source['version']) if source.get('version') else ''} "
-             f"{source.get('uri', '')} |", ""]
+             f"| source | {where} |", ""]
     if fmt in ("saelens", "sparsify"):
         lines += ["## Input normalisation is folded into the weights", "",
                   f"This SAE was trained with `normalize={c.normalize}`"
@@ -122,7 +129,7 @@ def model_card(sae: SparseAutoencoder, *, fmt: str, source: Mapping[str, Any], m
     shown = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     if shown:
         gaps = {k: v for k, v in shown.items() if k.startswith("gap.")}
-        head = {k: v for k, v in shown.items() if not k.startswith("gap.") and "." not in k}
+        head = {k: v for k, v in shown.items() if k in HEADLINE}
         lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(float(v))} |" for k, v in sorted(head.items())]
         if gaps:
@@ -165,8 +172,7 @@ def _run_metrics(info: Mapping[str, Any]) -> tuple[dict[str, float], str]:
     if run_id:
         try:
             run = registry_client().get_run(run_id)
-            metrics.update({k: float(v) for k, v in run.data.metrics.items()
-                            if k.startswith("gap.") or k in ("fvu", "l0", "dead_frac", "fvu_test")})
+            metrics.update({k: float(v) for k, v in run.data.metrics.items() if k.startswith("gap.") or k in HEADLINE})
             command = run.data.tags.get("command", "")
         except (MlflowException, RegistryError, OSError):
             pass
@@ -179,8 +185,7 @@ def _trainer_metrics(payload: Path) -> dict[str, float]:
         final = json.loads((payload / "metrics.json").read_text()).get("metrics") or {}
     except (OSError, json.JSONDecodeError, AttributeError):
         return {}
-    return {k: float(v) for k, v in final.items()
-            if k in ("fvu", "explained_variance", "l0", "dead_frac") and isinstance(v, (int, float))}
+    return {k: float(v) for k, v in final.items() if k in HEADLINE and isinstance(v, (int, float))}
 
 
 # --------------------------------------------------------------------------- export

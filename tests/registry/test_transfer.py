@@ -118,7 +118,9 @@ def test_imported_sae_registers_with_its_origin_and_runs_through_train_probe(fre
     assert f"origin={fmt}" in out
     mv = max(MlflowClient().search_model_versions("name='revelio-sae'"), key=lambda v: int(v.version))
     assert mv.tags["origin"] == fmt and mv.tags["hook_point"] == "up_blocks.1"
-    assert fmt in (mv.description or "")  # the card is the version's description
+    card = mv.description or ""  # the card is the version's description
+    assert f"Imported from the `{fmt}` layout" in card and f"revelio registry import {src} --format {fmt}" in card
+    assert "No training metrics" in card
     sae = registry.load_sae(f"revelio-sae/{mv.version}")
     expected = import_layout(src, fmt, tmp_path / "direct", timestep=10, hook_point="up_blocks.1")
     same_codes(expected, sae, store_vectors(store_uri, 500))
