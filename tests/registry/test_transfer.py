@@ -165,3 +165,16 @@ def test_import_failures_are_one_line_and_register_nothing(fresh_mlflow, trained
     assert cli(["registry", "import", str(tmp_path / "missing"), "--format", "saelens"]) == 1
     assert "not a directory" in capsys.readouterr().err
     assert not MlflowClient().search_model_versions("name='revelio-sae'")
+
+
+def test_an_imported_sae_gets_the_control_report(trained, tmp_path):
+    """The interpretation against matched controls (what train_sae logs) runs on an imported SAE too."""
+    from revelio_svc.interpret import interpret_sae
+
+    d = read_sae(trained[2]).d_in
+    src = foreign("saeuron", tmp_path, d)
+    sae = import_layout(src, "saeuron", tmp_path / "ours", timestep=10)
+    res = interpret_sae(sae, open_store(trained[1]), tmp_path / "interpret", primary_concept="colour")
+    gaps = {k: v for k, v in res.metrics.items() if k.startswith("gap.")}
+    assert gaps and all(np.isfinite(v) for v in gaps.values() if v is not None)
+    assert (tmp_path / "interpret" / "summary.json").is_file()
