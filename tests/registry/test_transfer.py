@@ -2,7 +2,6 @@
 imports of every supported layout as registered versions that train-probe uses, and the round trip."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow

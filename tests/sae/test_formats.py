@@ -11,8 +11,8 @@ import torch
 
 from revelio_svc.sae import BatchTopKSAEConfig, TopKSAEConfig, build_sae, read_sae
 from revelio_svc.sae.formats import (
-    ORIGIN_FILE,
     EXTRA_STATS_FILE,
+    ORIGIN_FILE,
     SAEFormatError,
     export_layout,
     from_raw,
