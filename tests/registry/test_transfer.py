@@ -177,3 +177,15 @@ def test_an_imported_sae_gets_the_control_report(trained, tmp_path):
     gaps = {k: v for k, v in res.metrics.items() if k.startswith("gap.")}
     assert gaps and all(np.isfinite(v) for v in gaps.values() if v is not None)
     assert (tmp_path / "interpret" / "summary.json").is_file()
+
+
+def test_a_set_registered_by_the_pipeline_describes_its_sae_with_the_card(fresh_mlflow, trained, classifier_dir):
+    _, _, sae_dir, probe_dir, sae_m, probe_m = trained
+    with mlflow.start_run():
+        regs = registry.register_set({"sae": sae_dir, "probe": probe_dir, "classifier": classifier_dir},
+                                     {"sae": {**sae_m, "gap.shape.purity_share": 1.5}, "probe": probe_m,
+                                      "classifier": probe_m}, TAGS)
+    mv = MlflowClient().get_model_version("revelio-sae", regs["sae"].version)
+    card = mv.description or ""
+    assert card.startswith("# Sparse autoencoder: `up_blocks.1` at t=10")
+    assert "| gap.shape.purity_share | 1.5 |" in card and "revelio train-sae" in card and "dataset `shapes`" in card

@@ -237,7 +237,7 @@ def test_saelens_and_sparsify_layouts_written_by_those_tools_import_with_their_c
 
 
 def test_backbone_licences_in_the_card():
-    from revelio_svc.registry.transfer import backbone_licence
+    from revelio_svc.registry.card import backbone_licence
 
     assert backbone_licence("builtin:shapes-unet").startswith("Apache-2.0")
     assert backbone_licence("stable-diffusion-v1-5/stable-diffusion-v1-5") == "CreativeML OpenRAIL-M"
