@@ -75,9 +75,13 @@ class BackboneAdapter(ABC):
     def validate_hook_points(self, names: Sequence[str]) -> None:
         known = self.hook_points()
         for n in names:
-            if n not in known and not self._is_submodule_path(n):
-                raise ConfigError(f"extract.hook_points: unknown hook point {n!r} for {self.backbone_id}; "
-                                  f"this backbone has: {', '.join(known)}")
+            path, mode = split_hook_point(n)
+            if mode not in CAPTURE_MODES:
+                raise ConfigError(f"extract.hook_points: {n!r} asks for capture mode {mode!r}; a hook point is "
+                                  f"PATH or PATH:MODE with MODE one of {', '.join(CAPTURE_MODES)}")
+            if path not in known and not self._is_submodule_path(path):
+                raise ConfigError(f"extract.hook_points: unknown hook point {path!r} for {self.backbone_id}; "
+                                  f"this backbone has: {', '.join(known)} (and their sub-modules by path)")
 
     def _is_submodule_path(self, name: str) -> bool:
         # attention sub-modules etc. by path, e.g. up_blocks.1.attentions.0
@@ -135,14 +139,26 @@ class BackboneAdapter(ABC):
     def _capture_locked(self, x_t, t, cond, wanted, maps, handles, stop_early) -> dict[str, torch.Tensor]:
 
         def make_hook(n: str):
-            def hook(_module, _inp, out):
-                maps[n] = self.to_map(n, out)
+            update = split_hook_point(n)[1] == "update"
+
+            def hook(_module, args, kwargs, out):
+                out_map = self.to_map(n, out)
+                if update:  # what the block adds to its input (a residual block's own contribution)
+                    inp = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
+                    in_map = self.to_map(n, inp) if inp is not None else None
+                    if in_map is None or in_map.shape != out_map.shape:
+                        raise ValueError(f"hook point {n}: capture mode update needs the module's input and output "
+                                         f"to have one shape; got {None if in_map is None else tuple(in_map.shape)} "
+                                         f"and {tuple(out_map.shape)}")
+                    out_map = out_map - in_map
+                maps[n] = out_map
                 if stop_early and len(maps) == len(wanted):
                     raise _StopForward
             return hook
 
         for n in wanted:
-            handles.append(self.model.get_submodule(n).register_forward_hook(make_hook(n)))
+            module = self.model.get_submodule(split_hook_point(n)[0])
+            handles.append(module.register_forward_hook(make_hook(n), with_kwargs=True))
         try:
             with torch.inference_mode():
                 self.denoise_forward(x_t, t, cond)
@@ -155,6 +171,17 @@ class BackboneAdapter(ABC):
         if missing:
             raise RuntimeError(f"hook points {missing} never fired during the forward of {self.backbone_id}")
         return maps
+
+
+# How a hook point's map is read: `PATH` is the module's output, `PATH:update` its output minus its input
+# (what a residual block such as an attention block adds; the published SDXL-Turbo SAEs read that).
+CAPTURE_MODES = ("output", "update")
+
+
+def split_hook_point(name: str) -> tuple[str, str]:
+    """`down_blocks.2.attentions.1:update` → (module path, capture mode); a bare path is mode `output`."""
+    path, sep, mode = name.partition(":")
+    return path, (mode if sep else "output")
 
 
 def backbone_describe(cfg: BackboneConfig) -> dict:

@@ -44,7 +44,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "sweep": ("Probe every (hook point, timestep) pair and plot heatmaps over blocks × timesteps.", "",
               ("data", "backbone", "extract", "probe", "tracking")),
     "run": ("The whole chain: extract → train-sae → train-probe → register (what `mlflow run .` calls).", "", ALL),
-    "registry": ("List, pull or promote registered models (revelio-sae, revelio-probe, revelio-classifier).", "",
+    "registry": ("List, pull, promote, export or import registered models (revelio-sae, revelio-probe, "
+                 "revelio-classifier).", "export/import: SAEs to and from SAELens, sparsify and published layouts.",
                  ("tracking", "registry")),
     "demo": ("Launch the Gradio app on a registered classifier.",
              "Login: set REVELIO_DEMO_USER and REVELIO_DEMO_PASSWORD (both or neither).", ("demo", "tracking")),
@@ -98,10 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_, desc, sections) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=f"{help_} {desc}".strip())
         if name == "registry":
-            p.add_argument("action", choices=["list", "pull", "promote"], help="what to do")
-            p.add_argument("uri", nargs="?", default=None, help="NAME@alias, NAME/version or models:/... URI")
+            p.add_argument("action", choices=["list", "pull", "promote", "export", "import"], help="what to do")
+            p.add_argument("uri", nargs="?", default=None,
+                           help="NAME@alias, NAME/version or models:/... URI (import: the folder to import)")
             p.add_argument("--dest", default=None, help="pull: directory to write the model to")
             p.add_argument("--alias", default="champion", help="promote: alias to set (default champion)")
+            from .transfer import add_arguments  # export / import (SAELens, sparsify, published layouts)
+            add_arguments(p)
         if name == "extract":
             p.add_argument("--no-mlflow", action="store_true", help="do not open an MLflow run")
         if name == "plan":

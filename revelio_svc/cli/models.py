@@ -1,4 +1,4 @@
-"""Commands on trained models: `revelio registry list|pull|promote`, `revelio demo`, and `revelio config`."""
+"""Commands on trained models: `revelio registry list|pull|promote|export|import`, `revelio demo`, and `revelio config`."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +30,10 @@ def registry(cfg: Config, args: argparse.Namespace) -> int:
     setup(cfg.tracking)
     if args.action == "list":
         return _list()
+    if args.action in ("export", "import"):
+        from .transfer import run_transfer
+
+        return run_transfer(args)
     if not args.uri:
         print(f"revelio registry {args.action}: give a model, e.g. revelio-classifier@champion", file=sys.stderr)
         return 2

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from ..backbones.base import split_hook_point
+
 SAMPLERS = ("ddim", "ddpm")
 MODES = ("add", "ablate")
 MAX_BATCH = 64  # seeds × variants per denoiser call; more are run in chunks
@@ -118,22 +120,30 @@ class LatentIntervention:
         self.t: int | None = None
         self.offset = 0  # where the current chunk starts in the batch
         self.calls = 0
+        self.update = False  # the hook point is PATH:update (set by the sampler)
 
     def active(self) -> bool:
         return self.t is not None and self.spec.t_min <= self.t <= self.spec.t_max
 
-    def __call__(self, _module, _inp, out):
+    def __call__(self, _module, inp, out):
         if not self.active():
             return None
+        # capture mode update: the SAE reads output − input, so an ablation reads z_j there (adding α·d to
+        # the output adds it to the update alike)
+        base = None
+        if self.update and self.spec.mode != "add":
+            if not inp or not torch.is_tensor(inp[0]):
+                raise ValueError("steering an update hook point needs the block's input as its first argument")
+            base = inp[0]
         if isinstance(out, tuple):
-            return (self.apply(out[0]), *out[1:])
+            return (self.apply(out[0], base), *out[1:])
         if hasattr(out, "sample"):
-            out.sample = self.apply(out.sample)
+            out.sample = self.apply(out.sample, base)
             return out
-        return self.apply(out)
+        return self.apply(out, base)
 
     @torch.no_grad()
-    def apply(self, h: torch.Tensor) -> torch.Tensor:
+    def apply(self, h: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         tok, back = _as_tokens(h)
         if tok.shape[-1] != self.direction.numel():
             raise ValueError(f"the hook point gives {tok.shape[-1]} channels but the SAE reads "
@@ -145,7 +155,8 @@ class LatentIntervention:
         if self.spec.mode == "add":
             x = x + a[:, None, None] * d
         else:
-            x = x - self._latent_value(x)[..., None] * a[:, None, None] * d
+            read = x if base is None else x - _as_tokens(base)[0].float()
+            x = x - self._latent_value(read)[..., None] * a[:, None, None] * d
         return back(x.to(h.dtype))
 
     def _latent_value(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,7 +238,9 @@ class _Sampler:
         self.sched = make_scheduler(adapter, sampler, steps)
         self.timesteps = [int(t) for t in self.sched.timesteps]
         self.ddpm = sampler == "ddpm"
-        self.module = adapter.model.get_submodule(hook_point)
+        path, mode = split_hook_point(hook_point)
+        self.module = adapter.model.get_submodule(path)
+        self.update = mode == "update"
         self.lock = _capture_lock(adapter)
 
     def run(self, x: torch.Tensor, seeds: Sequence[int], start: int, hook: LatentIntervention | None,
@@ -247,7 +260,7 @@ class _Sampler:
         with self.lock:
             handle = None
             if hook is not None:
-                hook.t, hook.offset = t, offset
+                hook.t, hook.offset, hook.update = t, offset, self.update
                 handle = self.module.register_forward_hook(hook)
             try:
                 with torch.inference_mode():

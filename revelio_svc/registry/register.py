@@ -36,6 +36,7 @@ from .access import (
     registry_client,
     resolve_version,
 )
+from .card import sae_card
 from .errors import MissingArtifactsError, RegistrationError, RegistryError, UntrustedModelError
 from .models import log_pyfunc
 from .refs import CHALLENGER, CHAMPION, MODEL_NAMES, parse_uri
@@ -221,6 +222,17 @@ def _current_champion(client, name: str):
         return None
 
 
+def _describe_sae(client, p: _Pending, sae_dir: Path, tags: Mapping[str, str] | None) -> None:
+    """The SAE version's description is its model card (registry/card.py); a card that cannot be written
+    is no reason to lose the registration."""
+    try:
+        card = sae_card(sae_dir, p.metrics, tags)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"note: no model card for {p.name} version {p.version} ({type(e).__name__}: {e})")
+        return
+    client.update_model_version(p.name, p.version, description=card[:5000])
+
+
 def champion_evaluation(client, name: str) -> tuple[str | None, Evaluation | None]:
     """(champion version, its per-image evaluation) of a registered classifier; (None, None) without champion."""
     cur = _current_champion(client, name)
@@ -248,6 +260,7 @@ def register_set(dirs: Mapping[str, str | Path], metrics: Mapping[str, Mapping[s
         decision = promotion_decision(new_eval, champ_eval, alpha, champ_version)
         previous = {p.kind: _current_champion(client, p.name) for p in pending}
         _create_versions(client, pending, tags, metric_names)
+        _describe_sae(client, pending[0], Path(dirs["sae"]), tags)
         members = ",".join(f"{p.name}/{p.version}" for p in pending)
         for p in pending:
             client.set_registered_model_alias(p.name, CHALLENGER, p.version)
