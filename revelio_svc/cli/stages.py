@@ -122,7 +122,11 @@ def evaluate(cfg: Config, args: argparse.Namespace) -> int:
     from ..tracking.versions import tag_model_version
 
     version = None
-    if cfg.evaluate.sae and parse_uri(cfg.evaluate.sae).kind == "registry":
+    try:
+        registered = bool(cfg.evaluate.sae) and parse_uri(cfg.evaluate.sae).kind == "registry"
+    except ValueError:  # not a reference: a directory, which the stage checks (and names if missing)
+        registered = False
+    if registered:
         d, info = local_copy(cfg.evaluate.sae)
         version = (info["name"], info["version"])
         cfg = replace(cfg, **{"evaluate.sae": str(payload_dir(d, "sae"))})

@@ -154,7 +154,8 @@ def scr_tpp_figure(results: Mapping[str, tuple[concepts.SCRResult | None, concep
     axes[1].set_ylabel("intended − unintended accuracy drop")
     axes[1].set_title("TPP: targeted probe perturbation", fontsize=9)
     for ax in axes:
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
