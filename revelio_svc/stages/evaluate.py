@@ -96,7 +96,7 @@ def backbone_for_store(cfg: Config, store: FeatureStore):
 
 def eval_identity(cfg: Config, sae_dir: str | Path, store: FeatureStore) -> str:
     """What the evaluation depends on: the SAE, the store, the options that change numbers, the concept."""
-    concept, _ = _concepts(cfg, store, [])
+    concept, _ = pick_concepts(cfg, store, [])
     opts = {k: v for k, v in to_dict(cfg.evaluate).items()
             if k not in ("sae", "store", "batch_size", "frontier_ks", "frontier_steps")}
     return digest({"sae": sae_identity(sae_dir), "store": store.config_hash, "evaluate": opts, "concept": concept,
@@ -104,7 +104,7 @@ def eval_identity(cfg: Config, sae_dir: str | Path, store: FeatureStore) -> str:
 
 
 # --------------------------------------------------------------------------- figures
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -114,7 +114,7 @@ def _plt():
 
 
 def fidelity_figure(res: fidelity.FidelityResult, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     ts = sorted(res.losses)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     w = 0.38
@@ -134,7 +134,7 @@ def fidelity_figure(res: fidelity.FidelityResult, path: Path) -> Path:
 
 def scr_tpp_figure(results: Mapping[str, tuple[concepts.SCRResult | None, concepts.TPPResult | None]],
                    path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for name, (s, t) in results.items():
         if s is not None:
@@ -163,7 +163,7 @@ def scr_tpp_figure(results: Mapping[str, tuple[concepts.SCRResult | None, concep
 
 
 def samples_figure(res: fidelity.SamplingResult, path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     n = len(res.clean)
     fig, axes = plt.subplots(2, n, figsize=(1.3 * n + 0.6, 2.9), squeeze=False)
     for j in range(n):
@@ -268,7 +268,7 @@ def concept_scores(acts: np.ndarray, labels: Mapping[str, np.ndarray], is_test: 
     return s_res, t_res
 
 
-def _concepts(cfg: Config, store: FeatureStore, notes: list[str]) -> tuple[str, str | None]:
+def pick_concepts(cfg: Config, store: FeatureStore, notes: list[str]) -> tuple[str, str | None]:
     names = list(store.label_names)
     concept = cfg.probe.concept if cfg.probe.concept in names else names[0]
     if concept != cfg.probe.concept:
@@ -296,7 +296,7 @@ def evaluate_stage(cfg: Config, *, sae_dir: str | Path | None = None, store: Fea
     notes: list[str] = []
     if sc.store_config_hash and sc.store_config_hash != store.config_hash:
         notes.append(f"the SAE was trained on store {sc.store_config_hash}, evaluated on {store.config_hash}")
-    concept, spurious = _concepts(cfg, store, notes)
+    concept, spurious = pick_concepts(cfg, store, notes)
     identity = eval_identity(cfg, sae_dir, store)
     out = Path(cfg.output_dir) / "eval" / identity
     out.mkdir(parents=True, exist_ok=True)
@@ -318,11 +318,13 @@ def evaluate_stage(cfg: Config, *, sae_dir: str | Path | None = None, store: Fea
                                     [ids[int(i)] for i in test_idx], timesteps, means, noise_seed, ec.batch_size)
     metrics = {"sae": dict(fid.metrics(int(sc.timestep)))}
     figures = [fidelity_figure(fid, out / "fidelity.png")]
+    clock = {"seconds.fidelity": time.perf_counter() - t0}
     if ec.samples:
         say(f"{ec.samples} DDIM samples, {ec.sample_steps} steps")
         samp = fidelity.sample_with_splice(adapter, sae, sc.hook_point, range(ec.samples), ec.sample_steps)
         metrics["sae"].update(samp.metrics())
         figures.append(samples_figure(samp, out / "samples.png"))
+    clock["seconds.sampling"] = time.perf_counter() - t0 - sum(clock.values())
 
     # 2. latents of the report rows (every test row, a fixed train sample), as the classifier pools them
     fset = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling or "mean")
@@ -333,8 +335,9 @@ def evaluate_stage(cfg: Config, *, sae_dir: str | Path | None = None, store: Fea
     say(f"latents of {len(rows)} rows; SCR and TPP")
     units = {"sae": image_latents(sae, feats),
              "control.random": image_latents(control_sae(sae, "random", CONTROL_SEED,
-                                                         _train_sample(feats, is_test)), feats),
+                                                         train_sample(feats, is_test)), feats),
              "control.channels": direction_activations(feats, None, sc.latent_pooling)}
+    clock["seconds.latents"] = time.perf_counter() - t0 - sum(clock.values())
     results = {}
     for name, acts in units.items():
         s_res, t_res = concept_scores(acts, labels, is_test, concept, spurious, cfg, notes if name == "sae" else None)
@@ -345,15 +348,17 @@ def evaluate_stage(cfg: Config, *, sae_dir: str | Path | None = None, store: Fea
         if t_res is not None:
             m.update(t_res.metrics())
     figures.append(scr_tpp_figure(results, out / "scr_tpp.png"))
+    clock["seconds.scr_tpp"] = time.perf_counter() - t0 - sum(clock.values())
 
     # 3. dictionary health on the held-out vectors
     hv = feats[is_test] if is_test.any() else feats
     h = health.dictionary_health(sae, hv.reshape(-1, sae.d_in))
     metrics["sae"].update(h.metrics())
     figures.append(h.figure(out / "health.png"))
+    clock["seconds.health"] = time.perf_counter() - t0 - sum(clock.values())
 
     seconds = time.perf_counter() - t0
-    metrics["sae"]["seconds"] = seconds
+    metrics["sae"].update(clock, seconds=seconds)
     n = headline_n(tuple(ec.ablate))
     write_summary(out / "summary.csv", metrics)
     write_report(out / "report.md", sae_dir=sae_dir, store_uri=store.uri, sae_t=int(sc.timestep), concept=concept,
@@ -374,7 +379,7 @@ def evaluate_stage(cfg: Config, *, sae_dir: str | Path | None = None, store: Fea
                       notes=tuple(notes))
 
 
-def _train_sample(feats: np.ndarray, is_test: np.ndarray, n: int = 65536, seed: int = 0) -> np.ndarray:
+def train_sample(feats: np.ndarray, is_test: np.ndarray, n: int = 65536, seed: int = 0) -> np.ndarray:
     """Train vectors that centre or calibrate a control (interpret/report.py's ReportData.sample)."""
     pool = feats[~is_test].reshape(-1, feats.shape[-1]) if (~is_test).any() else feats.reshape(-1, feats.shape[-1])
     return pool[np.random.default_rng(seed).choice(len(pool), min(n, len(pool)), replace=False)]
