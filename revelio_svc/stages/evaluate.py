@@ -153,7 +153,12 @@ def scr_tpp_figure(results: Mapping[str, tuple[concepts.SCRResult | None, concep
     axes[1].set_xlabel("latents ablated (per class)")
     axes[1].set_ylabel("intended − unintended accuracy drop")
     axes[1].set_title("TPP: targeted probe perturbation", fontsize=9)
+    ns = sorted({int(n) for s, t in results.values() for r in (s.accuracy if s else {}, t.drops if t else {})
+                 for n in r})
     for ax in axes:
+        if ns:  # plain numbers at the Ns measured, not powers of ten
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.minorticks_off()
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     fig.tight_layout()
