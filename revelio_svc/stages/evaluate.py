@@ -322,13 +322,13 @@ def evaluate_stage(cfg: Config, *, sae_dir: str | Path | None = None, store: Fea
     fid = fidelity.denoising_losses(adapter, sae, sc.hook_point, np.stack([ds.image(int(i)) for i in test_idx]),
                                     [ids[int(i)] for i in test_idx], timesteps, means, noise_seed, ec.batch_size)
     metrics = {"sae": dict(fid.metrics(int(sc.timestep)))}
-    figures = [fidelity_figure(fid, out / "fidelity.png")]
+    fidelity_figure(fid, out / "fidelity.png")
     clock = {"seconds.fidelity": time.perf_counter() - t0}
     if ec.samples:
         say(f"{ec.samples} DDIM samples, {ec.sample_steps} steps")
         samp = fidelity.sample_with_splice(adapter, sae, sc.hook_point, range(ec.samples), ec.sample_steps)
         metrics["sae"].update(samp.metrics())
-        figures.append(samples_figure(samp, out / "samples.png"))
+        samples_figure(samp, out / "samples.png")
     clock["seconds.sampling"] = time.perf_counter() - t0 - sum(clock.values())
 
     # 2. latents of the report rows (every test row, a fixed train sample), as the classifier pools them
@@ -352,14 +352,14 @@ def evaluate_stage(cfg: Config, *, sae_dir: str | Path | None = None, store: Fea
             m.update(s_res.metrics())
         if t_res is not None:
             m.update(t_res.metrics())
-    figures.append(scr_tpp_figure(results, out / "scr_tpp.png"))
+    scr_tpp_figure(results, out / "scr_tpp.png")
     clock["seconds.scr_tpp"] = time.perf_counter() - t0 - sum(clock.values())
 
     # 3. dictionary health on the held-out vectors
     hv = feats[is_test] if is_test.any() else feats
     h = health.dictionary_health(sae, hv.reshape(-1, sae.d_in))
     metrics["sae"].update(h.metrics())
-    figures.append(h.figure(out / "health.png"))
+    h.figure(out / "health.png")
     clock["seconds.health"] = time.perf_counter() - t0 - sum(clock.values())
 
     seconds = time.perf_counter() - t0
