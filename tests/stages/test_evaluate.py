@@ -69,3 +69,12 @@ def test_run_with_the_evaluate_step_tags_the_registered_sae(tiny_unet_dir, fresh
     # a second run reuses the evaluation (same SAE, store and options)
     again = run(cfg, progress=False)
     assert again.stages["evaluate"].reused_from == res.stages["evaluate"].run_id
+
+    # `revelio eval` of the registered version (a registry URI) tags that version with its own headline
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert dispatch(["eval", "--config", str(conf), "--set", "evaluate.sae=revelio-sae@champion",
+                     "--set", "evaluate.ablate=[1,2]"]) == 0
+    champion = MlflowClient().get_model_version_by_alias("revelio-sae", "champion")
+    assert "eval.tpp.n2" in champion.tags and "eval.tpp.n4" in MlflowClient().get_model_version(reg.name,
+                                                                                             reg.version).tags
