@@ -89,6 +89,12 @@ def frontier_figure(table, path: Path, concept: str) -> Path:
                 ax.plot(l0[ks], v[ks], marker="o" if units == "sae" else ".", lw=2 if units == "sae" else 1,
                         label=units)
         ax.set_xscale("log")
+        if metric == "fvu":
+            ax.set_yscale("log")  # random dictionaries overshoot (fvu > 1) by orders of magnitude more
+        l0s = sorted({int(round(v)) for v in table[table.metric == "l0"]["value"]})
+        if l0s:  # plain numbers at the measured L0s, not powers of ten
+            ax.set_xticks(l0s, [str(v) for v in l0s])
+            ax.minorticks_off()
         ax.set_xlabel("L0 (active latents per vector)")
         ax.set_title(metric + (f" ({concept})" if metric.startswith(("sparse", "scr")) else ""), fontsize=9)
         if ax.get_legend_handles_labels()[0]:
