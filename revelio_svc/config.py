@@ -284,10 +284,47 @@ class DemoConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     sweep: bool = False  # run the sweep stage in `revelio run`
+    evaluate: bool = False  # run the evaluate stage (`revelio eval`) in `revelio run`
     top_images: int = 16  # top-activating dataset images kept per latent in the classifier
 
     def __post_init__(self) -> None:
         _check(self.top_images >= 1, "pipeline.top_images", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`revelio eval` (and the `evaluate` step of `revelio run`): an SAE inside its model, and its latents."""
+
+    sae: str = ""  # SAE directory or registry URI; "" = the SAE `train-sae` writes for this config
+    store: str = ""  # "" = the store the SAE was trained on for this config (sae.store, else extract's)
+    n_images: int = 256  # held-out (test) images for the denoising loss
+    mean_images: int = 64  # train images whose mean hook-point map is the mean-ablation floor
+    timesteps: tuple[int, ...] = (100, 250)  # besides the SAE's own timestep
+    batch_size: int = 64
+    samples: int = 4  # DDIM samples (seeds 0…n-1) with and without the SAE spliced; 0 = none
+    sample_steps: int = 10
+    spurious: str = "background"  # SCR: the concept that is made to correlate with probe.concept
+    correlation: float = 0.95
+    scr_draws: int = 6  # (class pair, spurious pair) draws SCR averages over
+    ablate: tuple[int, ...] = (2, 5, 10, 20, 50)  # latents ablated (SCR and TPP)
+    train_rows: int = 1000  # train rows for the probes of SCR and TPP (every test row is scored)
+    seed: int = 0
+    # the sparsity frontier (`revelio eval-frontier`): short SAEs at each k, against the controls
+    frontier_ks: tuple[int, ...] = (4, 8, 12, 16, 32, 64)
+    frontier_steps: int = 500
+
+    def __post_init__(self) -> None:
+        _at_least("evaluate", 1, n_images=self.n_images, mean_images=self.mean_images,
+                  batch_size=self.batch_size, sample_steps=self.sample_steps, scr_draws=self.scr_draws,
+                  train_rows=self.train_rows, frontier_steps=self.frontier_steps)
+        _at_least("evaluate", 0, samples=self.samples)
+        _check(0.5 < self.correlation < 1, "evaluate.correlation", f"must be in (0.5, 1), got {self.correlation}")
+        for t in self.timesteps:
+            _check(0 <= t <= 999, "evaluate.timesteps", f"each must be in [0, 999], got {t}")
+        for n in self.ablate:
+            _check(n >= 1, "evaluate.ablate", f"each must be >= 1, got {n}")
+        _check(len(self.frontier_ks) > 0 and all(k >= 1 for k in self.frontier_ks), "evaluate.frontier_ks",
+               "needs at least one k, each >= 1")
 
 
 @dataclass(frozen=True)
@@ -303,6 +340,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     output_dir: str = "outputs"
     force: bool = False
 

@@ -5,6 +5,7 @@
      ├─ train_sae    → sae_dir                      (reads the store)
      ├─ train_probe  → probe_dir, accuracy          (reads the store and the SAE)
      ├─ register     → revelio-sae / -probe / -classifier versions, moved to champion together or not at all
+     ├─ evaluate     (when pipeline.evaluate is set) → eval dir; the registered SAE version gets `eval.*` tags
      └─ sweep        (when pipeline.sweep is set)
 
 Outputs pass between stages explicitly (the next stage's config gets the previous stage's store / SAE
@@ -48,6 +49,8 @@ from .stages import (
     train_probe_stage,
     train_sae_stage,
 )
+from .stages.evaluate import eval_identity, evaluate_stage
+from .stages.evaluate import headline as eval_headline
 from .stages.sweep import sweep_identity
 from .stages.train_probe import check_probe_labels, probe_identity
 from .tracking import (
@@ -63,8 +66,9 @@ from .tracking import (
     stage_params,
     step_logger,
 )
+from .tracking.versions import tag_model_version
 
-STAGES = ("extract", "train_sae", "train_probe", "register", "sweep")
+STAGES = ("extract", "train_sae", "train_probe", "register", "evaluate", "sweep")
 # under torchrun these run on every rank; the others on rank 0 only (docs/distributed.md)
 DISTRIBUTED_STAGES = ("extract", "train_sae")
 CACHE_TAG = "cache_key"
@@ -115,7 +119,7 @@ def _outputs_exist(stage: str, outputs: Mapping[str, Any]) -> bool:
         except mlflow.exceptions.MlflowException:
             return False
         return True
-    key = {"train_sae": "sae_dir", "train_probe": "probe_dir", "sweep": "output_dir"}[stage]
+    key = {"train_sae": "sae_dir", "train_probe": "probe_dir", "sweep": "output_dir", "evaluate": "output_dir"}[stage]
     return key in outputs and Path(outputs[key]).is_dir()
 
 
@@ -282,7 +286,8 @@ class _Registered(StageResult):
 
 
 def _wanted(cfg: Config, stages: tuple[str, ...] | None) -> tuple[str, ...]:
-    wanted = stages or tuple(s for s in STAGES if s != "sweep" or cfg.pipeline.sweep)
+    wanted = stages or tuple(s for s in STAGES if (s != "sweep" or cfg.pipeline.sweep)
+                             and (s != "evaluate" or cfg.pipeline.evaluate))
     if not cfg.tracking.register:
         wanted = tuple(s for s in wanted if s != "register")
     return wanted
@@ -321,7 +326,7 @@ def _run_stages(cfg: Config, chain: _Chain, wanted: tuple[str, ...], progress: b
     o = chain.outcomes
     ex = chain.do("extract", store_identity(cfg), lambda: extract(cfg, progress=progress))
     store_uri = ex.outputs["store_uri"]
-    if not any(s in wanted for s in ("train_sae", "train_probe", "register", "sweep")):
+    if not any(s in wanted for s in ("train_sae", "train_probe", "register", "evaluate", "sweep")):
         return
     store = open_store(store_uri)
     if any(s in wanted for s in ("train_probe", "register")):
@@ -348,9 +353,23 @@ def _run_stages(cfg: Config, chain: _Chain, wanted: tuple[str, ...], progress: b
                           "top_images": cfg.pipeline.top_images})
             chain.do("register", key, _register(cfg, chain, store_uri),
                      {s: o[s].run_id for s in ("extract", "train_sae", "train_probe")})
+    if "evaluate" in wanted:
+        _evaluate(cfg, chain, store, progress)
     if "sweep" in wanted:
         wcfg = replace(cfg, **{"probe.store": store_uri})
         chain.do("sweep", sweep_identity(wcfg, store), lambda: sweep_stage(wcfg), {"extract": ex.run_id})
+
+
+def _evaluate(cfg: Config, chain: _Chain, store, progress: bool) -> None:
+    """The evaluate stage on this chain's SAE; the SAE version registered by this chain gets its headline."""
+    sae_dir = chain.outcomes["train_sae"].outputs["sae_dir"]
+    ecfg = replace(cfg, **{"evaluate.sae": sae_dir, "evaluate.store": store.uri})
+    out = chain.do("evaluate", eval_identity(ecfg, sae_dir, store),
+                   lambda: evaluate_stage(ecfg, sae_dir=sae_dir, store=store, progress=progress),
+                   {"train_sae": chain.outcomes["train_sae"].run_id})
+    reg = chain.registrations.get("sae")
+    if reg is not None:
+        tag_model_version(reg.name, reg.version, eval_headline(out.metrics, cfg.evaluate.ablate), prefix="eval.")
 
 
 def _follow(cfg: Config, wanted: tuple[str, ...]) -> None:
@@ -358,9 +377,9 @@ def _follow(cfg: Config, wanted: tuple[str, ...]) -> None:
     order; never the tracking server or the registry."""
     if distributed.share_flag(False):
         extract(cfg, progress=False)
-    if not any(s in wanted for s in ("train_sae", "train_probe", "register", "sweep")):
+    if not any(s in wanted for s in ("train_sae", "train_probe", "register", "evaluate", "sweep")):
         return
-    if any(s in wanted for s in ("train_sae", "train_probe", "register")):
+    if any(s in wanted for s in ("train_sae", "train_probe", "register", "evaluate")):
         store_uri = distributed.share_text("")
         if distributed.share_flag(False):
             train_sae(replace(cfg, **{"sae.store": store_uri}), store=open_store(store_uri), progress=False)

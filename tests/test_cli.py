@@ -5,7 +5,8 @@ import pytest
 
 from revelio_svc.cli import COMMANDS, build_parser, main
 
-EXPECTED = {"pretrain", "extract", "train-sae", "train-probe", "tune", "sweep", "run", "registry", "demo"}
+EXPECTED = {"pretrain", "extract", "train-sae", "train-probe", "tune", "sweep", "eval", "eval-frontier", "run", "registry",
+            "demo"}
 
 
 def test_every_command_of_the_interface_exists():

@@ -91,3 +91,14 @@ def test_every_shipped_config_validates():
     assert files
     for f in files:
         load_config(f)
+
+
+def test_evaluate_section_is_validated():
+    from revelio_svc.config import ConfigError, load_config
+
+    cfg = load_config(None, ["evaluate.ablate=[1,3]", "evaluate.timesteps=[50]"])
+    assert cfg.evaluate.ablate == (1, 3) and cfg.evaluate.timesteps == (50,) and not cfg.pipeline.evaluate
+    for bad, key in (("evaluate.correlation=0.4", "evaluate.correlation"), ("evaluate.ablate=[0]", "evaluate.ablate"),
+                     ("evaluate.timesteps=[1000]", "evaluate.timesteps"), ("evaluate.n_images=0", "evaluate.n_images")):
+        with pytest.raises(ConfigError, match=key):
+            load_config(None, [bad])

@@ -20,7 +20,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from ..config import Config, ConfigError, load_config, to_dict
 
-ALL = ("data", "backbone", "extract", "pretrain", "sae", "probe", "tune", "tracking", "registry", "demo", "pipeline")
+ALL = ("data", "backbone", "extract", "pretrain", "sae", "probe", "tune", "tracking", "registry", "demo", "pipeline",
+       "evaluate")
 
 # command → (help, description, the config sections it reads)
 COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -43,6 +44,13 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
              "Storage from tune.storage: SQLite by default, any Optuna RDB URL for many workers.", ALL),
     "sweep": ("Probe every (hook point, timestep) pair and plot heatmaps over blocks × timesteps.", "",
               ("data", "backbone", "extract", "probe", "tracking")),
+    "eval": ("Evaluate an SAE: spliced into the model (denoising loss recovered), SCR, TPP, dictionary health.",
+             "Reads only the store, the backbone and the SAE (evaluate.sae: a directory or registry URI); writes "
+             "eval/summary.csv and a report, tags a registered SAE version with the headline numbers.",
+             ("data", "backbone", "extract", "sae", "probe", "evaluate", "tracking")),
+    "eval-frontier": ("Train short SAEs at each k of evaluate.frontier_ks and plot fidelity, sparse probing and SCR "
+                      "against L0, beside the controls.", "",
+                      ("data", "backbone", "extract", "sae", "probe", "evaluate", "tracking")),
     "run": ("The whole chain: extract → train-sae → train-probe → register (what `mlflow run .` calls).", "", ALL),
     "registry": ("List, pull, promote, export or import registered models (revelio-sae, revelio-probe, "
                  "revelio-classifier).", "export/import: SAEs to and from SAELens, sparsify and published layouts.",
@@ -122,7 +130,8 @@ def _handler(name: str) -> Callable[[Config, argparse.Namespace], int]:
     # the command modules pull in torch and MLflow: only after the arguments parsed (fast --help)
     from . import models, stages
 
-    return {"registry": models.registry, "demo": models.demo, "config": models.show_config}.get(name) \
+    return {"registry": models.registry, "demo": models.demo, "config": models.show_config,
+            "eval": stages.evaluate}.get(name) \
         or getattr(stages, name.replace("-", "_"))
 
 

@@ -12,7 +12,8 @@ from .main import COMMANDS
 
 # MLproject entry point → revelio command (MLflow's own convention: `main` is what `mlflow run .` runs)
 ENTRY_POINTS = {"main": "run", "pretrain": "pretrain", "extract": "extract", "train_sae": "train-sae",
-                "train_probe": "train-probe", "tune": "tune", "sweep": "sweep"}
+                "train_probe": "train-probe", "tune": "tune", "sweep": "sweep", "evaluate": "eval",
+                "eval_frontier": "eval-frontier"}
 DEFAULT_CONFIG = "mlproject/configs/default.yaml"
 
 

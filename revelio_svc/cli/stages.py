@@ -1,4 +1,4 @@
-"""The stage commands: pretrain, extract, train-sae, train-probe, sweep, run, tune.
+"""The stage commands: pretrain, extract, train-sae, train-probe, sweep, eval, eval-frontier, run, tune.
 
 Each opens the stage's MLflow run, calls the stage (a plain function, revelio_svc.stages), hands the
 typed result to the tracking adapter, and prints a one-line summary; failures a user can fix are
@@ -112,6 +112,44 @@ def sweep(cfg: Config, args: argparse.Namespace) -> int:
         res = sweep_stage(cfg)
         log_result(res)
     print(f"sweep written to {res.output_dir} (summary: {res.summary})")
+    return 0
+
+
+def evaluate(cfg: Config, args: argparse.Namespace) -> int:
+    from ..registry import local_copy, parse_uri, payload_dir
+    from ..stages.evaluate import evaluate_stage
+    from ..tracking import log_result, stage_run
+    from ..tracking.versions import tag_model_version
+
+    version = None
+    try:
+        registered = bool(cfg.evaluate.sae) and parse_uri(cfg.evaluate.sae).kind == "registry"
+    except ValueError:  # not a reference: a directory, which the stage checks (and names if missing)
+        registered = False
+    if registered:
+        d, info = local_copy(cfg.evaluate.sae)
+        version = (info["name"], info["version"])
+        cfg = replace(cfg, **{"evaluate.sae": str(payload_dir(d, "sae"))})
+    with stage_run(cfg, "evaluate"):
+        res = evaluate_stage(cfg, progress=True)
+        log_result(res)
+    if version is not None:  # the registered version carries what its evaluation found
+        tag_model_version(*version, res.headline, prefix="eval.")
+    print((res.output_dir / "report.md").read_text())
+    print(f"evaluation written to {res.output_dir}"
+          + (f"; {version[0]} version {version[1]} tagged with its headline numbers" if version else ""))
+    return 0
+
+
+def eval_frontier(cfg: Config, args: argparse.Namespace) -> int:
+    from ..stages.frontier import frontier_stage
+    from ..tracking import log_result, stage_run
+
+    with stage_run(cfg, "eval_frontier"):
+        res = frontier_stage(cfg, progress=True)
+        log_result(res)
+    print(res.table.to_string(index=False))
+    print(f"frontier written to {res.output_dir}")
     return 0
 
 

@@ -40,6 +40,7 @@ NOT_PARAMS: dict[str, set[str]] = {
     "probe": {"store", "sae"},
     "pretrain": {"output", "num_threads", "checkpoint_every", "sample_every"},
     "tracking": {"tracking_uri", "registry_uri", "artifact_location"},
+    "evaluate": {"sae", "store", "batch_size"},
 }
 SECTIONS: dict[str, tuple[str, ...]] = {
     "pretrain": ("pretrain", "data"),
@@ -48,6 +49,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "train_probe": ("probe",),
     "sweep": ("probe",),
     "register": ("pipeline",),
+    "evaluate": ("evaluate",),
+    "eval_frontier": ("evaluate", "sae"),
     "main": ("data", "backbone", "extract", "sae", "probe", "pipeline"),
 }
 DESCRIPTIONS = {
@@ -58,6 +61,8 @@ DESCRIPTIONS = {
     "train_probe": "Train the probe on features or SAE latents; few-shot protocol, controls, held-out accuracy.",
     "register": "Log revelio-sae, revelio-probe and revelio-classifier as pyfunc models and register them.",
     "sweep": "Probe every (hook point, timestep) of the store; heatmaps over blocks × timesteps.",
+    "evaluate": "The SAE spliced into the model (denoising loss recovered), SCR, TPP and dictionary health.",
+    "eval_frontier": "SAEs at several k against the controls: fidelity, sparse probing and SCR against L0.",
 }
 
 
@@ -76,6 +81,8 @@ def subject(cfg: Config, stage: str) -> str:
         "train_probe": f"{pc.concept} · {pc.kind} on {pc.input}",
         "sweep": f"{dataset_name(cfg)} · {pc.pooling}-pooled",
         "register": f"{pc.concept} · {sc.hook_point} t={sc.timestep}",
+        "evaluate": f"{pc.concept} · {sc.hook_point} t={sc.timestep}",
+        "eval_frontier": f"{sc.hook_point} t={sc.timestep} · k={','.join(map(str, cfg.evaluate.frontier_ks))}",
         "main": f"{dataset_name(cfg)} · {backbone} · {sc.hook_point} t={sc.timestep}",
     }.get(stage, dataset_name(cfg))
 
