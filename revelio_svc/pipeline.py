@@ -331,7 +331,7 @@ def _run_stages(cfg: Config, chain: _Chain, wanted: tuple[str, ...], progress: b
     store = open_store(store_uri)
     if any(s in wanted for s in ("train_probe", "register")):
         check_probe_labels(cfg, store)  # a probe that cannot be trained is refused before the SAE trains
-    if any(s in wanted for s in ("train_sae", "train_probe", "register")):
+    if any(s in wanted for s in ("train_sae", "train_probe", "register", "evaluate")):
         distributed.share_text(store_uri)  # a reused store may live elsewhere than this config's default
         scfg = replace(cfg, **{"sae.store": store_uri})
         chain.do("train_sae", sae_training_identity(scfg, store),
