@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -171,7 +172,7 @@ class SAEConfig:
     auxk_coef: float = 1.0 / 32
     k_aux: int = 0  # 0 = d_in // 2
     dead_window: int = 400_000  # a latent is dead when it has not fired in this many samples
-    latent_pooling: Literal["max", "mean"] = "max"  # token latents → image vector
+    latent_pooling: str = "max"  # token latents → image vector: max | mean | top<q> (mean of the q largest)
     store: str = ""  # feature store to train on; "" = the store `extract` writes for this config
     output: str = ""  # "" = <output_dir>/sae/<config hash>
     seed: int = 0
@@ -187,6 +188,8 @@ class SAEConfig:
                   k_aux=self.k_aux, num_threads=self.num_threads)
         _check(0 < self.whiten_power <= 1, "sae.whiten_power", "must be in (0, 1]")
         _check(0 < self.heldout_fraction < 1, "sae.heldout_fraction", "must be in (0, 1)")
+        _check(re.fullmatch(r"max|mean|top[1-9][0-9]*", self.latent_pooling) is not None, "sae.latent_pooling",
+               f"must be max, mean or top<q> (e.g. top8), got {self.latent_pooling!r}")
 
 
 @dataclass(frozen=True)

@@ -134,9 +134,12 @@ def control_inputs(cfg: Config, store: FeatureStore, main: ProbeInputs, is_test:
             raw = main.source_feats.load()
             out["raw_features"] = raw
             out["random_relu"] = random_relu_expansion(raw, ref["n_latents"], train_rows, main.pooling)
-    rstore = random_init_store(cfg, [main.hook_point], [main.timestep], [main.pooling], fingerprint, ds, progress,
+    # a top<q> pooling is not stored: the control's token maps are pooled here the same way
+    stored = main.pooling if main.pooling in ("mean", "max") else "tokens"
+    rstore = random_init_store(cfg, [main.hook_point], [main.timestep], [stored], fingerprint, ds, progress,
                                model_backbone=store.config.get("backbone"))
-    out["random_init"] = aligned_features(rstore, main.hook_point, main.timestep, main.pooling, store.index())
+    Xr = aligned_features(rstore, main.hook_point, main.timestep, stored, store.index())
+    out["random_init"] = Xr if stored == main.pooling else pool_tokens(Xr, main.pooling)
     return out
 
 
