@@ -202,6 +202,7 @@ class ProbeConfig:
     concept: str = "shape"  # which label to predict (datasets with one label: "label")
     C: float = 1.0  # inverse L2 strength of the linear probe
     max_iter: int = 1000
+    latents_per_class: int = 0  # linear: > 0 = each class reads at most this many inputs (probe/sparse.py)
     shots: tuple[str, ...] = ("1", "5", "10", "all")
     seeds: int = 3
     # Diff-C
@@ -222,6 +223,7 @@ class ProbeConfig:
             _check(s == "all" or (s.isdigit() and int(s) > 0), "probe.shots",
                    f"each must be a positive integer or 'all', got {s!r}")
         _at_least("probe", 1, seeds=self.seeds, width=self.width)
+        _at_least("probe", 0, latents_per_class=self.latents_per_class)
         _at_least("probe", 0, depth=self.depth)
 
 

@@ -30,6 +30,7 @@ from ..probe.diffc import train_diffc
 from ..probe.fewshot import FewShotResult, run_few_shot
 from ..probe.linear import fit_linear_probe
 from ..probe.metrics import chance_accuracy, classification_metrics, confusion_figure
+from ..probe.sparse import fit_sparse_probe, smallest_within, sparsity_curve, sparsity_figure, validation_split
 from ..sae import SparseAutoencoder, image_latents, read_sae
 from ..sae.io import sae_identity
 from ..sae.trainer import sae_output_dir
@@ -146,6 +147,9 @@ def control_inputs(cfg: Config, store: FeatureStore, main: ProbeInputs, is_test:
 # --------------------------------------------------------------------------- the stage
 def probe_fitter(cfg: Config, n_classes: int, meta: dict[str, Any]):
     pc = cfg.probe
+    if pc.kind == "linear" and pc.latents_per_class > 0:
+        return lambda X, y, seed: fit_sparse_probe(X, y, pc.latents_per_class, C=pc.C, max_iter=pc.max_iter,
+                                                   seed=seed, meta=meta)
     if pc.kind == "linear":
         return lambda X, y, seed: fit_linear_probe(X, y, C=pc.C, max_iter=pc.max_iter, seed=seed, meta=meta)
     depth = int(getattr(pc, "depth", DEFAULT_DEPTH))
@@ -239,6 +243,30 @@ def _write_report(report: Path, results: dict[str, FewShotResult], metrics: dict
     return table
 
 
+SPARSITY_TOLERANCE = 0.02  # the fewest latents per class within 2 points of the dense probe
+
+
+def _sparsity(cfg: Config, main: ProbeInputs, labels: np.ndarray, is_test: np.ndarray, report: Path,
+              title: str) -> tuple[dict[str, float], list[Artifact]]:
+    """Accuracy against latents per class on a validation split of the train rows (never the test rows): the
+    curve, the fewest latents per class within SPARSITY_TOLERANCE of the dense probe, and its figure."""
+    import matplotlib.pyplot as plt  # deferred: pyplot picks a backend on import; figures here are files
+
+    train = np.flatnonzero(~is_test)
+    held = validation_split(labels[train], 0.2, seed=cfg.data.seed)
+    curve = sparsity_curve(main.X[train], labels[train], held, C=cfg.probe.C, max_iter=cfg.probe.max_iter)
+    chosen = smallest_within(curve, SPARSITY_TOLERANCE)
+    metrics = {f"sparsity.val.{k}": v for k, v in curve.items()}
+    metrics["sparsity.chosen_latents_per_class"] = float(chosen) if chosen is not None else float("nan")
+    fig = sparsity_figure({"validation": curve}, chosen, f"{title}: accuracy against latents per class")
+    report.mkdir(parents=True, exist_ok=True)
+    fig.savefig(report / "sparsity.png", dpi=110)
+    plt.close(fig)
+    (report / "sparsity.json").write_text(json.dumps({"validation": curve, "chosen": chosen,
+                                                      "tolerance": SPARSITY_TOLERANCE}, indent=2))
+    return metrics, [Artifact(report / n, "probe_report") for n in ("sparsity.png", "sparsity.json")]
+
+
 def probe_identity(cfg: Config, store_hash: str, sae_id: str | None) -> str:
     """See identity.py: the probe's options (not where its inputs live), the store and the SAE."""
     options = {k: v for k, v in to_dict(cfg.probe).items() if k not in ("store", "sae")}
@@ -272,6 +300,10 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
     title = (f"{pc.kind} on {'SAE latents' if pc.input == 'sae' else 'features'}: {pc.concept} "
              f"({main.hook_point}, t={main.timestep})")
     table = _write_report(out / "report", results, metrics, cm, class_names, title)
+    extra: list[Artifact] = []
+    if pc.kind == "linear" and main.sae is not None:
+        sparsity, extra = _sparsity(cfg, main, labels, is_test, out / "report", title)
+        metrics.update(sparsity)
     evaluation = Evaluation(str(store.config.get("dataset", {}).get("fingerprint", store.config_hash)),
                             tuple(int(i) for i in store.index()[is_test]),
                             tuple(bool(c) for c in results["model"].predictions[("all", 0)] == labels[is_test]))
@@ -281,7 +313,7 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
             **({"sae_path": main.sae_ref["path"]} if main.sae_ref else {})}
     artifacts = tuple(Artifact(p, "probe") for p in (*files.values(), out / EVALUATION_FILE)) + tuple(
         Artifact(out / "report" / n, "probe_report")
-        for n in ("results.csv", "fewshot_runs.csv", "metrics.json", "confusion.png"))
+        for n in ("results.csv", "fewshot_runs.csv", "metrics.json", "confusion.png")) + tuple(extra)
     return ProbeResult(identity=identity, metrics=flat_metrics(metrics), artifacts=artifacts, tags=tags,
                        probe_dir=out, report_dir=out / "report", store_uri=store.uri, concept=pc.concept,
                        class_names=tuple(class_names), table=table, confusion=cm, fewshot=metrics["fewshot"])

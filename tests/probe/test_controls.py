@@ -77,3 +77,19 @@ def test_random_init_control_refuses_another_architecture(extracted):
     with pytest.raises(ControlError, match="same architecture"):
         random_init_store(cfg, ["up_blocks.1"], [10], ["mean"],
                           model_backbone={"kind": "unet2d", "id": "some/other-model"})
+
+
+def test_top_q_pooling_of_tokens_and_random_relu():
+    from revelio_svc.probe.controls import pool_tokens
+
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((4, 3, 3, 5)).astype(np.float32)
+    flat = tokens.reshape(4, 9, 5)
+    want = np.sort(flat, axis=1)[:, ::-1][:, :2].mean(1)
+    np.testing.assert_allclose(pool_tokens(tokens, "top2"), want, atol=1e-6)
+    np.testing.assert_allclose(pool_tokens(tokens, "top1"), pool_tokens(tokens, "max"), atol=1e-6)
+    with pytest.raises(ValueError, match="top<q>"):
+        pool_tokens(tokens, "sum")
+    z_max = random_relu_expansion(tokens, 16, np.arange(4), "max", 1).toarray()
+    z_top = random_relu_expansion(tokens, 16, np.arange(4), "top3", 1).toarray()
+    assert (z_top <= z_max + 1e-6).all() and ((z_top > 0) == (z_max > 0)).all()
