@@ -6,7 +6,8 @@ token latents (max, mean, top-8 mean; `--pooling` to choose) prints and plots, p
 - explanation precision on correctly classified test images (`revelio_svc/inference/precision.py`): the share
   of the top-3 contributing units' top-8 train images that carry the predicted label, with contrastive
   attribution (share of the margin over the runner-up) and with the plain logit share;
-- the linear probe's test accuracy (C = probe.C, fitted on the train rows);
+- the linear probe's test accuracy (C = probe.C, fitted on the train rows), dense and sparse (each class
+  reading at most m units, `--latents-per-class`);
 - density: the units' mean firing rate over the images, and the share of live units firing on > 50 %.
 
 Targets (issue #21): precision >= 0.80 and >= 2x the matched random dictionary.
@@ -39,23 +40,25 @@ TARGET_PRECISION, TARGET_RATIO = 0.80, 2.0
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'pooling':<8} {'method':<9} {'prec.contr':>10} {'prec.logit':>10} {'accuracy':>9} {'density':>8} " \
-           f"{'dense>50%':>9}"
+    head = f"{'pooling':<8} {'m/class':>7} {'method':<9} {'prec.contr':>10} {'prec.logit':>10} {'accuracy':>9} " \
+           f"{'density':>8} {'dense>50%':>9}"
     lines = [head]
     for r in rows:
-        lines.append(f"{r['pooling']:<8} {r['method']:<9} {r['precision.contrastive']:>10.3f} "
+        m = r["latents_per_class"] or "all"
+        lines.append(f"{r['pooling']:<8} {m:>7} {r['method']:<9} {r['precision.contrastive']:>10.3f} "
                      f"{r['precision.logit']:>10.3f} {r['accuracy']:>9.3f} {r['density']:>8.3f} {r['dense_share']:>9.3f}")
     return "\n".join(lines)
 
 
 def verdicts(rows: list[dict]) -> list[str]:
     out = []
-    for p in dict.fromkeys(r["pooling"] for r in rows):
-        s = next(r for r in rows if r["pooling"] == p and r["method"] == "sae")
-        rnd = next(r for r in rows if r["pooling"] == p and r["method"] == "random")
+    for p, m in dict.fromkeys((r["pooling"], r["latents_per_class"]) for r in rows):
+        s = next(r for r in rows if (r["pooling"], r["latents_per_class"]) == (p, m) and r["method"] == "sae")
+        rnd = next(r for r in rows if (r["pooling"], r["latents_per_class"]) == (p, m) and r["method"] == "random")
         v, ratio = s["precision.contrastive"], s["precision.contrastive"] / max(rnd["precision.contrastive"], 1e-12)
-        out.append(f"{p}: precision {v:.3f} (>= {TARGET_PRECISION}: {'met' if v >= TARGET_PRECISION else 'NOT met'}), "
-                   f"{ratio:.2f}x random (>= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+        out.append(f"{p}, {m or 'all'} latents per class: precision {v:.3f} (>= {TARGET_PRECISION}: "
+                   f"{'met' if v >= TARGET_PRECISION else 'NOT met'}), {ratio:.2f}x random (>= {TARGET_RATIO}x: "
+                   f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
     return out
 
 
@@ -64,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="mlproject/configs/default.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--pooling", action="append", default=None, help="max, mean, top<q> (repeatable)")
+    ap.add_argument("--latents-per-class", type=int, action="append", default=None,
+                    help="sparse probes to compare (0 = dense; repeatable; default 0 and probe.latents_per_class)")
+    ap.add_argument("--seeds", type=int, default=3, help="random-dictionary seeds")
     ap.add_argument("--sae", default="", help="SAE directory (default: the one train-sae writes for the config)")
     ap.add_argument("--out", default=".")
     args = ap.parse_args(argv)
@@ -77,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     labels, test = store.labels(cfg.probe.concept), store.is_test()
     poolings = tuple(args.pooling or (POOLINGS if sc.input == "tokens" else (sc.latent_pooling,)))
     t0 = time.perf_counter()
-    rows = pooling_comparison(sae, feats, labels, test, poolings, C=cfg.probe.C)
+    ms = tuple(dict.fromkeys(args.latents_per_class or (0, cfg.probe.latents_per_class)))
+    rows = pooling_comparison(sae, feats, labels, test, poolings, C=cfg.probe.C, latents_per_class=ms,
+                              seeds=tuple(range(1, args.seeds + 1)))
     print(f"SAE {sae_dir} ({sc.hook_point} t={sc.timestep}, {sc.input}, {sae.n_latents} latents, k={sc.k}); "
           f"{int(test.sum())} test rows, concept {cfg.probe.concept}; {time.perf_counter() - t0:.0f} s\n")
     print(table(rows))

@@ -202,7 +202,9 @@ class ProbeConfig:
     concept: str = "shape"  # which label to predict (datasets with one label: "label")
     C: float = 1.0  # inverse L2 strength of the linear probe
     max_iter: int = 1000
-    latents_per_class: int = 0  # linear: > 0 = each class reads at most this many inputs (probe/sparse.py)
+    # linear: m > 0 = each class reads at most m inputs (probe/sparse.py); 0 = all; -1 = the fewest m within 2
+    # points of the dense probe on a validation split of the train rows (all when none is)
+    latents_per_class: int = -1
     shots: tuple[str, ...] = ("1", "5", "10", "all")
     seeds: int = 3
     # Diff-C
@@ -223,7 +225,7 @@ class ProbeConfig:
             _check(s == "all" or (s.isdigit() and int(s) > 0), "probe.shots",
                    f"each must be a positive integer or 'all', got {s!r}")
         _at_least("probe", 1, seeds=self.seeds, width=self.width)
-        _at_least("probe", 0, latents_per_class=self.latents_per_class)
+        _at_least("probe", -1, latents_per_class=self.latents_per_class)
         _at_least("probe", 0, depth=self.depth)
 
 

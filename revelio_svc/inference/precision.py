@@ -26,7 +26,8 @@ from ..interpret.controls import matched_random
 from ..interpret.explanation import ATTRIBUTIONS, explanation_precision
 from ..interpret.purity import direction_activations
 from ..probe.linear import apply_scaler, fit_linear_probe
-from ..sae.latents import image_latents
+from ..probe.sparse import fit_sparse_probe
+from ..sae.latents import image_latents_pooled
 
 METHODS = ("sae", "random", "channels")
 POOLINGS = ("max", "mean", "top8")
@@ -44,14 +45,18 @@ def density_stats(acts) -> dict[str, float]:
 
 
 def unit_precision(acts, labels: np.ndarray, is_test: np.ndarray, *, probe=None, C: float = 1.0,
-                   max_iter: int = 1000, modes: Sequence[str] = ATTRIBUTIONS) -> dict[str, float]:
+                   max_iter: int = 1000, latents_per_class: int = 0,
+                   modes: Sequence[str] = ATTRIBUTIONS) -> dict[str, float]:
     """Probe accuracy, density and explanation precision (per attribution mode) of one unit matrix (N, U).
 
-    `probe`: a LinearProbe already fitted on these units' train rows; None fits one (C, train rows)."""
+    `probe`: a LinearProbe already fitted on these units' train rows; None fits one on the train rows (C; with
+    `latents_per_class` > 0 the sparse probe of `probe.sparse`, each class reading at most that many units)."""
     labels = np.asarray(labels, np.int64)
     test = np.asarray(is_test, bool)
     acts = sp.csr_matrix(acts, dtype=np.float64) if sp.issparse(acts) else np.asarray(acts, np.float64)
-    if probe is None:
+    if probe is None and latents_per_class > 0:
+        probe = fit_sparse_probe(acts[~test], labels[~test], latents_per_class, C=C, max_iter=max_iter)
+    elif probe is None:
         probe = fit_linear_probe(acts[~test], labels[~test], C=C, max_iter=max_iter)
     xs = apply_scaler(acts, probe.scaler_mean, probe.scaler_scale)
     out: dict[str, float] = {"accuracy": float(np.mean(probe.predict(acts[test]) == labels[test])),
@@ -71,25 +76,38 @@ def _calibration(feats: np.ndarray, rows: np.ndarray, n: int = 8192, seed: int =
     return x.reshape(-1, x.shape[-1])[:n]
 
 
-def explanation_report(sae, feats: np.ndarray, labels: np.ndarray, is_test: np.ndarray, *,
-                       pooling: str | None = None, probe=None, C: float = 1.0, seeds: Sequence[int] = CONTROL_SEEDS,
-                       modes: Sequence[str] = ATTRIBUTIONS) -> dict[str, dict[str, float]]:
-    """{method: unit_precision(...)} for the SAE, its matched random dictionary (mean over `seeds`, with
-    `<metric>_sd`) and the raw channels, on features `feats` (N, C) or (N, H, W, C) read with `pooling`
-    (default: the SAE's latent pooling). `probe` (optional) is the SAE's own probe for this pooling."""
-    pooling = pooling or sae.config.latent_pooling
+def unit_sets(sae, feats: np.ndarray, is_test: np.ndarray, poolings: Sequence[str],
+              seeds: Sequence[int] = CONTROL_SEEDS) -> dict[str, dict[str, Any]]:
+    """{pooling: {"sae": acts, "random": [acts per seed], "channels": acts}}, each dictionary encoded once."""
     test = np.asarray(is_test, bool)
-    kw = {"C": C, "modes": modes}
-    out = {"sae": unit_precision(sp.csr_matrix(image_latents(sae, feats, pooling)), labels, test, probe=probe, **kw)}
     calib = _calibration(feats, np.flatnonzero(~test)) if sae.config.variant == "batchtopk" else None
-    runs = [unit_precision(sp.csr_matrix(image_latents(matched_random(sae, s, calibration=calib), feats, pooling)),
-                           labels, test, **kw) for s in seeds]
+    z = image_latents_pooled(sae, feats, poolings)
+    rnd = [image_latents_pooled(matched_random(sae, s, calibration=calib), feats, poolings) for s in seeds]
+    return {p: {"sae": z[p], "random": [r[p] for r in rnd],
+                "channels": direction_activations(feats, None, p if feats.ndim == 4 else "max")} for p in poolings}
+
+
+def _report(sets: dict[str, Any], labels, test, probe, kw) -> dict[str, dict[str, float]]:
+    out = {"sae": unit_precision(sp.csr_matrix(sets["sae"]), labels, test, probe=probe, **kw)}
+    runs = [unit_precision(sp.csr_matrix(a), labels, test, **kw) for a in sets["random"]]
     out["random"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     out["random"].update({f"{k}_sd": float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else float("nan")
                           for k in runs[0] if k.startswith("precision.")})
-    chan_pool = pooling if feats.ndim == 4 else "max"
-    out["channels"] = unit_precision(direction_activations(feats, None, chan_pool), labels, test, **kw)
+    out["channels"] = unit_precision(sets["channels"], labels, test, **kw)
     return out
+
+
+def explanation_report(sae, feats: np.ndarray, labels: np.ndarray, is_test: np.ndarray, *,
+                       pooling: str | None = None, probe=None, C: float = 1.0, seeds: Sequence[int] = CONTROL_SEEDS,
+                       latents_per_class: int = 0, modes: Sequence[str] = ATTRIBUTIONS) -> dict[str, dict[str, float]]:
+    """{method: unit_precision(...)} for the SAE, its matched random dictionary (mean over `seeds`, with
+    `<metric>_sd`) and the raw channels, on features `feats` (N, C) or (N, H, W, C) read with `pooling`
+    (default: the SAE's latent pooling). `probe` (optional) is the SAE's own probe for this pooling; the
+    controls get probes of the same C and `latents_per_class`."""
+    pooling = pooling or sae.config.latent_pooling
+    test = np.asarray(is_test, bool)
+    sets = unit_sets(sae, feats, test, (pooling,), seeds)[pooling]
+    return _report(sets, labels, test, probe, {"C": C, "modes": modes, "latents_per_class": latents_per_class})
 
 
 def headline(report: dict[str, dict[str, float]], mode: str = "contrastive") -> dict[str, float]:
@@ -106,12 +124,18 @@ def headline(report: dict[str, dict[str, float]], mode: str = "contrastive") -> 
 
 
 def pooling_comparison(sae, feats: np.ndarray, labels: np.ndarray, is_test: np.ndarray,
-                       poolings: Sequence[str] = POOLINGS, **kw: Any) -> list[dict[str, Any]]:
-    """One row per (pooling, method) with accuracy, density, dense_share and precision per attribution mode."""
+                       poolings: Sequence[str] = POOLINGS, *, C: float = 1.0, seeds: Sequence[int] = CONTROL_SEEDS,
+                       latents_per_class: Sequence[int] = (0,), modes: Sequence[str] = ATTRIBUTIONS
+                       ) -> list[dict[str, Any]]:
+    """One row per (pooling, probe sparsity, method) with accuracy, density, dense_share and precision per
+    attribution mode (`latents_per_class` 0 = the dense probe)."""
+    test = np.asarray(is_test, bool)
+    sets = unit_sets(sae, feats, test, poolings, seeds)
     rows = []
     for p in poolings:
-        rep = explanation_report(sae, feats, labels, is_test, pooling=p, **kw)
-        rows.extend({"pooling": p, "method": m, **rep[m]} for m in METHODS)
+        for m in latents_per_class:
+            rep = _report(sets[p], labels, test, None, {"C": C, "modes": modes, "latents_per_class": int(m)})
+            rows.extend({"pooling": p, "latents_per_class": int(m), "method": k, **rep[k]} for k in METHODS)
     return rows
 
 
@@ -122,7 +146,11 @@ def pooling_figure(rows: Sequence[dict[str, Any]], title: str = ""):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    poolings = list(dict.fromkeys(r["pooling"] for r in rows))
+    def group(r):  # x-axis category: the pooling, with the probe's latents per class when it is sparse
+        m = int(r.get("latents_per_class", 0))
+        return r["pooling"] if m == 0 else f"{r['pooling']}, m={m}"
+
+    poolings = list(dict.fromkeys(group(r) for r in rows))
     panels = [("precision.contrastive", "explanation precision (contrastive)"),
               ("precision.logit", "explanation precision (logit share)"),
               ("accuracy", "probe accuracy (test)"), ("density", "mean firing rate")]
@@ -131,14 +159,14 @@ def pooling_figure(rows: Sequence[dict[str, Any]], title: str = ""):
     x = np.arange(len(poolings))
     for ax, (key, name) in zip(axes[0], panels):
         for i, m in enumerate(METHODS):
-            v = [next((r.get(key, np.nan) for r in rows if r["pooling"] == p and r["method"] == m), np.nan)
+            v = [next((r.get(key, np.nan) for r in rows if group(r) == p and r["method"] == m), np.nan)
                  for p in poolings]
             ax.bar(x + (i - 1) * width, v, width, label=m)
         if key.startswith("precision"):
             chance = [r["chance"] for r in rows if "chance" in r]
             if chance:
                 ax.axhline(float(np.mean(chance)), color="grey", linestyle=":", label="chance")
-        ax.set_xticks(x, poolings)
+        ax.set_xticks(x, poolings, fontsize=7, rotation=20)
         ax.set_title(name, fontsize=9)
         ax.set_ylim(0, 1)
     axes[0][0].legend(fontsize=7)

@@ -11,7 +11,8 @@ control units or channels). Two ways to split a prediction over units:
   that pushes both classes equally contributes nothing: class-agnostic units cancel out.
 
 `explanation_precision` scores the images an explanation would show: for each (correctly classified) image,
-the `n_units` units contributing most (among those present on it, standardised value > 0), and each unit's
+the `n_units` units contributing most (among those present on it, standardised value > 0, with a positive
+share: a unit with no share in the prediction is not part of its explanation), and each unit's
 `n_images` top-activating dataset images; the score is the share of those images that carry the predicted
 label, averaged over images. A planted explanation (every class read off units that fire only on it) scores
 1; units unrelated to the label score about the label's base rate (`chance_precision`).
@@ -142,7 +143,7 @@ def explanation_precision(xs: np.ndarray, coef: np.ndarray, intercept: np.ndarra
     contrib, pred_row, _ = contributions(x_eval, coef, intercept, mode)
     pred = classes[pred_row]
     correct = pred == labels[eval_rows]
-    present = x_eval > 0
+    present = (x_eval > 0) & (contrib > 0)  # a unit on the image that speaks for the prediction
     units = top_contributors(contrib[correct], present[correct], n_units)
     top = unit_top_images(acts, image_rows, n_images)
     per_row = precision_per_row(units, pred[correct], top, labels)

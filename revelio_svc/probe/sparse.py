@@ -21,7 +21,7 @@ from scipy.optimize import minimize
 
 from .linear import LinearProbe, Matrix, apply_scaler, fit_linear_probe
 
-MS = (1, 2, 4, 8, 16, 32, 64)
+MS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def top_m_mask(coef: np.ndarray, m: int) -> np.ndarray:

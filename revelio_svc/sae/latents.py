@@ -79,6 +79,29 @@ def image_latents(sae: SparseAutoencoder, feats, pooling: str | None = None, bat
 
 
 @torch.no_grad()
+def image_latents_pooled(sae: SparseAutoencoder, feats, poolings, batch: int | None = None) -> dict[str, np.ndarray]:
+    """`image_latents` for several poolings of token features at the cost of one encoding: {pooling: (n, L)}."""
+    _check_feats(sae, feats)
+    for p in poolings:
+        pooling_q(p)
+    if len(feats.shape) == 2:
+        z = image_latents(sae, feats, batch=batch)
+        return {p: z for p in poolings}
+    n, per_image = feats.shape[0], int(np.prod(feats.shape[1:-1]))
+    batch = batch or max(1, min(_TARGET_VECTORS // per_image, _DENSE_BUDGET // (per_image * sae.n_latents)))
+    out = {p: np.zeros((n, sae.n_latents), np.float32) for p in poolings}
+    for s in range(0, n, batch):
+        x = _as_tensor(feats[s:s + batch])
+        b = x.shape[0]
+        vals, idx = sae.encode_sparse(x.reshape(-1, sae.d_in))
+        dense = torch.zeros(b, per_image, sae.n_latents).scatter_add_(
+            2, idx.reshape(b, per_image, -1), vals.reshape(b, per_image, -1))
+        for p in poolings:
+            out[p][s:s + b] = pool_positions(dense, p).numpy()
+    return out
+
+
+@torch.no_grad()
 def latent_maps(sae: SparseAutoencoder, tokens, latents: list[int], batch: int | None = None) -> np.ndarray:
     """Spatial maps (n, len(latents), H, W) of the chosen latents over token features (n, H, W, C)."""
     _check_feats(sae, tokens)

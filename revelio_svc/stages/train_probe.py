@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..config import Config, ConfigError, to_dict
+from ..config import Config, ConfigError, replace, to_dict
 from ..contracts import EVALUATION_FILE, Artifact, Evaluation, StageResult, flat_metrics
 from ..features.extract import store_uri_for
 from ..features.store import FeatureSet, FeatureStore, open_store
@@ -267,6 +267,15 @@ def _sparsity(cfg: Config, main: ProbeInputs, labels: np.ndarray, is_test: np.nd
     return metrics, [Artifact(report / n, "probe_report") for n in ("sparsity.png", "sparsity.json")]
 
 
+def _latents_per_class(setting: int, sparsity: Mapping[str, float]) -> int:
+    """probe.latents_per_class as a number: -1 (auto) becomes the fewest latents per class within
+    SPARSITY_TOLERANCE of the dense probe on the validation split, or 0 (every latent) when none is."""
+    if setting >= 0:
+        return int(setting)
+    chosen = sparsity.get("sparsity.chosen_latents_per_class", float("nan"))
+    return int(chosen) if np.isfinite(chosen) else 0
+
+
 def probe_identity(cfg: Config, store_hash: str, sae_id: str | None) -> str:
     """See identity.py: the probe's options (not where its inputs live), the store and the SAE."""
     options = {k: v for k, v in to_dict(cfg.probe).items() if k not in ("store", "sae")}
@@ -287,23 +296,27 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
     meta = {"concept": pc.concept, "class_names": class_names, "input": pc.input, "hook_point": main.hook_point,
             "timestep": main.timestep, "pooling": main.pooling, "store_uri": store.uri,
             "store_config_hash": store.config_hash, "sae": main.sae_ref}
+    identity = probe_identity(cfg, store.config_hash, sae_identity(main.sae_ref["path"]) if main.sae_ref else None)
+    out = Paths.under(cfg.output_dir).probe(identity)
+    title = (f"{pc.kind} on {'SAE latents' if pc.input == 'sae' else 'features'}: {pc.concept} "
+             f"({main.hook_point}, t={main.timestep})")
+    sparsity: dict[str, float] = {}
+    extra: list[Artifact] = []
+    if pc.kind == "linear" and main.sae is not None:
+        sparsity, extra = _sparsity(cfg, main, labels, is_test, out / "report", title)
+    m = _latents_per_class(pc.latents_per_class, sparsity)
+    if pc.kind == "linear":
+        sparsity["sparsity.latents_per_class"] = float(m)
+        cfg = replace(cfg, **{"probe.latents_per_class": m})
     results = _run_protocol(cfg, store, main, meta, labels, progress)
     probe = results["model"].models[("all", 0)]
     if probe.meta.get("converged") is False:
         print(f"note: the probe's solver stopped at probe.max_iter={pc.max_iter} before converging; "
               "raise probe.max_iter (or lower probe.C) for a fully fitted probe", file=sys.stderr)
     metrics, cm = _metrics(results, labels, is_test, class_names)
-
-    identity = probe_identity(cfg, store.config_hash, sae_identity(main.sae_ref["path"]) if main.sae_ref else None)
-    out = Paths.under(cfg.output_dir).probe(identity)
     files = probe.save(out)
-    title = (f"{pc.kind} on {'SAE latents' if pc.input == 'sae' else 'features'}: {pc.concept} "
-             f"({main.hook_point}, t={main.timestep})")
     table = _write_report(out / "report", results, metrics, cm, class_names, title)
-    extra: list[Artifact] = []
-    if pc.kind == "linear" and main.sae is not None:
-        sparsity, extra = _sparsity(cfg, main, labels, is_test, out / "report", title)
-        metrics.update(sparsity)
+    metrics.update(sparsity)
     evaluation = Evaluation(str(store.config.get("dataset", {}).get("fingerprint", store.config_hash)),
                             tuple(int(i) for i in store.index()[is_test]),
                             tuple(bool(c) for c in results["model"].predictions[("all", 0)] == labels[is_test]))
