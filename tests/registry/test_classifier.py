@@ -188,3 +188,24 @@ def test_a_fetched_classifier_saves_a_self_contained_copy(classifier_dir, traine
     assert meta["backbone_bundled"] and meta["backbone"]["id"] == str(trained[0].backbone.id)
     assert meta["note"] == "same probe"
     np.testing.assert_allclose(Classifier.load(tmp_path / "saved").predict(img), want, atol=1e-6)
+
+
+def test_classifier_stage_records_explanation_precision_against_its_controls(trained, tmp_path):
+    from revelio_svc.config import replace
+    from revelio_svc.inference.precision import classifier_precision
+    from revelio_svc.stages.classifier import build_classifier_stage
+
+    cfg, store_uri, sae_dir, probe_dir, _, _ = trained
+    res = build_classifier_stage(replace(cfg, output_dir=str(tmp_path)), sae_dir, probe_dir, store_uri)
+    m = res.metrics
+    for k in ("explanation_precision", "explanation_precision_random", "explanation_precision_channels",
+              "explanation_precision_chance", "explanation_precision_logit"):
+        assert 0 <= m[k] <= 1, k
+    assert m["explanation_precision_ratio_random"] == pytest.approx(
+        m["explanation_precision"] / m["explanation_precision_random"])
+    # kept with the classifier (the demo shows them) and the same as recomputing them
+    loaded = Classifier.load(res.classifier_dir)
+    assert loaded.meta["metrics"]["explanation_precision"] == m["explanation_precision"]
+    again = classifier_precision(loaded, open_store(store_uri))
+    assert again["explanation_precision"] == pytest.approx(m["explanation_precision"])
+    assert loaded.frequency is not None and loaded.top_labels is not None
