@@ -15,6 +15,7 @@ from revelio_svc.sae import (
     latent_maps,
     read_sae,
 )
+from revelio_svc.sae.latents import image_latents_pooled
 from revelio_svc.sae.trainer import (
     SparseStep,
     default_lr,
@@ -303,3 +304,7 @@ def test_image_latents_pool_token_codes(variant):
     for bad in ("top0", "median", "top"):
         with pytest.raises(ValueError, match="top<q>"):
             image_latents(sae, tokens.numpy(), bad)
+    # one encoding, several poolings: the same as pooling one at a time
+    many = image_latents_pooled(sae, tokens.numpy(), ("max", "mean", "top3"), batch=2)
+    for p in ("max", "mean", "top3"):
+        assert np.allclose(many[p], image_latents(sae, tokens.numpy(), p), atol=1e-6)
