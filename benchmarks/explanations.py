@@ -46,7 +46,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         m = r["latents_per_class"] or "all"
         lines.append(f"{r['pooling']:<8} {m:>7} {r['method']:<9} {r['precision.contrastive']:>10.3f} "
-                     f"{r['precision.logit']:>10.3f} {r['accuracy']:>9.3f} {r['density']:>8.3f} {r['dense_share']:>9.3f}")
+                     f"{r['precision.logit']:>10.3f} {r['accuracy']:>9.3f} {r['density']:>8.3f} "
+                     f"{r['dense_share']:>9.3f}")
     return "\n".join(lines)
 
 

@@ -243,9 +243,10 @@ def _register(cfg: Config, chain: _Chain, store_uri: str) -> Callable[[], StageR
         lineage = {s: o[s].reused_from or o[s].run_id for s in ("extract", "train_sae", "train_probe")}
         tags = {k: v for k, v in run_tags(cfg, "register").items() if k != "stage"}
         tags.update({f"run_id.{k}": v for k, v in lineage.items()}, store_config_hash=open_store(store_uri).config_hash)
+        metrics_by_kind = {"sae": o["train_sae"].metrics, "probe": o["train_probe"].metrics,
+                           "classifier": {**o["train_probe"].metrics, **clf.metrics}}
         regs = register_set({"sae": clf.sae_dir, "probe": clf.probe_dir, "classifier": clf.classifier_dir},
-                            {"sae": o["train_sae"].metrics, "probe": o["train_probe"].metrics,
-                             "classifier": {**o["train_probe"].metrics, **clf.metrics}}, tags, alpha=cfg.registry.promotion_alpha,
+                            metrics_by_kind, tags, alpha=cfg.registry.promotion_alpha,
                             examples={"sae": clf.sae_example, "probe": clf.probe_example,
                                       "classifier": clf.image_example})
         chain.registrations = regs

@@ -1,8 +1,8 @@
 """Deletion curves: does removing the latents an explanation names actually change the prediction?
 
 For one image: take its image-level SAE latents z, rank the active latents by their contribution to the
-predicted class c (what `Classifier.explain` shows: by default their share of the margin over the runner-up), zero the top 1, 2, …, n of them and re-classify
-(the probe on the edited z). The curve is p(c) against the number removed. Its area, normalised to the
+predicted class c (what `Classifier.explain` shows: by default their share of the margin over the runner-up),
+zero the top 1, 2, …, n of them and re-classify (the probe on the edited z). The curve is p(c) against the number removed. Its area, normalised to the
 x-range [0, 1] (trapezoids over n = 0…n_max, divided by n_max), is small when the named latents carry the
 prediction: a faithful explanation. The same curve with the active latents removed in random order (mean
 over `n_random` orders) is the control: an explanation is only as good as its gap to random.
