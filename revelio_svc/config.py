@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -171,7 +172,7 @@ class SAEConfig:
     auxk_coef: float = 1.0 / 32
     k_aux: int = 0  # 0 = d_in // 2
     dead_window: int = 400_000  # a latent is dead when it has not fired in this many samples
-    latent_pooling: Literal["max", "mean"] = "max"  # token latents → image vector
+    latent_pooling: str = "max"  # token latents → image vector: max | mean | top<q> (mean of the q largest)
     store: str = ""  # feature store to train on; "" = the store `extract` writes for this config
     output: str = ""  # "" = <output_dir>/sae/<config hash>
     seed: int = 0
@@ -192,6 +193,8 @@ class SAEConfig:
         _check(0 < self.whiten_power <= 1, "sae.whiten_power", "must be in (0, 1]")
         _check(0 < self.heldout_fraction < 1, "sae.heldout_fraction", "must be in (0, 1)")
         _check(0 < self.validation_fraction < 1, "sae.validation_fraction", "must be in (0, 1)")
+        _check(re.fullmatch(r"max|mean|top[1-9][0-9]*", self.latent_pooling) is not None, "sae.latent_pooling",
+               f"must be max, mean or top<q> (e.g. top8), got {self.latent_pooling!r}")
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,9 @@ class ProbeConfig:
     concept: str = "shape"  # which label to predict (datasets with one label: "label")
     C: float = 1.0  # inverse L2 strength of the linear probe
     max_iter: int = 1000
+    # linear: m > 0 = each class reads at most m inputs (probe/sparse.py); 0 = all; -1 = the fewest m within 2
+    # points of the dense probe on a validation split of the train rows (all when none is)
+    latents_per_class: int = -1
     shots: tuple[str, ...] = ("1", "5", "10", "all")
     seeds: int = 3
     # Diff-C
@@ -224,6 +230,7 @@ class ProbeConfig:
             _check(s == "all" or (s.isdigit() and int(s) > 0), "probe.shots",
                    f"each must be a positive integer or 'all', got {s!r}")
         _at_least("probe", 1, seeds=self.seeds, width=self.width)
+        _at_least("probe", -1, latents_per_class=self.latents_per_class)
         _at_least("probe", 0, depth=self.depth)
 
 

@@ -249,9 +249,10 @@ def _register(cfg: Config, chain: _Chain, store_uri: str) -> Callable[[], StageR
         lineage = {s: o[s].reused_from or o[s].run_id for s in ("extract", "train_sae", "train_probe")}
         tags = {k: v for k, v in run_tags(cfg, "register").items() if k != "stage"}
         tags.update({f"run_id.{k}": v for k, v in lineage.items()}, store_config_hash=open_store(store_uri).config_hash)
+        metrics_by_kind = {"sae": o["train_sae"].metrics, "probe": o["train_probe"].metrics,
+                           "classifier": {**o["train_probe"].metrics, **clf.metrics}}
         regs = register_set({"sae": clf.sae_dir, "probe": clf.probe_dir, "classifier": clf.classifier_dir},
-                            {"sae": o["train_sae"].metrics, "probe": o["train_probe"].metrics,
-                             "classifier": o["train_probe"].metrics}, tags, alpha=cfg.registry.promotion_alpha,
+                            metrics_by_kind, tags, alpha=cfg.registry.promotion_alpha,
                             examples={"sae": clf.sae_example, "probe": clf.probe_example,
                                       "classifier": clf.image_example})
         chain.registrations = regs
@@ -259,6 +260,7 @@ def _register(cfg: Config, chain: _Chain, store_uri: str) -> Callable[[], StageR
         metrics.update({f"{k}.is_champion": float(r.champion) for k, r in regs.items()})
         # logged on this run, the registered versions' run: explanations' faithfulness per model version
         metrics.update(_faithfulness(clf.classifier_dir))
+        metrics.update(clf.metrics)  # explanation precision against its controls (inference.precision)
         return _Registered(identity=clf.identity, metrics=metrics, artifacts=clf.artifacts,
                            tags={"classifier_dir": str(clf.classifier_dir)}, classifier_dir=clf.classifier_dir,
                            registrations=regs)

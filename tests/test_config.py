@@ -60,6 +60,7 @@ def test_literal_lists_allowed_values():
     ("data.source=hf", "data.id"),
     ("tracking.register=maybe", "tracking.register"),
     ("extract.pooling=[sum]", "extract.pooling[0]"),
+    ("sae.latent_pooling=top0", "sae.latent_pooling: must be max, mean or top<q>"),
 ])
 def test_invalid_values_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")):

@@ -2,7 +2,8 @@
 
 API endpoints (gradio_client `api_name`s and their parameters), all behind one request queue:
 
-    /classify(image, top_n)                  → label, notes, contribution bars, explanation sheet, JSON
+    /classify(image, top_n, attribution, hide_dense)
+                                             → label, notes, contribution bars, explanation sheet, JSON
     /deletion_curve(image, n_max)            → probability as the top latents are removed, summary, JSON
     /explain_dataset_image(index)            → the Classify outputs for dataset image `index`
     /atlas(view, colour_by)                  → 2-D map of the images or of the latents, legend, JSON
@@ -38,7 +39,9 @@ import numpy as np
 from . import views
 from .service import (
     ATLAS_VIEWS,
+    ATTRIBUTIONS,
     FEWSHOT_DATASETS,
+    HIDE_DENSE,
     DemoService,
     FewShotProbe,
     InputError,
@@ -205,11 +208,11 @@ class DemoUI:
         js = views.explanation_json(exp, self.info)
         return (views.probs_for_label(exp), views.input_notes_markdown(exp), bars, sheet, js)
 
-    def _classify(self, image, top_n: int = 6):
+    def _classify(self, image, top_n: int = 6, attribution: str = "contrastive", hide_dense: bool = HIDE_DENSE):
         svc = self.svc
         top = int_in(top_n, "top_n", 1, 12)
         path = upload_path(image)
-        return self._explain_outputs(svc.explain(path, top=top))
+        return self._explain_outputs(svc.explain(path, top=top, attribution=attribution, hide_dense=hide_dense))
 
     def _classify_tab(self) -> None:
         out = self.c_out = _classify_view("classify", self.svc.n_top_images)
@@ -218,6 +221,11 @@ class DemoUI:
                 self.c_in = gr.Image(label="Image", type="filepath", format="png", height=260,
                                      sources=["upload", "clipboard"], elem_id="classify-input")
                 self.c_top = gr.Slider(1, 12, value=self.svc.top, step=1, label="Top n latents")
+                # contrastive: share of the margin over the runner-up class (dense latents cancel); logit: plain share
+                self.c_attr = gr.Radio(list(ATTRIBUTIONS), value="contrastive", label="Attribution",
+                                       elem_id="classify-attribution")
+                self.c_hide = gr.Checkbox(value=HIDE_DENSE, label="Hide dense latents (firing on > 50 % of images)",
+                                          elem_id="classify-hide-dense")
                 btn = gr.Button("Classify", variant="primary", elem_id="classify-button")
                 if self.examples:
                     gr.Examples(examples=self.examples, inputs=self.c_in, label="Examples (from the shapes data)",
@@ -243,16 +251,16 @@ class DemoUI:
         outs = [out[k] for k in self.OUT]
         classify = _user_errors("Classification")(self._classify)
         # preprocess=False: the handler decodes the upload itself (see upload_path)
-        btn.click(classify, [self.c_in, self.c_top], outs, api_name="classify", preprocess=False,
-                  **self.model_events)
+        ins = [self.c_in, self.c_top, self.c_attr, self.c_hide]
+        btn.click(classify, ins, outs, api_name="classify", preprocess=False, **self.model_events)
 
-        def classify_on_upload(image, top_n):
+        def classify_on_upload(image, top_n, attribution, hide_dense):
             if image is None:  # the user cleared the input: nothing to explain, nothing to complain about
                 return None, "", None, None, None
-            return classify(image, top_n)
+            return classify(image, top_n, attribution, hide_dense)
 
-        self.c_in.upload(classify_on_upload, [self.c_in, self.c_top], outs, api_visibility="private",
-                         preprocess=False, **self.model_events)
+        self.c_in.upload(classify_on_upload, ins, outs, api_visibility="private", preprocess=False,
+                         **self.model_events)
 
         @_user_errors("Deletion curve")
         def deletion_curve(image, n_max):
@@ -643,8 +651,9 @@ def _classify_view(prefix: str, n_top: int) -> dict[str, Any]:
         "label": gr.Label(num_top_classes=6, label="Prediction", render=False, elem_id=f"{prefix}-label"),
         "notes": gr.Markdown(label="Notes", render=False, elem_id=f"{prefix}-notes"),
         "bars": gr.BarPlot(x="latent", y="contribution", title="Top latents: contribution to the predicted class",
-                           x_title="latent", y_title="activation × probe weight", height=260, render=False,
-                           label="Contributions", tooltip=["latent", "contribution", "activation", "weight"]),
+                           x_title="latent", y_title="share of the prediction", height=260, render=False,
+                           label="Contributions", tooltip=["latent", "contribution", "activation", "weight",
+                                                           "density", "selectivity", "dense"]),
         # one image: per latent a row with its heatmap on the input, then its top-activating dataset images;
         # JPEG: encoding it takes ~2 ms where PNG takes ~60 ms, a fifth of the round-trip budget
         "sheet": gr.Image(label="Explanation sheet", interactive=False, format="jpeg", render=False,

@@ -53,7 +53,7 @@ def quick_classifier(cfg: Config, *, n_images: int | None = None, n_latents: int
     import torch
 
     from revelio_svc.data import load_dataset
-    from revelio_svc.inference.classifier import Classifier, top_k_rows
+    from revelio_svc.inference.classifier import Classifier, top_image_labels, top_k_rows
     from revelio_svc.probe import fit_linear_probe
     from revelio_svc.sae import TopKSAEConfig, build_sae, image_latents
 
@@ -92,7 +92,8 @@ def quick_classifier(cfg: Config, *, n_images: int | None = None, n_latents: int
     clf = Classifier(backbone=cfg.backbone, hook_point=hp, timestep=t, noise_seed=cfg.extract.noise_seed, sae=sae,
                      probe=probe, class_names=list(ds.concept(concept).classes), concept=concept, data=cfg.data,
                      top_indices=top_i, top_values=np.maximum(top_v, 0).astype(np.float32),
-                     meta={"quick": True, "backbone_note": note})
+                     meta={"quick": True, "backbone_note": note}, frequency=(z > 0).mean(0),
+                     top_labels=top_image_labels(top_i, np.arange(len(ds)), y))
     clf._adapter = adapter
     clf.source = {"name": "quick classifier (untrained SAE)", "uri": "", "version": ""}
     return QuickClassifier(clf, note)

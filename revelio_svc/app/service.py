@@ -29,11 +29,13 @@ from revelio_svc.inference import latent_stats as latent_stats_mod
 from revelio_svc.inference.faithfulness import deletion_curve
 from revelio_svc.inference.latent_stats import DatasetLatents, compute_dataset_latents
 from revelio_svc.inference.steering import MODES, SAMPLERS, SteeringSpec, steer
+from revelio_svc.interpret.explanation import ATTRIBUTIONS
 from revelio_svc.sae import latent_maps
 
 DEFAULT_MAX_PIXELS = 16_000_000  # 4000×4000: far beyond what the model needs, far below a decompression bomb
 FEWSHOT_DATASETS = ("shapes", "digits")
 ATLAS_VIEWS = ("images", "latents")
+HIDE_DENSE = False  # the demo marks latents firing on > 50 % of images as dense; a checkbox hides them
 _MAX_EXAMPLES = 48  # training images kept per few-shot probe for the gallery (they live in session state)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
@@ -177,6 +179,12 @@ class FewShotProbe:
                 "skipped": self.skipped}
 
 
+def precision_metrics(clf) -> dict[str, float]:
+    """The classifier's explanation precision against its controls, as its build recorded it (empty if not)."""
+    m = dict(clf.meta.get("metrics") or {})
+    return {k: float(v) for k, v in m.items() if k.startswith("explanation_precision")}
+
+
 # --------------------------------------------------------------------------- the service
 class DemoService:
     """One loaded classifier and everything the tabs compute from it."""
@@ -249,12 +257,18 @@ class DemoService:
         return {c.name: (list(c.classes), ds.labels(c.name)) for c in ds.concepts}
 
     # ------------------------------------------------------------------ classify
-    def explain(self, path: str | None, clf=None, top: int | None = None) -> dict[str, Any]:
-        """Decode the upload and explain the prediction (`top` latents); adds the input notes and top-image labels."""
+    def explain(self, path: str | None, clf=None, top: int | None = None, attribution: str = "contrastive",
+                hide_dense: bool = HIDE_DENSE) -> dict[str, Any]:
+        """Decode the upload and explain the prediction (`top` latents, `attribution` contrastive | logit, dense
+        latents hidden or marked); adds the input notes, top-image labels and the explanation precision."""
         clf = clf or self.clf
+        if attribution not in ATTRIBUTIONS:
+            raise InputError(f"attribution must be one of {', '.join(ATTRIBUTIONS)}, got {attribution!r}")
         img = decode_upload(path, int(clf.data.image_size), self.max_pixels)
         with self.model_lock:
-            exp = clf.explain(img.rgb, top=int(top or self.top), n_images=self.n_top_images)
+            exp = clf.explain(img.rgb, top=int(top or self.top), n_images=self.n_top_images,
+                              attribution=attribution, hide_dense=bool(hide_dense))
+        exp["explanation_precision"] = precision_metrics(clf)
         exp["input"] = {"name": img.name, "mode": img.mode, "size": list(img.size), "notes": img.notes,
                         "model_size": int(clf.data.image_size)}
         self._label_tops(exp)
@@ -586,7 +600,9 @@ class DemoService:
         rgb = self.thumb(i)
         ids = self.dataset().ids()
         with self.model_lock:
-            exp = self.clf.explain(rgb, top=self.top, image_id=ids[i], n_images=self.n_top_images)
+            exp = self.clf.explain(rgb, top=self.top, image_id=ids[i], n_images=self.n_top_images,
+                                   hide_dense=HIDE_DENSE)
+        exp["explanation_precision"] = precision_metrics(self.clf)
         exp["input"] = {"name": f"dataset image #{i} ({ids[i]})", "mode": "RGB", "size": [rgb.shape[1], rgb.shape[0]],
                         "notes": [], "model_size": int(self.clf.data.image_size), "dataset_index": i}
         self._label_tops(exp)

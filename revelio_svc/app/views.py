@@ -71,12 +71,40 @@ def contribution_frame(exp: dict[str, Any]):
     import pandas as pd
 
     rows = exp["contributions"]
+
+    def opt(r, k):  # density and selectivity are absent for classifiers saved without latent statistics
+        return None if r.get(k) is None else round(float(r[k]), 4)
+
     return pd.DataFrame({
         "latent": [f"#{r['latent']}" for r in rows],
         "contribution": [round(float(r["contribution"]), 4) for r in rows],
         "activation": [round(float(r["activation"]), 4) for r in rows],
         "weight": [round(float(r["weight"]), 4) for r in rows],
+        "density": [opt(r, "density") for r in rows],
+        "selectivity": [opt(r, "selectivity") for r in rows],
+        "dense": ["dense" if r.get("dense") else "" for r in rows],
     })
+
+
+def explanation_quality_markdown(exp: dict[str, Any]) -> str:
+    """How dense the shown latents are, and the classifier's explanation precision against its controls."""
+    lines = []
+    rows = exp["contributions"]
+    if rows and rows[0].get("density") is not None:
+        dense = sum(1 for r in rows if r.get("dense"))
+        lines.append(f"Beside each latent: **density** (share of the dataset's images it fires on) and "
+                     f"**selectivity** (share of its top images that are *{exp['label']}*). "
+                     + (f"{exp.get('hidden_dense', 0)} dense latents (firing on > 50 % of images) hidden."
+                        if exp.get("hidden_dense") else f"{dense} of the {len(rows)} shown are dense (> 50 %)."))
+    q = exp.get("explanation_precision") or {}
+    if q.get("explanation_precision") is not None:
+        lines.append(
+            f"Explanation precision of this classifier: **{q['explanation_precision']:.2f}** of the top-3 latents' "
+            f"top-8 images carry the predicted label on correctly classified test images (matched random "
+            f"dictionary {q.get('explanation_precision_random', float('nan')):.2f}, raw channels "
+            f"{q.get('explanation_precision_channels', float('nan')):.2f}, chance "
+            f"{q.get('explanation_precision_chance', float('nan')):.2f}).")
+    return "  \n".join(lines)
 
 
 def explanation_json(exp: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +112,8 @@ def explanation_json(exp: dict[str, Any], info: dict[str, Any]) -> dict[str, Any
     return {
         "label": exp["label"], "probs": probs_for_label(exp), "concept": exp.get("concept", ""),
         "logit": exp.get("logit"), "intercept": exp.get("intercept"), "image_id": exp.get("image_id"),
+        "attribution": exp.get("attribution"), "runner_up": exp.get("runner_up"), "margin": exp.get("margin"),
+        "hidden_dense": exp.get("hidden_dense", 0), "explanation_precision": exp.get("explanation_precision") or {},
         "input": exp.get("input", {}),
         "contributions": [{k: v for k, v in r.items()} for r in exp["contributions"]],
         "heatmap_grid": list(np.asarray(exp["heatmaps"]).shape[1:]),
@@ -116,8 +146,15 @@ def model_markdown(info: dict[str, Any], note: str = "") -> str:
 def input_notes_markdown(exp: dict[str, Any]) -> str:
     inp = exp.get("input") or {}
     notes = inp.get("notes") or []
-    head = (f"Predicted **{exp['label']}** (p = {exp['probs'][exp['label']]:.2f}). "
-            f"Bars: each latent's share of the logit for *{exp['label']}* = activation × probe weight.")
+    if exp.get("attribution", "logit") == "contrastive" and exp.get("runner_up"):
+        how = (f"Bars: each latent's share of the margin between *{exp['label']}* and the runner-up "
+               f"*{exp['runner_up']}* = activation × (its weight for {exp['label']} − for {exp['runner_up']}).")
+    else:
+        how = f"Bars: each latent's share of the logit for *{exp['label']}* = activation × probe weight."
+    head = f"Predicted **{exp['label']}** (p = {exp['probs'][exp['label']]:.2f}). {how}"
+    quality = explanation_quality_markdown(exp)
+    if quality:
+        head += "  \n" + quality
     w, h = (inp.get("size") or [0, 0])[:2]
     if w and inp.get("model_size") and (w, h) != (inp["model_size"],) * 2:
         head += f"  \nInput {w}×{h} px, seen by the model at {inp['model_size']}×{inp['model_size']}."

@@ -9,8 +9,13 @@ of its top-activating images.
                                                      └─► per-position latents ─► heatmaps
 
 Attribution: the probe's logit for class c is Σ_j (z_j − m_j)/s_j · W[c, j] + b_c (m, s: the probe's
-scaler; m = 0 for SAE latents), so latent j contributes (z_j − m_j)/s_j · W[c, j] exactly; `explain` sorts
-the active latents by that contribution for the predicted class.
+scaler; m = 0 for SAE latents). `explain` sorts the active latents by their share of the prediction
+(`interpret.explanation`): by default (`attribution="contrastive"`) each latent's share of the logit *margin*
+between the predicted class c and the runner-up r, (z_j − m_j)/s_j · (W[c, j] − W[r, j]), so a dense latent
+that lifts every class alike cancels out; `attribution="logit"` gives the plain share of c's logit,
+(z_j − m_j)/s_j · W[c, j]. Beside each latent it shows its density (firing rate over the store's images) and
+its selectivity for the predicted class (the share of its top images that carry it); latents firing on more
+than `DENSE_RATE` of the images are marked dense and `hide_dense=True` leaves them out.
 
 Noise for an image that is not from the dataset: the seeded noise (backbones.seeded_noise) needs an image
 id. An uploaded image gets the id `upload:<first 16 hex of sha256 of its decoded RGB bytes>`, so the same
@@ -23,6 +28,8 @@ On disk (everything safetensors + JSON, nothing pickled):
     sae/                   the SAE (sae.safetensors + config.json)
     probe/                 the probe (probe.safetensors + probe.json)
     top_images.safetensors indices (n_latents, top_n) int64 (−1 = none), values (n_latents, top_n) float32
+    latent_stats.safetensors  frequency (n_latents,) float32: firing rate over the store's images; top_labels
+                           (n_latents, top_n) int64: the label of each top image (−1 = none); optional
     backbone/              optional copy of a small local backbone (config + safetensors), so a pulled
                            classifier runs where the original directory does not exist
 """
@@ -43,6 +50,8 @@ from ..backbones import load_backbone
 from ..config import BackboneConfig, Config, DataConfig, from_dict, to_dict
 from ..data import load_dataset, load_rgb
 from ..features.store import open_store
+from ..interpret.explanation import check_attribution
+from ..interpret.explanation import contributions as split_prediction
 from ..jsonmeta import read_versioned_json
 from ..probe import read_probe
 from ..sae import SparseAutoencoder, read_sae
@@ -52,6 +61,8 @@ FORMAT = "revelio-classifier"
 VERSION = 1
 META = "classifier.json"
 TOP_FILE = "top_images.safetensors"
+STATS_FILE = "latent_stats.safetensors"
+DENSE_RATE = 0.5  # a latent firing on more than this share of the images is dense
 BUNDLE_MAX_BYTES = 256 * 2**20  # larger local backbones are referenced, not copied
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -93,16 +104,22 @@ def top_k_rows(values: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndar
     return np.take_along_axis(v, order, 1), np.take_along_axis(i, order, 1)
 
 
-def compute_top_images(sae, store, hook_point: str, timestep: int, top_n: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Dataset indices (n_latents, top_n) of each latent's top-activating images in a feature store (−1 = none)."""
+def compute_top_images(sae, store, hook_point: str, timestep: int, top_n: int = 16,
+                       frequency: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset indices (n_latents, top_n) of each latent's top-activating images in a feature store (−1 = none).
+
+    `frequency` (n_latents,), if given, is filled with each latent's firing rate over the store's images."""
     sf = sae.config.to_dict()
     set_pooling = "tokens" if sf.get("input") == "tokens" else (sf.get("pooling") or "mean")
     fs = store.feature_set(hook_point, timestep, set_pooling)
     L = int(sf["n_latents"])
     best_v = np.full((L, 0), -np.inf, np.float32)
     best_i = np.zeros((L, 0), np.int64)
+    fires, n_rows = np.zeros(L, np.int64), 0
     for shard, feats in fs.iter_shards():
         z = _image_latents(sae, feats.astype(np.float32, copy=False), sf.get("latent_pooling", "max"))
+        fires += (z > 0).sum(0)
+        n_rows += len(z)
         idx = store.rows(shard)["index"].astype(np.int64)
         v = np.concatenate([best_v, z.T], axis=1)
         i = np.concatenate([best_i, np.broadcast_to(idx, (L, len(idx)))], axis=1)
@@ -112,7 +129,18 @@ def compute_top_images(sae, store, hook_point: str, timestep: int, top_n: int = 
         best_v = np.concatenate([best_v, np.zeros((L, pad), np.float32)], axis=1)
         best_i = np.concatenate([best_i, np.full((L, pad), -1, np.int64)], axis=1)
     best_i = np.where(best_v > 0, best_i, -1)  # an image where the latent is silent is not a top image
+    if frequency is not None:
+        frequency[:] = fires / max(n_rows, 1)
     return best_i.astype(np.int64), np.maximum(best_v, 0).astype(np.float32)
+
+
+def top_image_labels(top_indices: np.ndarray, dataset_index: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The label (−1 = none) of each top image, from a store's dataset indices and their labels."""
+    order = np.argsort(dataset_index, kind="stable")
+    sorted_idx = np.asarray(dataset_index)[order]
+    pos = np.clip(np.searchsorted(sorted_idx, top_indices), 0, max(len(sorted_idx) - 1, 0))
+    found = (top_indices >= 0) & (len(sorted_idx) > 0) & (sorted_idx[pos] == top_indices)
+    return np.where(found, np.asarray(labels, np.int64)[order][pos], -1).astype(np.int64)
 
 
 def _bundle_backbone(bcfg: BackboneConfig, dst: Path) -> bool:
@@ -140,7 +168,8 @@ class Classifier:
 
     def __init__(self, *, backbone: BackboneConfig, hook_point: str, timestep: int, noise_seed: int, sae, probe,
                  class_names: Sequence[str], concept: str, data: DataConfig, top_indices: np.ndarray,
-                 top_values: np.ndarray, feature_dtype: str = "float32", meta: dict[str, Any] | None = None):
+                 top_values: np.ndarray, feature_dtype: str = "float32", meta: dict[str, Any] | None = None,
+                 frequency: np.ndarray | None = None, top_labels: np.ndarray | None = None):
         self.backbone_cfg = backbone
         self.hook_point = hook_point
         self.timestep = int(timestep)
@@ -154,6 +183,9 @@ class Classifier:
         self.top_values = np.asarray(top_values, np.float32)
         self.feature_dtype = feature_dtype
         self.meta = dict(meta or {})
+        # per latent: firing rate over the store's images and the label of each top image (None: not recorded)
+        self.frequency = None if frequency is None else np.asarray(frequency, np.float32)
+        self.top_labels = None if top_labels is None else np.asarray(top_labels, np.int64)
         self.source: dict[str, Any] = {}
         # a classifier loaded with a bundled backbone runs it from its own files; this is the id it came from
         self.backbone_origin: str | None = None
@@ -184,7 +216,11 @@ class Classifier:
         hp, t = sf.get("hook_point") or pm["hook_point"], int(sf.get("timestep", -1))
         if t < 0:
             t = int(pm["timestep"])
-        top_i, top_v = compute_top_images(sae, store, hp, t, top_n)
+        freq = np.zeros(int(sf["n_latents"]), np.float32)
+        top_i, top_v = compute_top_images(sae, store, hp, t, top_n, frequency=freq)
+        concept = pm.get("concept", "")
+        top_lab = (top_image_labels(top_i, store.index(), store.labels(concept))
+                   if concept in store.label_names else None)
         set_pooling = "tokens" if sf.get("input") == "tokens" else (sf.get("pooling") or "mean")
         fdtype = store.manifest.feature_sets[f"{hp}/t{t}/{set_pooling}"].dtype
         meta = {"store_uri": store.uri, "store_config_hash": store.config_hash,
@@ -192,8 +228,8 @@ class Classifier:
                 "probe_metrics": {k: pm[k] for k in ("C",) if k in pm}}
         return cls(backbone=cfg.backbone, hook_point=hp, timestep=t, noise_seed=cfg.extract.noise_seed, sae=sae,
                    probe=probe, class_names=pm.get("class_names") or store.label_names[pm["concept"]],
-                   concept=pm.get("concept", ""), data=cfg.data, top_indices=top_i, top_values=top_v,
-                   feature_dtype=fdtype, meta=meta)
+                   concept=concept, data=cfg.data, top_indices=top_i, top_values=top_v,
+                   feature_dtype=fdtype, meta=meta, frequency=freq, top_labels=top_lab)
 
     def _check(self) -> None:
         sf = self.sae.config.to_dict()
@@ -208,6 +244,11 @@ class Classifier:
                                         f"{len(self.class_names)} class names are recorded")
         if self.top_indices.shape != self.top_values.shape or self.top_indices.shape[0] != L:
             raise ClassifierFormatError(f"top images have shape {self.top_indices.shape}; expected ({L}, top_n)")
+        if self.frequency is not None and self.frequency.shape != (L,):
+            raise ClassifierFormatError(f"latent frequencies have shape {self.frequency.shape}; expected ({L},)")
+        if self.top_labels is not None and self.top_labels.shape != self.top_indices.shape:
+            raise ClassifierFormatError(f"top-image labels have shape {self.top_labels.shape}; expected "
+                                        f"{self.top_indices.shape}")
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path, bundle_backbone: bool = True) -> Path:
@@ -218,6 +259,9 @@ class Classifier:
         self.probe.save(d / "probe")
         save_file({"indices": np.ascontiguousarray(self.top_indices), "values": np.ascontiguousarray(self.top_values)},
                   str(d / TOP_FILE))
+        if self.frequency is not None and self.top_labels is not None:
+            save_file({"frequency": np.ascontiguousarray(self.frequency, np.float32),
+                       "top_labels": np.ascontiguousarray(self.top_labels, np.int64)}, str(d / STATS_FILE))
         bundled = bundle_backbone and (_bundle_backbone(self.backbone_cfg, d / "backbone")
                                        or self._bundle_loaded_backbone(d / "backbone"))
         bdict = to_dict(self.backbone_cfg)
@@ -243,7 +287,9 @@ class Classifier:
         new = Classifier(backbone=self.backbone_cfg, hook_point=self.hook_point, timestep=self.timestep,
                          noise_seed=self.noise_seed, sae=self.sae, probe=probe, class_names=class_names,
                          concept=concept, data=self.data, top_indices=self.top_indices, top_values=self.top_values,
-                         feature_dtype=self.feature_dtype, meta={**self.meta, **(meta or {})})
+                         feature_dtype=self.feature_dtype, meta={**self.meta, **(meta or {})},
+                         frequency=self.frequency,
+                         top_labels=self.top_labels if concept == self.concept else None)
         new.backbone_origin = self.backbone_origin
         new._adapter, new._dataset = self._adapter, self._dataset
         return new
@@ -278,6 +324,7 @@ class Classifier:
                 raise ClassifierFormatError(f"{p} says the SAE has {k}={want!r} but its weights say {sf.get(k)!r}: "
                                             "the config and the weights do not belong together")
         top = load_file(str(d / TOP_FILE))
+        stats = load_file(str(d / STATS_FILE)) if (d / STATS_FILE).is_file() else {}
         bdict = dict(meta["backbone"])
         if meta.get("backbone_bundled"):
             bdict["id"] = str(d / "backbone")
@@ -289,7 +336,8 @@ class Classifier:
                   timestep=meta["timestep"], noise_seed=meta["noise_seed"], sae=sae, probe=probe,
                   class_names=meta["class_names"], concept=meta.get("concept", ""),
                   data=from_dict(DataConfig, meta.get("data") or {}, "data"), top_indices=top["indices"],
-                  top_values=top["values"], feature_dtype=meta.get("feature_dtype", "float32"), meta=rest)
+                  top_values=top["values"], feature_dtype=meta.get("feature_dtype", "float32"), meta=rest,
+                  frequency=stats.get("frequency"), top_labels=stats.get("top_labels"))
         if meta.get("backbone_bundled"):
             clf.backbone_origin = meta["backbone"]["id"]
         return clf
@@ -376,37 +424,81 @@ class Classifier:
         if label not in classes:
             return np.zeros(z.shape[-1])
         w = np.asarray(self.probe.coef)[classes.index(label)]
-        xs = (np.asarray(z, np.float64) - self.probe.scaler_mean) / self.probe.scaler_scale
-        return xs * w
+        return self._scaled(z) * w
+
+    def _scaled(self, z: np.ndarray) -> np.ndarray:
+        return (np.asarray(z, np.float64) - self.probe.scaler_mean) / self.probe.scaler_scale
+
+    def attribution(self, z: np.ndarray, mode: str = "contrastive") -> tuple[np.ndarray, int, int | None, np.ndarray]:
+        """(per-latent shares (n_latents,), predicted label id, runner-up label id (None with one class), the
+        weight each share multiplies: W[c] for `logit`, W[c] − W[r] for `contrastive`) of one image's latents."""
+        coef = np.asarray(self.probe.coef, np.float64)
+        classes = np.asarray(self.probe.classes, np.int64)
+        contrib, pred, runner = split_prediction(self._scaled(z).reshape(1, -1), coef, self.probe.intercept, mode)
+        c_row, r_row = int(pred[0]), int(runner[0])
+        w = coef[c_row] if mode == "logit" else coef[c_row] - coef[r_row]
+        return contrib[0], int(classes[c_row]), (int(classes[r_row]) if len(classes) > 1 else None), w
+
+    def selectivity(self, latent: int, label: int) -> float | None:
+        """Share of the latent's top images that carry `label` (None: labels not recorded or no top images)."""
+        if self.top_labels is None:
+            return None
+        lab = self.top_labels[int(latent)]
+        lab = lab[lab >= 0]
+        return float(np.mean(lab == label)) if lab.size else None
+
+    def density(self, latent: int) -> float | None:
+        """The latent's firing rate over the store's images (None: not recorded)."""
+        return None if self.frequency is None else float(self.frequency[int(latent)])
 
     def top_images(self, latent: int, n: int = 8) -> list[int]:
         row = self.top_indices[int(latent)]
         return [int(i) for i in row[row >= 0][:n]]
 
-    def explain(self, image: Any, top: int = 8, image_id: str | None = None, n_images: int = 8) -> dict[str, Any]:
+    def explain(self, image: Any, top: int = 8, image_id: str | None = None, n_images: int = 8,
+                attribution: str = "contrastive", hide_dense: bool = False) -> dict[str, Any]:
         """Prediction plus the `top` latents that pushed hardest toward it, their heatmaps and top dataset images.
 
-        Returns label, label_index, probs (name → p), logit, intercept, contributions (list sorted by
-        contribution, each with latent, activation, weight, contribution, top_images), heatmaps
-        (len(contributions), H, W) over the hook point's grid, rgb (the preprocessed image) and image_id.
+        `attribution`: `contrastive` (share of the margin over the runner-up class, the default) or `logit`
+        (share of the predicted class's logit); `hide_dense` leaves out latents firing on more than DENSE_RATE
+        of the images. Returns label, label_index, runner_up, probs (name → p), logit, margin (logit − the
+        runner-up's), intercept, attribution, contributions (list sorted by contribution, each with latent,
+        activation, weight, contribution, density, dense, selectivity, top_images), hidden_dense (how many
+        active dense latents were left out), heatmaps (len(contributions), H, W) over the hook point's grid,
+        rgb (the preprocessed image) and image_id.
         """
+        check_attribution(attribution)
         rgb, tok, ids = self.tokens([image], [image_id] if image_id else None)
         z = self.latents_from_tokens(tok)[0]
         probs = self.predict_latents(z[None])[0]
-        c = int(np.argmax(probs))
-        contrib = self.contributions(z, c)
+        contrib, c, r, w = self.attribution(z, attribution)
         active = np.flatnonzero(z > 0)
+        hidden = 0
+        if hide_dense and self.frequency is not None:
+            keep = self.frequency[active] <= DENSE_RATE
+            hidden = int((~keep).sum())
+            active = active[keep]
         order = active[np.argsort(-contrib[active], kind="stable")][:top]
         classes = list(np.asarray(self.probe.classes, np.int64))
-        w = np.asarray(self.probe.coef)[classes.index(c)] if c in classes else np.zeros_like(z)
         heat = (_latent_maps(self.sae, tok, order.tolist())[0] if len(order)
                 else np.zeros((0, tok.shape[1], tok.shape[2]), np.float32))
-        rows = [{"latent": int(j), "activation": float(z[j]), "weight": float(w[j]),
-                 "contribution": float(contrib[j]), "top_images": self.top_images(int(j), n_images)} for j in order]
-        intercept = float(np.asarray(self.probe.intercept)[classes.index(c)]) if c in classes else 0.0
+        rows = []
+        for j in order:
+            dens = self.density(int(j))
+            rows.append({"latent": int(j), "activation": float(z[j]), "weight": float(w[j]),
+                         "contribution": float(contrib[j]), "density": dens,
+                         "dense": bool(dens is not None and dens > DENSE_RATE),
+                         "selectivity": self.selectivity(int(j), c),
+                         "top_images": self.top_images(int(j), n_images)})
+        logits = self.probe.decision_function(np.asarray(z[None], np.float64))[0]
+        intercept = float(np.asarray(self.probe.intercept)[classes.index(c)])
+        logit = float(logits[classes.index(c)])
+        margin = logit - float(logits[classes.index(r)]) if r is not None else 0.0
         return {"label": self.class_names[c], "label_index": c,
+                "runner_up": self.class_names[r] if r is not None else None,
                 "probs": {n: float(p) for n, p in zip(self.class_names, probs)},
-                "logit": float(contrib.sum() + intercept), "intercept": intercept, "contributions": rows,
+                "logit": logit, "margin": margin, "intercept": intercept, "attribution": attribution,
+                "contributions": rows, "hidden_dense": hidden,
                 "heatmaps": heat, "rgb": rgb[0], "image_id": ids[0], "concept": self.concept}
 
 

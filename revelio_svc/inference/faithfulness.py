@@ -1,8 +1,8 @@
 """Deletion curves: does removing the latents an explanation names actually change the prediction?
 
 For one image: take its image-level SAE latents z, rank the active latents by their contribution to the
-predicted class c (what `Classifier.explain` shows), zero the top 1, 2, …, n of them and re-classify
-(the probe on the edited z). The curve is p(c) against the number removed. Its area, normalised to the
+predicted class c (what `Classifier.explain` shows: by default their share of the margin over the runner-up),
+zero the top 1, 2, …, n of them and re-classify (the probe on the edited z). The curve is p(c) against the number removed. Its area, normalised to the
 x-range [0, 1] (trapezoids over n = 0…n_max, divided by n_max), is small when the named latents carry the
 prediction: a faithful explanation. The same curve with the active latents removed in random order (mean
 over `n_random` orders) is the control: an explanation is only as good as its gap to random.
@@ -55,12 +55,12 @@ def _curve(clf, z: np.ndarray, c: int, order: Sequence[int]) -> np.ndarray:
     return clf.predict_latents(zz)[:, c]
 
 
-def deletion_curve(clf, z: np.ndarray, n_max: int = DEFAULT_N_MAX, n_random: int = 8, seed: int = 0) -> DeletionCurve:
-    """The deletion curve of one image's latents `z` (n_latents,) — see the module docstring."""
+def deletion_curve(clf, z: np.ndarray, n_max: int = DEFAULT_N_MAX, n_random: int = 8, seed: int = 0,
+                   attribution: str = "contrastive") -> DeletionCurve:
+    """The deletion curve of one image's latents `z` (n_latents,) — see the module docstring; latents are
+    removed in the order `Classifier.explain` shows them with the same `attribution`."""
     z = np.asarray(z, np.float32).reshape(-1)
-    probs = clf.predict_latents(z[None])[0]
-    c = int(np.argmax(probs))
-    contrib = clf.contributions(z, c)
+    contrib, c, _, _ = clf.attribution(z, attribution)
     active = np.flatnonzero(z > 0)
     ranked = active[np.argsort(-contrib[active], kind="stable")]
     n = int(min(max(int(n_max), 1), len(ranked)))

@@ -25,6 +25,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..sae.base import pooling_q
+from ..sae.latents import pool_positions
+
 
 def top_rows(acts: np.ndarray, n: int) -> np.ndarray:
     """Row indices of the n largest activations of each unit, (n_units, n), largest first.
@@ -228,7 +231,7 @@ def random_directions(dim: int, n: int, seed: int = 0) -> np.ndarray:
 
 def direction_activations(feats: np.ndarray, directions: np.ndarray | None, pooling: str = "max",
                           batch: int | None = None) -> np.ndarray:
-    """ReLU(⟨x, u⟩) per unit direction u, pooled over positions for token features.
+    """ReLU(⟨x, u⟩) per unit direction u, pooled over positions for token features (max | mean | top<q>).
 
     feats: (n, C) or (n, H, W, C); directions: (n_units, C), or None for the raw channels (ReLU(x_c)).
     Returns (n, n_units) float32.
@@ -236,8 +239,7 @@ def direction_activations(feats: np.ndarray, directions: np.ndarray | None, pool
     import torch
 
     feats = np.asarray(feats)
-    if pooling not in ("max", "mean"):
-        raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
+    pooling_q(pooling)  # names the choices on a bad value
     C = feats.shape[-1]
     D = None if directions is None else torch.from_numpy(np.ascontiguousarray(directions, np.float32))
     if D is not None and D.shape[1] != C:
@@ -250,7 +252,7 @@ def direction_activations(feats: np.ndarray, directions: np.ndarray | None, pool
         for s in range(0, feats.shape[0], batch):
             x = torch.from_numpy(np.ascontiguousarray(feats[s:s + batch], np.float32)).reshape(-1, per, C)
             a = torch.relu(x if D is None else x @ D.T)  # (b, per, units)
-            out[s:s + batch] = (a.amax(1) if pooling == "max" else a.mean(1)).numpy()
+            out[s:s + batch] = pool_positions(a, pooling).numpy()
     return out
 
 

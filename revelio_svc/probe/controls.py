@@ -18,11 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from ..config import Config, replace
 from ..data import load_dataset
 from ..features.extract import extract, store_uri_for
 from ..features.store import FeatureStore, StoreError, open_store, set_key
+from ..sae.base import pooling_q
+from ..sae.latents import pool_positions
 
 
 class ControlError(RuntimeError):
@@ -186,15 +189,17 @@ def random_relu_expansion(feats: np.ndarray, n_latents: int, fit_rows: np.ndarra
     for i in range(0, len(feats), chunk):
         z = np.maximum((feats[i:i + chunk].astype(np.float32) - mu) @ W, 0.0)
         if z.ndim == 4:
-            z = z.max(axis=(1, 2)) if pooling == "max" else z.mean(axis=(1, 2))
+            z = pool_positions(torch.from_numpy(z.reshape(z.shape[0], -1, n_latents)), pooling).numpy()
         parts.append(sp.csr_matrix(z))
     return sp.vstack(parts).tocsr() if parts else sp.csr_matrix((0, n_latents), dtype=np.float32)
 
 
 def pool_tokens(tokens: np.ndarray, how: str) -> np.ndarray:
-    """(n, H, W, C) → (n, C) by max or mean over positions."""
+    """(n, H, W, C) → (n, C) by max, mean or top<q> over positions."""
     if how == "max":
         return tokens.max(axis=(1, 2)).astype(np.float32)
     if how == "mean":
         return tokens.astype(np.float32).mean(axis=(1, 2))
-    raise ValueError(f"pooling must be max or mean, got {how!r}")
+    pooling_q(how)  # names the choices on a bad value
+    t = torch.from_numpy(np.ascontiguousarray(tokens, np.float32))
+    return pool_positions(t.reshape(t.shape[0], -1, t.shape[-1]), how).numpy()

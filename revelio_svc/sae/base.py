@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,7 +42,17 @@ CONFIG_FILE = "config.json"
 
 NORMALIZE = ("none", "standard", "scalar", "whiten")
 INPUTS = ("pooled", "tokens")
-LATENT_POOLING = ("max", "mean")
+LATENT_POOLING = ("max", "mean", "top<q>")  # top<q>: mean of the q largest positions, e.g. top8
+
+
+def pooling_q(pooling: str) -> int | None:
+    """q of a `top<q>` pooling (None for `max` / `mean`); anything else is an error naming the choices."""
+    if pooling in ("max", "mean"):
+        return None
+    m = re.fullmatch(r"top([1-9][0-9]*)", str(pooling))
+    if m is None:
+        raise ValueError(f"pooling must be 'max', 'mean' or 'top<q>' (e.g. 'top8'), got {pooling!r}")
+    return int(m.group(1))
 
 
 class SAELoadError(RuntimeError):
@@ -65,7 +76,7 @@ class SAEConfigBase:
     store_config_hash: str = ""
     input: str = "pooled"  # pooled (one vector per image) | tokens (one vector per spatial position)
     pooling: str = ""  # for input=pooled: which pooled set (mean | max) the SAE was trained on
-    latent_pooling: str = "max"  # tokens: how token latents become one image vector (max | mean)
+    latent_pooling: str = "max"  # tokens: how token latents become one image vector (max | mean | top<q>)
     whiten_power: float = 1.0  # normalize=whiten: variances λ → λ^(1 − power) (1 = full whitening)
 
     variant: ClassVar[str] = ""
@@ -83,8 +94,10 @@ class SAEConfigBase:
         need(self.normalize in NORMALIZE, f"normalize must be one of {NORMALIZE}, got {self.normalize!r}")
         need(0.0 < self.whiten_power <= 1.0, f"whiten_power must be in (0, 1], got {self.whiten_power!r}")
         need(self.input in INPUTS, f"input must be one of {INPUTS}, got {self.input!r}")
-        need(self.latent_pooling in LATENT_POOLING,
-             f"latent_pooling must be one of {LATENT_POOLING}, got {self.latent_pooling!r}")
+        try:
+            pooling_q(self.latent_pooling)
+        except ValueError:
+            need(False, f"latent_pooling must be one of {LATENT_POOLING}, got {self.latent_pooling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"variant": self.variant, **dataclasses.asdict(self)}

@@ -1,17 +1,28 @@
 """SAE latents per image, and spatial latent maps for token SAEs.
 
 A pooled SAE gives one code per image directly. A token SAE gives one code per spatial position; an
-image's latent vector pools each latent over positions (`max` or `mean` of its dense per-position code,
-computed from the sparse codes without ever forming the (positions × latents) matrix).
+image's latent vector pools each latent over positions: `max` or `mean` of its dense per-position code
+(computed from the sparse codes without ever forming the (positions × latents) matrix), or `top<q>` (e.g.
+`top8`), the mean of its q largest position values (zeros count when it fires on fewer than q positions), which
+sits between the two: one strong position no longer makes a latent as loud as a latent covering the object.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .base import SparseAutoencoder
+from .base import SparseAutoencoder, pooling_q
 
 _TARGET_VECTORS = 16384  # vectors encoded per chunk when `batch` is not given
+_DENSE_BUDGET = 1 << 24  # floats of a dense (images, positions, latents) block for top-q pooling (64 MB)
+
+
+def pool_positions(a: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(b, positions, units) → (b, units) by `max`, `mean` or `top<q>` (mean of the q largest positions)."""
+    q = pooling_q(pooling)
+    if q is None:
+        return a.amax(1) if pooling == "max" else a.mean(1)
+    return a.topk(min(q, a.shape[1]), dim=1).values.sum(1) / q
 
 
 def _as_tensor(a) -> torch.Tensor:
@@ -33,16 +44,17 @@ def image_latents(sae: SparseAutoencoder, feats, pooling: str | None = None, bat
     """Image-level latent activations (n, n_latents), float32.
 
     feats: (n, C) pooled vectors, or (n, H, W, C) tokens whose per-position latents are pooled over
-    positions with `pooling` (`max` | `mean`; default: the SAE's `latent_pooling`). `batch`: images per
+    positions with `pooling` (`max` | `mean` | `top<q>`; default: the SAE's `latent_pooling`). `batch`: images per
     chunk (default: about 16k vectors per chunk).
     """
     _check_feats(sae, feats)
     pooling = pooling or sae.config.latent_pooling
-    if pooling not in ("max", "mean"):
-        raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
+    q = pooling_q(pooling)
     n = feats.shape[0]
     per_image = int(np.prod(feats.shape[1:-1])) if len(feats.shape) == 4 else 1
     batch = batch or max(1, _TARGET_VECTORS // per_image)
+    if q is not None and per_image > 1:  # top-q needs each latent's dense code over positions
+        batch = max(1, min(batch, _DENSE_BUDGET // (per_image * sae.n_latents)))
     out = np.zeros((n, sae.n_latents), np.float32)
     for s in range(0, n, batch):
         x = _as_tensor(feats[s:s + batch])
@@ -56,9 +68,36 @@ def image_latents(sae: SparseAutoencoder, feats, pooling: str | None = None, bat
             idx = idx.reshape(b, -1)
             if pooling == "max":
                 z.scatter_reduce_(1, idx, vals, reduce="amax", include_self=True)
-            else:
+            elif pooling == "mean":
                 z.scatter_add_(1, idx, vals).div_(per_image)
+            else:
+                dense = torch.zeros(b, per_image, sae.n_latents).scatter_add_(
+                    2, idx.reshape(b, per_image, -1), vals.reshape(b, per_image, -1))
+                z = pool_positions(dense, pooling)
         out[s:s + b] = z.numpy()
+    return out
+
+
+@torch.no_grad()
+def image_latents_pooled(sae: SparseAutoencoder, feats, poolings, batch: int | None = None) -> dict[str, np.ndarray]:
+    """`image_latents` for several poolings of token features at the cost of one encoding: {pooling: (n, L)}."""
+    _check_feats(sae, feats)
+    for p in poolings:
+        pooling_q(p)
+    if len(feats.shape) == 2:
+        z = image_latents(sae, feats, batch=batch)
+        return {p: z for p in poolings}
+    n, per_image = feats.shape[0], int(np.prod(feats.shape[1:-1]))
+    batch = batch or max(1, min(_TARGET_VECTORS // per_image, _DENSE_BUDGET // (per_image * sae.n_latents)))
+    out = {p: np.zeros((n, sae.n_latents), np.float32) for p in poolings}
+    for s in range(0, n, batch):
+        x = _as_tensor(feats[s:s + batch])
+        b = x.shape[0]
+        vals, idx = sae.encode_sparse(x.reshape(-1, sae.d_in))
+        dense = torch.zeros(b, per_image, sae.n_latents).scatter_add_(
+            2, idx.reshape(b, per_image, -1), vals.reshape(b, per_image, -1))
+        for p in poolings:
+            out[p][s:s + b] = pool_positions(dense, p).numpy()
     return out
 
 

@@ -13,6 +13,7 @@ from ..contracts import EVALUATION_FILE, Artifact, StageResult
 from ..features.store import open_store
 from ..identity import Paths, digest
 from ..inference import Classifier, explanation_figure
+from ..inference.precision import classifier_precision
 from ..sae import image_latents, read_sae
 from ..sae.io import sae_identity
 
@@ -40,6 +41,16 @@ def _feature_examples(sae_dir: Path, store_uri: str) -> tuple[np.ndarray, np.nda
     return feats.reshape(-1, feats.shape[-1])[:2], image_latents(sae, feats).astype(np.float64)
 
 
+def _explanation_metrics(clf: Classifier, store_uri: str) -> dict[str, float]:
+    """Explanation precision of the classifier against its controls (inference.precision); a store that cannot
+    give it (another concept, no test rows) only loses the numbers, with a note."""
+    try:
+        return classifier_precision(clf, open_store(store_uri))
+    except (OSError, KeyError, ValueError) as e:
+        print(f"note: no explanation precision ({type(e).__name__}: {e})", file=sys.stderr)
+        return {}
+
+
 def build_classifier_stage(cfg: Config, sae_dir: str | Path, probe_dir: str | Path, store_uri: str) -> ClassifierResult:
     """Build and save the classifier (SAE + probe + top images per latent) with an example explanation."""
     sae_dir, probe_dir = Path(sae_dir), Path(probe_dir)
@@ -47,6 +58,9 @@ def build_classifier_stage(cfg: Config, sae_dir: str | Path, probe_dir: str | Pa
     identity = digest({"sae": sae_identity(sae_dir), "probe": probe_dir.name, "top_images": top_n})
     out = Paths.under(cfg.output_dir).classifier(identity)
     clf = Classifier.build(cfg, sae_dir, probe_dir, store_uri, top_n=top_n)
+    metrics = _explanation_metrics(clf, store_uri)
+    if metrics:  # kept with the classifier: the demo shows them beside every explanation
+        clf.meta["metrics"] = {**dict(clf.meta.get("metrics") or {}), **metrics}
     clf.save(out)
     if (probe_dir / EVALUATION_FILE).is_file():  # what the registry compares champions on
         shutil.copy2(probe_dir / EVALUATION_FILE, out / EVALUATION_FILE)
@@ -68,5 +82,6 @@ def build_classifier_stage(cfg: Config, sae_dir: str | Path, probe_dir: str | Pa
         artifacts.append(Artifact(out / "example_explanation.png", "classifier"))
     except Exception as e:  # noqa: BLE001 - the dataset may be gone; the classifier is still good
         print(f"note: no example explanation figure ({type(e).__name__}: {e})", file=sys.stderr)
-    return ClassifierResult(identity=identity, artifacts=tuple(artifacts), classifier_dir=out, sae_dir=sae_dir,
+    return ClassifierResult(identity=identity, metrics=metrics, artifacts=tuple(artifacts), classifier_dir=out,
+                            sae_dir=sae_dir,
                             probe_dir=probe_dir, sae_example=sae_ex, probe_example=probe_ex, image_example=image)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..config import Config, ConfigError, to_dict
+from ..config import Config, ConfigError, replace, to_dict
 from ..contracts import EVALUATION_FILE, Artifact, Evaluation, StageResult, flat_metrics
 from ..features.extract import store_uri_for
 from ..features.store import FeatureSet, FeatureStore, open_store
@@ -30,6 +30,7 @@ from ..probe.diffc import train_diffc
 from ..probe.fewshot import FewShotResult, run_few_shot
 from ..probe.linear import fit_linear_probe
 from ..probe.metrics import chance_accuracy, classification_metrics, confusion_figure
+from ..probe.sparse import fit_sparse_probe, smallest_within, sparsity_curve, sparsity_figure, validation_split
 from ..sae import SparseAutoencoder, image_latents, read_sae
 from ..sae.io import sae_identity
 from ..sae.trainer import sae_output_dir
@@ -134,15 +135,21 @@ def control_inputs(cfg: Config, store: FeatureStore, main: ProbeInputs, is_test:
             raw = main.source_feats.load()
             out["raw_features"] = raw
             out["random_relu"] = random_relu_expansion(raw, ref["n_latents"], train_rows, main.pooling)
-    rstore = random_init_store(cfg, [main.hook_point], [main.timestep], [main.pooling], fingerprint, ds, progress,
+    # a top<q> pooling is not stored: the control's token maps are pooled here the same way
+    stored = main.pooling if main.pooling in ("mean", "max") else "tokens"
+    rstore = random_init_store(cfg, [main.hook_point], [main.timestep], [stored], fingerprint, ds, progress,
                                model_backbone=store.config.get("backbone"))
-    out["random_init"] = aligned_features(rstore, main.hook_point, main.timestep, main.pooling, store.index())
+    Xr = aligned_features(rstore, main.hook_point, main.timestep, stored, store.index())
+    out["random_init"] = Xr if stored == main.pooling else pool_tokens(Xr, main.pooling)
     return out
 
 
 # --------------------------------------------------------------------------- the stage
 def probe_fitter(cfg: Config, n_classes: int, meta: dict[str, Any]):
     pc = cfg.probe
+    if pc.kind == "linear" and pc.latents_per_class > 0:
+        return lambda X, y, seed: fit_sparse_probe(X, y, pc.latents_per_class, C=pc.C, max_iter=pc.max_iter,
+                                                   seed=seed, meta=meta)
     if pc.kind == "linear":
         return lambda X, y, seed: fit_linear_probe(X, y, C=pc.C, max_iter=pc.max_iter, seed=seed, meta=meta)
     depth = int(getattr(pc, "depth", DEFAULT_DEPTH))
@@ -290,6 +297,39 @@ def _write_report(report: Path, results: dict[str, FewShotResult], metrics: dict
     return table
 
 
+SPARSITY_TOLERANCE = 0.02  # the fewest latents per class within 2 points of the dense probe
+
+
+def _sparsity(cfg: Config, main: ProbeInputs, labels: np.ndarray, is_test: np.ndarray, report: Path,
+              title: str) -> tuple[dict[str, float], list[Artifact]]:
+    """Accuracy against latents per class on a validation split of the train rows (never the test rows): the
+    curve, the fewest latents per class within SPARSITY_TOLERANCE of the dense probe, and its figure."""
+    import matplotlib.pyplot as plt  # deferred: pyplot picks a backend on import; figures here are files
+
+    train = np.flatnonzero(~is_test)
+    held = validation_split(labels[train], 0.2, seed=cfg.data.seed)
+    curve = sparsity_curve(main.X[train], labels[train], held, C=cfg.probe.C, max_iter=cfg.probe.max_iter)
+    chosen = smallest_within(curve, SPARSITY_TOLERANCE)
+    metrics = {f"sparsity.val.{k}": v for k, v in curve.items()}
+    metrics["sparsity.chosen_latents_per_class"] = float(chosen) if chosen is not None else float("nan")
+    fig = sparsity_figure({"validation": curve}, chosen, f"{title}: accuracy against latents per class")
+    report.mkdir(parents=True, exist_ok=True)
+    fig.savefig(report / "sparsity.png", dpi=110)
+    plt.close(fig)
+    (report / "sparsity.json").write_text(json.dumps({"validation": curve, "chosen": chosen,
+                                                      "tolerance": SPARSITY_TOLERANCE}, indent=2))
+    return metrics, [Artifact(report / n, "probe_report") for n in ("sparsity.png", "sparsity.json")]
+
+
+def _latents_per_class(setting: int, sparsity: Mapping[str, float]) -> int:
+    """probe.latents_per_class as a number: -1 (auto) becomes the fewest latents per class within
+    SPARSITY_TOLERANCE of the dense probe on the validation split, or 0 (every latent) when none is."""
+    if setting >= 0:
+        return int(setting)
+    chosen = sparsity.get("sparsity.chosen_latents_per_class", float("nan"))
+    return int(chosen) if np.isfinite(chosen) else 0
+
+
 def probe_identity(cfg: Config, store_hash: str, sae_id: str | None) -> str:
     """See identity.py: the probe's options (not where its inputs live), the store and the SAE."""
     options = {k: v for k, v in to_dict(cfg.probe).items() if k not in ("store", "sae")}
@@ -310,18 +350,25 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
     meta = {"concept": pc.concept, "class_names": class_names, "input": pc.input, "hook_point": main.hook_point,
             "timestep": main.timestep, "pooling": main.pooling, "store_uri": store.uri,
             "store_config_hash": store.config_hash, "sae": main.sae_ref}
+    identity = probe_identity(cfg, store.config_hash, sae_identity(main.sae_ref["path"]) if main.sae_ref else None)
+    out = Paths.under(cfg.output_dir).probe(identity)
+    title = (f"{pc.kind} on {'SAE latents' if pc.input == 'sae' else 'features'}: {pc.concept} "
+             f"({main.hook_point}, t={main.timestep})")
+    sparsity: dict[str, float] = {}
+    extra: list[Artifact] = []
+    if pc.kind == "linear" and main.sae is not None:
+        sparsity, extra = _sparsity(cfg, main, labels, is_test, out / "report", title)
+    m = _latents_per_class(pc.latents_per_class, sparsity)
+    if pc.kind == "linear":
+        sparsity["sparsity.latents_per_class"] = float(m)
+        cfg = replace(cfg, **{"probe.latents_per_class": m})
     results = _run_protocol(cfg, store, main, meta, labels, progress)
     probe = results["model"].models[("all", 0)]
     if probe.meta.get("converged") is False:
         print(f"note: the probe's solver stopped at probe.max_iter={pc.max_iter} before converging; "
               "raise probe.max_iter (or lower probe.C) for a fully fitted probe", file=sys.stderr)
     metrics, cm = _metrics(results, labels, is_test, class_names)
-
-    identity = probe_identity(cfg, store.config_hash, sae_identity(main.sae_ref["path"]) if main.sae_ref else None)
-    out = Paths.under(cfg.output_dir).probe(identity)
     files = probe.save(out)
-    title = (f"{pc.kind} on {'SAE latents' if pc.input == 'sae' else 'features'}: {pc.concept} "
-             f"({main.hook_point}, t={main.timestep})")
     flagged = result_table(results, metrics["chance"])
     for line in loss_warnings(flagged, f"the probe on {'SAE latents' if pc.input == 'sae' else 'features'}"):
         print(line, file=sys.stderr)
@@ -329,6 +376,7 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
     if model_rows["beats_controls"].notna().any():  # only when the flagged controls ran
         metrics["shots_losing_to_controls"] = int((model_rows["loses_to"] != "").sum())
     table = _write_report(out / "report", results, metrics, cm, class_names, title)
+    metrics.update(sparsity)
     evaluation = Evaluation(str(store.config.get("dataset", {}).get("fingerprint", store.config_hash)),
                             tuple(int(i) for i in store.index()[is_test]),
                             tuple(bool(c) for c in results["model"].predictions[("all", 0)] == labels[is_test]))
@@ -338,7 +386,7 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
             **({"sae_path": main.sae_ref["path"]} if main.sae_ref else {})}
     artifacts = tuple(Artifact(p, "probe") for p in (*files.values(), out / EVALUATION_FILE)) + tuple(
         Artifact(out / "report" / n, "probe_report")
-        for n in ("results.csv", "fewshot_runs.csv", "metrics.json", "confusion.png"))
+        for n in ("results.csv", "fewshot_runs.csv", "metrics.json", "confusion.png")) + tuple(extra)
     return ProbeResult(identity=identity, metrics=flat_metrics(metrics), artifacts=artifacts, tags=tags,
                        probe_dir=out, report_dir=out / "report", store_uri=store.uri, concept=pc.concept,
                        class_names=tuple(class_names), table=table, confusion=cm, fewshot=metrics["fewshot"])

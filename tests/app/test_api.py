@@ -62,6 +62,28 @@ def test_classify_matches_the_library_and_explains_the_predicted_class(client, t
     assert len(_json(fewer)["contributions"]) <= 2
 
 
+def test_classify_contrastive_by_default_with_density_and_the_plain_share_on_request(client, tiny_clf):
+    path = example("star")
+    *_, exp = client.predict(handle_file(str(path)), 12, "contrastive", False, api_name="/classify")
+    assert exp["attribution"] == "contrastive" and exp["runner_up"] in tiny_clf.class_names
+    coef, classes = np.asarray(tiny_clf.probe.coef), list(tiny_clf.probe.classes)
+    c = classes.index(tiny_clf.class_names.index(exp["label"]))
+    r = classes.index(tiny_clf.class_names.index(exp["runner_up"]))
+    for row in exp["contributions"]:  # the weight is the difference of the two classes' weights
+        assert row["weight"] == pytest.approx(coef[c, row["latent"]] - coef[r, row["latent"]], rel=1e-9)
+        assert 0 <= row["density"] <= 1 and row["dense"] == (row["density"] > 0.5)
+    *_, plain = client.predict(handle_file(str(path)), 12, "logit", False, api_name="/classify")
+    assert plain["attribution"] == "logit"
+    for row in plain["contributions"]:
+        assert row["weight"] == pytest.approx(coef[c, row["latent"]], rel=1e-9)
+    *_, hidden = client.predict(handle_file(str(path)), 12, "contrastive", True, api_name="/classify")
+    assert all(not row["dense"] for row in hidden["contributions"])
+    z = tiny_clf.latents([str(path)])[0]
+    assert hidden["hidden_dense"] == int(((z > 0) & (tiny_clf.frequency > 0.5)).sum())
+    with pytest.raises(AppError, match="attribution must be one of"):
+        client.predict(handle_file(str(path)), 6, "saliency", True, api_name="/classify")
+
+
 @pytest.mark.parametrize("size,expect", [((1, 1), "resized from 1×1"), ((400, 20), "resized from 400×20"),
                                          ((12, 12), "resized from 12×12")])
 def test_tiny_and_extreme_aspect_uploads_say_they_were_resized(client, tmp_path, size, expect):
@@ -242,7 +264,8 @@ def test_deletion_curve_of_an_upload(client, tmp_path):
 
 def test_api_page_names_every_parameter_and_output(client):
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
-    assert [p["parameter_name"] for p in api["/classify"]["parameters"]] == ["image", "top_n"]
+    assert [p["parameter_name"] for p in api["/classify"]["parameters"]] == ["image", "top_n", "attribution",
+                                                                            "hide_dense"]
     assert [p["parameter_name"] for p in api["/steer"]["parameters"]] == [
         "latent", "mode", "strengths", "seeds", "sampler", "steps", "t_min", "t_max"]
     for name, ep in api.items():

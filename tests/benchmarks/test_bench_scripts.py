@@ -57,3 +57,24 @@ def test_bench_sae_quick_skips_absent_trainers_with_a_message(tmp_path):
     assert res["summary"]["ours"]["fvu"] < res["summary"]["ours"]["fvu_init"]
     for name, dist in (("sparsify", "eai-sparsify"), ("saelens", "sae-lens")):
         assert f"{name}: skipped" in text and dist in text and f"--{name}-python" in text
+
+
+def test_explanations_benchmark_on_a_planted_store(tmp_path, capsys):
+    from revelio_svc.sae import TopKSAEConfig, build_sae
+    from tests.probe.conftest import write_planted_store
+
+    store = write_planted_store(tmp_path / "store", n=80, dim=12, tokens_hw=(2, 2))
+    sae = build_sae(TopKSAEConfig(d_in=12, n_latents=24, k=3, input="tokens", latent_pooling="max",
+                                  hook_point="up_blocks.1", timestep=10), seed=0)
+    sae.save(tmp_path / "sae")
+    rc = _load("explanations").main([
+        "--config", str(ROOT / "mlproject" / "configs" / "default.yaml"), "--set", f"sae.store={store}",
+        "--set", "probe.concept=shape", "--sae", str(tmp_path / "sae"), "--pooling", "max", "--pooling", "top2",
+        "--latents-per-class", "0", "--latents-per-class", "2", "--seeds", "2", "--out", str(tmp_path / "out")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "out" / "pooling_precision.json").read_text())
+    assert {(r["pooling"], r["latents_per_class"], r["method"]) for r in res["rows"]} == {
+        (p, m, k) for p in ("max", "top2") for m in (0, 2) for k in ("sae", "random", "channels")}
+    assert (tmp_path / "out" / "pooling_precision.png").is_file()
+    assert "targets (contrastive attribution)" in out and "latents per class" in out

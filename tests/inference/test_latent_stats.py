@@ -110,8 +110,11 @@ def test_deletion_curve_removes_the_top_contributors_first(tiny_clf):
     cur = deletion_curve(tiny_clf, z, n_max=5)
     probs = tiny_clf.predict_latents(z[None])[0]
     assert cur.prob[0] == pytest.approx(probs.max()) and cur.label == tiny_clf.class_names[int(probs.argmax())]
-    contrib = tiny_clf.contributions(z, cur.label_index)
+    contrib, _, _, _ = tiny_clf.attribution(z, "contrastive")  # the order the explanation shows
     assert cur.removed == [int(j) for j in np.argsort(-np.where(z > 0, contrib, -np.inf))[:len(cur.removed)]]
+    plain = deletion_curve(tiny_clf, z, n_max=5, attribution="logit")
+    contrib = tiny_clf.contributions(z, cur.label_index)
+    assert plain.removed == [int(j) for j in np.argsort(-np.where(z > 0, contrib, -np.inf))[:len(plain.removed)]]
     zz = z.copy()
     zz[cur.removed[:2]] = 0
     assert cur.prob[2] == pytest.approx(tiny_clf.predict_latents(zz[None])[0, cur.label_index])

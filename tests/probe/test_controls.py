@@ -85,3 +85,19 @@ def test_the_random_init_control_elsewhere_is_not_bound_by_the_models_token_filt
     cfg = load_config(None)  # the defaults keep token maps at up_blocks.1, t=10 only
     r = random_init_config(cfg, ["mid_block"], [100], ["tokens"])
     assert r.extract.poolings_for("mid_block", 100) == ("tokens",)
+
+
+def test_top_q_pooling_of_tokens_and_random_relu():
+    from revelio_svc.probe.controls import pool_tokens
+
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((4, 3, 3, 5)).astype(np.float32)
+    flat = tokens.reshape(4, 9, 5)
+    want = np.sort(flat, axis=1)[:, ::-1][:, :2].mean(1)
+    np.testing.assert_allclose(pool_tokens(tokens, "top2"), want, atol=1e-6)
+    np.testing.assert_allclose(pool_tokens(tokens, "top1"), pool_tokens(tokens, "max"), atol=1e-6)
+    with pytest.raises(ValueError, match="top<q>"):
+        pool_tokens(tokens, "sum")
+    z_max = random_relu_expansion(tokens, 16, np.arange(4), "max", 1).toarray()
+    z_top = random_relu_expansion(tokens, 16, np.arange(4), "top3", 1).toarray()
+    assert (z_top <= z_max + 1e-6).all() and ((z_top > 0) == (z_max > 0)).all()

@@ -67,7 +67,7 @@ def test_uploaded_image_noise_is_seeded_by_its_pixels(clf, trained):
 def test_explain_contributions_add_up_to_the_logit(clf, trained):
     cfg = trained[0]
     img = dataset_images(cfg, [7])[0]
-    exp = clf.explain(img, top=3)
+    exp = clf.explain(img, top=3, attribution="logit")
     assert exp["label"] == clf.class_names[int(np.argmax(clf.predict([img])[0]))]
     assert exp["label"] == max(exp["probs"], key=exp["probs"].get)
     contrib = [r["contribution"] for r in exp["contributions"]]
@@ -86,6 +86,52 @@ def test_explain_contributions_add_up_to_the_logit(clf, trained):
     # a latent's heatmap is where it fires: its image activation is the max over positions (latent_pooling=max)
     for r, h in zip(exp["contributions"], exp["heatmaps"]):
         assert h.max() == pytest.approx(r["activation"], rel=1e-4)
+
+
+def test_contrastive_explanation_splits_the_margin_over_the_runner_up(clf, trained):
+    cfg = trained[0]
+    img = dataset_images(cfg, [7])[0]
+    exp = clf.explain(img, top=clf.n_latents)  # contrastive is the default
+    assert exp["attribution"] == "contrastive"
+    z = clf.latents([img])[0]
+    logits = clf.probe.decision_function(z[None])[0]
+    classes = list(clf.probe.classes)
+    c, r = classes.index(exp["label_index"]), classes.index(clf.class_names.index(exp["runner_up"]))
+    assert logits[c] == logits.max() and logits[r] == np.sort(logits)[-2]
+    assert exp["margin"] == pytest.approx(logits[c] - logits[r])
+    # every active latent is listed: their shares add up to the margin less the intercepts' difference
+    total = sum(row["contribution"] for row in exp["contributions"])
+    b = np.asarray(clf.probe.intercept)
+    assert total == pytest.approx(exp["margin"] - (b[c] - b[r]), abs=1e-6)
+    w = np.asarray(clf.probe.coef)
+    for row in exp["contributions"]:
+        j = row["latent"]
+        assert row["weight"] == pytest.approx(w[c, j] - w[r, j])
+        assert 0 <= row["density"] <= 1 and row["dense"] == (row["density"] > 0.5)
+        if row["top_images"]:
+            assert 0 <= row["selectivity"] <= 1
+    with pytest.raises(ValueError, match="attribution must be one of"):
+        clf.explain(img, attribution="shap")
+
+
+def test_density_and_selectivity_come_from_the_store(clf, trained):
+    _, store_uri, sae_dir, *_ = trained
+    store = open_store(store_uri)
+    z = image_latents(read_sae(sae_dir), store.feature_set("up_blocks.1", 10, "tokens").load(), pooling="max")
+    np.testing.assert_allclose(clf.frequency, (z > 0).mean(0), atol=1e-6)
+    labels = dict(zip(store.index().tolist(), store.labels(clf.concept).tolist()))
+    j = int(np.argmax(z.max(0)))
+    tops = clf.top_images(j, n=clf.top_indices.shape[1])
+    want = np.mean([labels[i] == 0 for i in tops])
+    assert clf.selectivity(j, 0) == pytest.approx(want)
+    # hiding dense latents leaves none of them in the explanation
+    img = dataset_images(trained[0], [7])[0]
+    exp = clf.explain(img, top=clf.n_latents, hide_dense=True)
+    assert all(not r["dense"] for r in exp["contributions"])
+    zi = clf.latents([img])[0]
+    assert exp["hidden_dense"] == int(((zi > 0) & (clf.frequency > 0.5)).sum())
+    shown = clf.explain(img, top=clf.n_latents)
+    assert len(shown["contributions"]) == len(exp["contributions"]) + exp["hidden_dense"]
 
 
 def test_top_images_are_where_the_latent_fires_most(clf, trained):
@@ -142,3 +188,24 @@ def test_a_fetched_classifier_saves_a_self_contained_copy(classifier_dir, traine
     assert meta["backbone_bundled"] and meta["backbone"]["id"] == str(trained[0].backbone.id)
     assert meta["note"] == "same probe"
     np.testing.assert_allclose(Classifier.load(tmp_path / "saved").predict(img), want, atol=1e-6)
+
+
+def test_classifier_stage_records_explanation_precision_against_its_controls(trained, tmp_path):
+    from revelio_svc.config import replace
+    from revelio_svc.inference.precision import classifier_precision
+    from revelio_svc.stages.classifier import build_classifier_stage
+
+    cfg, store_uri, sae_dir, probe_dir, _, _ = trained
+    res = build_classifier_stage(replace(cfg, output_dir=str(tmp_path)), sae_dir, probe_dir, store_uri)
+    m = res.metrics
+    for k in ("explanation_precision", "explanation_precision_random", "explanation_precision_channels",
+              "explanation_precision_chance", "explanation_precision_logit"):
+        assert 0 <= m[k] <= 1, k
+    assert m["explanation_precision_ratio_random"] == pytest.approx(
+        m["explanation_precision"] / m["explanation_precision_random"])
+    # kept with the classifier (the demo shows them) and the same as recomputing them
+    loaded = Classifier.load(res.classifier_dir)
+    assert loaded.meta["metrics"]["explanation_precision"] == m["explanation_precision"]
+    again = classifier_precision(loaded, open_store(store_uri))
+    assert again["explanation_precision"] == pytest.approx(m["explanation_precision"])
+    assert loaded.frequency is not None and loaded.top_labels is not None

@@ -15,6 +15,7 @@ from revelio_svc.sae import (
     latent_maps,
     read_sae,
 )
+from revelio_svc.sae.latents import image_latents_pooled
 from revelio_svc.sae.trainer import (
     SparseStep,
     default_lr,
@@ -285,7 +286,11 @@ def test_image_latents_pool_token_codes(variant):
     tokens = data(5 * 9).reshape(5, 3, 3, 8)
     with torch.no_grad():
         dense = sae.encode(tokens)  # (5, 3, 3, n)
-    for pooling, ref in (("max", dense.amax(dim=(1, 2))), ("mean", dense.mean(dim=(1, 2)))):
+    flat = dense.reshape(5, 9, -1)
+    top3 = flat.sort(dim=1, descending=True).values[:, :3].mean(1)  # mean of each latent's 3 largest positions
+    for pooling, ref in (("max", dense.amax(dim=(1, 2))), ("mean", dense.mean(dim=(1, 2))), ("top3", top3),
+                         ("top1", dense.amax(dim=(1, 2))), ("top9", dense.mean(dim=(1, 2))),
+                         ("top20", flat.sum(1) / 20)):
         got = image_latents(sae, tokens.numpy(), pooling, batch=2)
         assert got.shape == (5, 32)
         assert np.allclose(got, ref.numpy(), atol=1e-6)
@@ -296,3 +301,10 @@ def test_image_latents_pool_token_codes(variant):
     assert np.allclose(maps, dense[..., [0, 5, 31]].permute(0, 3, 1, 2).numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="d_in=8"):
         image_latents(sae, np.zeros((2, 7), np.float32))
+    for bad in ("top0", "median", "top"):
+        with pytest.raises(ValueError, match="top<q>"):
+            image_latents(sae, tokens.numpy(), bad)
+    # one encoding, several poolings: the same as pooling one at a time
+    many = image_latents_pooled(sae, tokens.numpy(), ("max", "mean", "top3"), batch=2)
+    for p in ("max", "mean", "top3"):
+        assert np.allclose(many[p], image_latents(sae, tokens.numpy(), p), atol=1e-6)

@@ -163,3 +163,39 @@ def test_probe_table_flags_every_shot_count_the_model_loses_at(capsys):
     # no flagged control ran: nothing to say
     plain = stage.flag_losses(table[table.input.isin(["model", "pixels"])])
     assert plain.beats_controls.isna().all() and not stage.loss_warnings(plain)
+
+
+def test_sparse_probe_option_and_the_latents_per_class_curve(extracted, tmp_path):
+    cfg, uri = extracted
+    store = open_store(uri)
+    d_in = store.feature_set("up_blocks.1", 10, "tokens").shape[-1]
+    sae_dir = tmp_path / "sae"
+    build_sae(TopKSAEConfig(d_in=d_in, n_latents=64, k=8, input="tokens", latent_pooling="top4",
+                            hook_point="up_blocks.1", timestep=10), seed=7).save(sae_dir)
+    cfg = replace(cfg, **{"output_dir": str(tmp_path / "o"), "probe.input": "sae", "probe.sae": str(sae_dir),
+                          "probe.store": uri, "probe.seeds": 1, "probe.controls": False,
+                          "probe.latents_per_class": 3})
+    out = stage.train_probe_stage(cfg)
+    probe = read_probe(out.probe_dir)
+    assert ((np.asarray(probe.coef) != 0).sum(1) <= 3).all()  # every class reads at most 3 latents
+    assert probe.meta["latents_per_class"] == 3
+    # the curve is on a validation split of the train rows, with the fewest latents within 2 points marked
+    curve = json.loads((out.report_dir / "sparsity.json").read_text())
+    assert set(curve["validation"]) == {"dense", "1", "2", "4", "8", "16", "32", "64", "128", "256"}
+    assert (out.report_dir / "sparsity.png").is_file()
+    assert out.metrics["sparsity.val.dense"] == curve["validation"]["dense"]
+    chosen = curve["chosen"]
+    if chosen is not None:
+        assert curve["validation"][str(chosen)] >= curve["validation"]["dense"] - 0.02
+        assert out.metrics["sparsity.chosen_latents_per_class"] == chosen
+    assert out.metrics["sparsity.latents_per_class"] == 3
+    with pytest.raises(ConfigError, match="probe.latents_per_class"):
+        replace(cfg, **{"probe.latents_per_class": -2})
+    # auto (-1, the default): the fewest latents per class within 2 points on validation, else all of them
+    auto = stage.train_probe_stage(replace(cfg, **{"probe.latents_per_class": -1,
+                                                   "output_dir": str(tmp_path / "auto")}))
+    curve = json.loads((auto.report_dir / "sparsity.json").read_text())
+    used = auto.metrics["sparsity.latents_per_class"]
+    assert used == (curve["chosen"] if curve["chosen"] is not None else 0)
+    nz = (np.asarray(read_probe(auto.probe_dir).coef) != 0).sum(1)
+    assert (nz <= used).all() if used else True

@@ -1,0 +1,105 @@
+"""Explanation precision of the default run: per latent pooling, SAE vs matched random dictionary vs raw channels.
+
+Reads what `make run` (or `revelio extract` + `revelio train-sae`) wrote for `--config`, and for each pooling of
+token latents (max, mean, top-8 mean; `--pooling` to choose) prints and plots, per dictionary:
+
+- explanation precision on correctly classified test images (`revelio_svc/inference/precision.py`): the share
+  of the top-3 contributing units' top-8 train images that carry the predicted label, with contrastive
+  attribution (share of the margin over the runner-up) and with the plain logit share;
+- the linear probe's test accuracy (C = probe.C, fitted on the train rows), dense and sparse (each class
+  reading at most m units, `--latents-per-class`);
+- density: the units' mean firing rate over the images, and the share of live units firing on > 50 %.
+
+Targets (issue #21): precision >= 0.80 and >= 2x the matched random dictionary.
+
+Run: `python benchmarks/explanations.py [--config FILE] [--set key=value ...] [--out DIR]`
+(writes `pooling_precision.png` and `pooling_precision.json` to --out, default the current folder).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from revelio_svc.config import load_config  # noqa: E402
+from revelio_svc.features.extract import store_uri_for  # noqa: E402
+from revelio_svc.features.store import open_store  # noqa: E402
+from revelio_svc.inference.precision import POOLINGS, pooling_comparison, pooling_figure  # noqa: E402
+from revelio_svc.sae import read_sae  # noqa: E402
+from revelio_svc.sae.data import feature_set_for  # noqa: E402
+from revelio_svc.sae.trainer import sae_output_dir  # noqa: E402
+
+TARGET_PRECISION, TARGET_RATIO = 0.80, 2.0
+
+
+def table(rows: list[dict]) -> str:
+    head = f"{'pooling':<8} {'m/class':>7} {'method':<9} {'prec.contr':>10} {'prec.logit':>10} {'accuracy':>9} " \
+           f"{'density':>8} {'dense>50%':>9}"
+    lines = [head]
+    for r in rows:
+        m = r["latents_per_class"] or "all"
+        lines.append(f"{r['pooling']:<8} {m:>7} {r['method']:<9} {r['precision.contrastive']:>10.3f} "
+                     f"{r['precision.logit']:>10.3f} {r['accuracy']:>9.3f} {r['density']:>8.3f} "
+                     f"{r['dense_share']:>9.3f}")
+    return "\n".join(lines)
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    out = []
+    for p, m in dict.fromkeys((r["pooling"], r["latents_per_class"]) for r in rows):
+        s = next(r for r in rows if (r["pooling"], r["latents_per_class"]) == (p, m) and r["method"] == "sae")
+        rnd = next(r for r in rows if (r["pooling"], r["latents_per_class"]) == (p, m) and r["method"] == "random")
+        v, ratio = s["precision.contrastive"], s["precision.contrastive"] / max(rnd["precision.contrastive"], 1e-12)
+        out.append(f"{p}, {m or 'all'} latents per class: precision {v:.3f} (>= {TARGET_PRECISION}: "
+                   f"{'met' if v >= TARGET_PRECISION else 'NOT met'}), {ratio:.2f}x random (>= {TARGET_RATIO}x: "
+                   f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="mlproject/configs/default.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--pooling", action="append", default=None, help="max, mean, top<q> (repeatable)")
+    ap.add_argument("--latents-per-class", type=int, action="append", default=None,
+                    help="sparse probes to compare (0 = dense; repeatable; default 0 and probe.latents_per_class)")
+    ap.add_argument("--seeds", type=int, default=3, help="random-dictionary seeds")
+    ap.add_argument("--sae", default="", help="SAE directory (default: the one train-sae writes for the config)")
+    ap.add_argument("--out", default=".")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = load_config(args.config, args.overrides)
+    store = open_store(cfg.sae.store or store_uri_for(cfg))
+    sae_dir = Path(args.sae) if args.sae else sae_output_dir(cfg, store)
+    sae = read_sae(sae_dir)
+    sc = sae.config
+    feats = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling or "mean").load()
+    labels, test = store.labels(cfg.probe.concept), store.is_test()
+    poolings = tuple(args.pooling or (POOLINGS if sc.input == "tokens" else (sc.latent_pooling,)))
+    t0 = time.perf_counter()
+    ms = tuple(dict.fromkeys(args.latents_per_class or (0, cfg.probe.latents_per_class)))
+    rows = pooling_comparison(sae, feats, labels, test, poolings, C=cfg.probe.C, latents_per_class=ms,
+                              seeds=tuple(range(1, args.seeds + 1)))
+    print(f"SAE {sae_dir} ({sc.hook_point} t={sc.timestep}, {sc.input}, {sae.n_latents} latents, k={sc.k}); "
+          f"{int(test.sum())} test rows, concept {cfg.probe.concept}; {time.perf_counter() - t0:.0f} s\n")
+    print(table(rows))
+    print(f"\nchance (base rate of the predicted labels): {rows[0]['chance']:.3f}")
+    print("\n".join(["", "targets (contrastive attribution):", *("  " + v for v in verdicts(rows))]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pooling_precision.json").write_text(json.dumps({"sae": str(sae_dir), "rows": rows}, indent=2))
+    fig = pooling_figure(rows, f"explanation precision by latent pooling ({cfg.probe.concept})")
+    fig.savefig(out / "pooling_precision.png", dpi=110)
+    print(f"\nwrote {out / 'pooling_precision.png'} and {out / 'pooling_precision.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
