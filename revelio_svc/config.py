@@ -172,7 +172,7 @@ class SAEConfig:
     auxk_coef: float = 1.0 / 32
     k_aux: int = 0  # 0 = d_in // 2
     dead_window: int = 400_000  # a latent is dead when it has not fired in this many samples
-    latent_pooling: str = "max"  # token latents → image vector: max | mean | top<q> (mean of the q largest)
+    latent_pooling: str = "top8"  # token latents → image vector: max | mean | top<q> (mean of the q largest)
     store: str = ""  # feature store to train on; "" = the store `extract` writes for this config
     output: str = ""  # "" = <output_dir>/sae/<config hash>
     seed: int = 0
