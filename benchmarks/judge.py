@@ -1,0 +1,137 @@
+"""The ground-truth shape judge: train it, measure it, and judge a backbone's own samples with it.
+
+    python benchmarks/judge.py train [--out revelio_svc/assets/judge] [--steps N] ...
+        trains the judge on renders of seed 2000 (revelio_svc/interpret/judge.py), prints its held-out accuracy
+    python benchmarks/judge.py accuracy [--judge DIR] [--n 2000]
+        the judge's accuracy on held-out renders (seed 2001) and on the evaluation renders (seed 0): the ceiling
+    python benchmarks/judge.py samples [--backbone builtin:shapes-unet] [--n 256] [--steps 50]
+        DDIM samples of a backbone, judged: the share with confidence >= 0.9 and the class histogram
+
+Each command prints a JSON line last. Use one thread (`OMP_NUM_THREADS=1`) on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from revelio_svc.interpret.judge import (  # noqa: E402
+    CLASSES,
+    JUDGE_DIR,
+    JudgeConfig,
+    accuracy,
+    judge_probs,
+    load_judge,
+    render_set,
+    save_judge,
+    train_judge,
+    verdict_summary,
+)
+
+CONFIDENT = 0.9  # issue 21: the share of samples judged with top probability >= 0.9
+
+
+def heldout_accuracy(judge, n: int = 2000, seed: int = 2001) -> float:
+    """Accuracy on `n` renders of `seed` (2001: held out from the judge's training seed 2000)."""
+    imgs, labels = render_set(n, seed, judge.cfg.image_size)
+    return accuracy(judge, imgs, labels)
+
+
+def backbone_samples(backbone: str, n: int = 256, steps: int = 50, seed: int = 0) -> np.ndarray:
+    """`n` DDIM samples of a unet2d backbone (a directory or `builtin:` name): uint8 (n, S, S, 3)."""
+    from diffusers import UNet2DModel
+
+    from revelio_svc.backbones.hub import resolve_local
+    from revelio_svc.backbones.pretrain import sample_images
+
+    path = resolve_local(backbone)
+    if path is None:
+        raise SystemExit(f"error: --backbone {backbone!r} is not a backbone directory or a builtin: name")
+    model = UNet2DModel.from_pretrained(str(path), torch_dtype=torch.float32)
+    return sample_images(model, n=n, steps=steps, seed=seed)
+
+
+def sample_report(judge, images: np.ndarray, min_conf: float = CONFIDENT) -> dict:
+    """The judge's verdicts on samples (`verdict_summary`) plus the mean top probability."""
+    probs = judge_probs(judge, images)
+    out = verdict_summary(probs, min_conf)
+    out["mean_top_prob"] = float(probs.max(1).mean()) if len(probs) else 0.0
+    return out
+
+
+def _train(args) -> dict:
+    cfg = dataclasses.replace(JudgeConfig(), **{k: v for k, v in (("steps", args.steps), ("n_train", args.n_train),
+                                                                   ("width", args.width), ("seed", args.seed))
+                                                if v is not None})
+    judge, metrics = train_judge(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+    metrics["eval_seed0_accuracy"] = heldout_accuracy(judge, 2000, 0)
+    out = save_judge(judge, args.out, metrics)
+    size = (out / "judge.safetensors").stat().st_size
+    return {"out": str(out), "weights_bytes": size, "config": dataclasses.asdict(cfg), **metrics}
+
+
+def _accuracy(args) -> dict:
+    judge = load_judge(args.judge)
+    return {"heldout_seed2001": heldout_accuracy(judge, args.n, 2001), "eval_seed0": heldout_accuracy(judge, args.n, 0),
+            "n": args.n}
+
+
+def _samples(args) -> dict:
+    judge = load_judge(args.judge)
+    t0 = time.perf_counter()
+    imgs = backbone_samples(args.backbone, args.n, args.steps, args.seed)
+    rep = sample_report(judge, imgs, args.min_conf)
+    rep.update(backbone=args.backbone, ddim_steps=args.steps, seed=args.seed, seconds=round(time.perf_counter() - t0, 1))
+    if args.save_grid:
+        from PIL import Image
+
+        side = int(np.ceil(np.sqrt(len(imgs))))
+        s = imgs.shape[1]
+        grid = np.zeros((side * s, side * s, 3), np.uint8)
+        for i, im in enumerate(imgs):
+            grid[(i // side) * s:(i // side + 1) * s, (i % side) * s:(i % side + 1) * s] = im
+        Image.fromarray(grid).save(args.save_grid)
+    hist = ", ".join(f"{c} {rep['histogram'][c]}" for c in CLASSES)
+    print(f"{args.backbone}: {rep['confident_share']:.1%} of {rep['n']} samples judged with confidence >= "
+          f"{args.min_conf} ({hist}); all shapes present: {rep['all_classes_present']}")
+    return rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train the judge on renders and save it")
+    t.add_argument("--out", default=str(JUDGE_DIR))
+    t.add_argument("--steps", type=int)
+    t.add_argument("--n-train", type=int)
+    t.add_argument("--width", type=int)
+    t.add_argument("--seed", type=int)
+    a = sub.add_parser("accuracy", help="accuracy on held-out renders")
+    a.add_argument("--judge", default=None, help="a judge directory (default: the shipped one)")
+    a.add_argument("--n", type=int, default=2000)
+    s = sub.add_parser("samples", help="judge a backbone's DDIM samples")
+    s.add_argument("--backbone", default="builtin:shapes-unet")
+    s.add_argument("--judge", default=None)
+    s.add_argument("--n", type=int, default=256)
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--min-conf", type=float, default=CONFIDENT)
+    s.add_argument("--save-grid", default=None, help="write the samples as one PNG grid here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    res = {"train": _train, "accuracy": _accuracy, "samples": _samples}[args.cmd](args)
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
