@@ -6,6 +6,9 @@
         the judge's accuracy on held-out renders (seed 2001) and on the evaluation renders (seed 0): the ceiling
     python benchmarks/judge.py samples [--backbone builtin:shapes-unet] [--n 256] [--steps 50]
         DDIM samples of a backbone, judged: the share with confidence >= 0.9 and the class histogram
+    python benchmarks/judge.py steering [--config mlproject/configs/default.yaml] [--set k=v ...] [--seeds 16]
+        per class, its most specific SAE latent (on train rows) steered at r x its strongest activation vs a random
+        direction of the same norm: flip rates (revelio_svc/inference/steering_eval.py)
 
 Each command prints a JSON line last. Use one thread (`OMP_NUM_THREADS=1`) on a shared machine.
 """
@@ -29,12 +32,12 @@ from revelio_svc.interpret.judge import (  # noqa: E402
     JUDGE_DIR,
     JudgeConfig,
     accuracy,
-    judge_probs,
+    backbone_samples,
+    judge_samples,
     load_judge,
     render_set,
     save_judge,
     train_judge,
-    verdict_summary,
 )
 
 CONFIDENT = 0.9  # issue 21: the share of samples judged with top probability >= 0.9
@@ -44,28 +47,6 @@ def heldout_accuracy(judge, n: int = 2000, seed: int = 2001) -> float:
     """Accuracy on `n` renders of `seed` (2001: held out from the judge's training seed 2000)."""
     imgs, labels = render_set(n, seed, judge.cfg.image_size)
     return accuracy(judge, imgs, labels)
-
-
-def backbone_samples(backbone: str, n: int = 256, steps: int = 50, seed: int = 0) -> np.ndarray:
-    """`n` DDIM samples of a unet2d backbone (a directory or `builtin:` name): uint8 (n, S, S, 3)."""
-    from diffusers import UNet2DModel
-
-    from revelio_svc.backbones.hub import resolve_local
-    from revelio_svc.backbones.pretrain import sample_images
-
-    path = resolve_local(backbone)
-    if path is None:
-        raise SystemExit(f"error: --backbone {backbone!r} is not a backbone directory or a builtin: name")
-    model = UNet2DModel.from_pretrained(str(path), torch_dtype=torch.float32)
-    return sample_images(model, n=n, steps=steps, seed=seed)
-
-
-def sample_report(judge, images: np.ndarray, min_conf: float = CONFIDENT) -> dict:
-    """The judge's verdicts on samples (`verdict_summary`) plus the mean top probability."""
-    probs = judge_probs(judge, images)
-    out = verdict_summary(probs, min_conf)
-    out["mean_top_prob"] = float(probs.max(1).mean()) if len(probs) else 0.0
-    return out
 
 
 def _train(args) -> dict:
@@ -89,7 +70,7 @@ def _samples(args) -> dict:
     judge = load_judge(args.judge)
     t0 = time.perf_counter()
     imgs = backbone_samples(args.backbone, args.n, args.steps, args.seed)
-    rep = sample_report(judge, imgs, args.min_conf)
+    rep = judge_samples(judge, imgs, args.min_conf)
     rep.update(backbone=args.backbone, ddim_steps=args.steps, seed=args.seed, seconds=round(time.perf_counter() - t0, 1))
     if args.save_grid:
         from PIL import Image
@@ -104,6 +85,22 @@ def _samples(args) -> dict:
     print(f"{args.backbone}: {rep['confident_share']:.1%} of {rep['n']} samples judged with confidence >= "
           f"{args.min_conf} ({hist}); all shapes present: {rep['all_classes_present']}")
     return rep
+
+
+def _steering(args) -> dict:
+    from revelio_svc.config import load_config
+    from revelio_svc.features.extract import store_uri_for
+    from revelio_svc.inference.steering_eval import steering_eval_for_sae
+    from revelio_svc.sae.trainer import sae_output_dir
+
+    cfg = load_config(args.config, args.overrides)
+    store_uri = cfg.sae.store or store_uri_for(cfg)
+    ev = steering_eval_for_sae(cfg.backbone, sae_output_dir(cfg, store_uri), store_uri, judge=load_judge(args.judge),
+                               strengths=tuple(args.strengths), seeds=tuple(range(args.seeds)), steps=args.steps,
+                               progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"steering flips (judge top probability >= {ev.min_conf}; {len(ev.seeds)} seeds, DDIM {ev.steps} steps, "
+          f"strengths r x the latent's strongest train activation):\n{ev.table()}")
+    return ev.to_dict()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,9 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--min-conf", type=float, default=CONFIDENT)
     s.add_argument("--save-grid", default=None, help="write the samples as one PNG grid here")
+    st = sub.add_parser("steering", help="flip rates of each class's most specific SAE latent vs a random direction")
+    st.add_argument("--config", default="mlproject/configs/default.yaml")
+    st.add_argument("--set", dest="overrides", action="append", default=[])
+    st.add_argument("--judge", default=None)
+    st.add_argument("--seeds", type=int, default=16)
+    st.add_argument("--steps", type=int, default=20)
+    st.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    res = {"train": _train, "accuracy": _accuracy, "samples": _samples}[args.cmd](args)
+    res = {"train": _train, "accuracy": _accuracy, "samples": _samples, "steering": _steering}[args.cmd](args)
     print(json.dumps(res))
     return 0
 

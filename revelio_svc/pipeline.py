@@ -38,6 +38,7 @@ from .features.extract import extract, store_identity
 from .features.store import StoreError, open_store
 from .identity import digest
 from .inference import Classifier
+from .inference.steering_eval import PIPELINE_BUDGET, steering_eval_for_sae
 from .registry import Registration, register_set
 from .registry.faithfulness import faithfulness_for_classifier
 from .sae.io import sae_identity
@@ -253,6 +254,7 @@ def _register(cfg: Config, chain: _Chain, store_uri: str) -> Callable[[], StageR
         metrics.update({f"{k}.is_champion": float(r.champion) for k, r in regs.items()})
         # logged on this run, the registered versions' run: explanations' faithfulness per model version
         metrics.update(_faithfulness(clf.classifier_dir))
+        metrics.update(_steering(cfg, clf.sae_dir, store_uri))
         return _Registered(identity=clf.identity, metrics=metrics, artifacts=clf.artifacts,
                            tags={"classifier_dir": str(clf.classifier_dir)}, classifier_dir=clf.classifier_dir,
                            registrations=regs)
@@ -266,6 +268,18 @@ def _faithfulness(classifier_dir: Path) -> dict[str, float]:
         return faithfulness_for_classifier(Classifier.load(classifier_dir))
     except Exception as e:  # noqa: BLE001 - e.g. the dataset is not readable here
         print(f"note: no faithfulness metrics ({type(e).__name__}: {e})")
+        return {}
+
+
+def _steering(cfg: Config, sae_dir: Path, store_uri: str) -> dict[str, float]:
+    """Steering flip rates of the new SAE against random directions (inference.steering_eval), judged by the
+    shape judge on a small budget; only for the procedural shapes, and never a reason to fail."""
+    if cfg.data.source != "shapes":
+        return {}
+    try:
+        return steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, **PIPELINE_BUDGET).metrics()
+    except Exception as e:  # noqa: BLE001 - e.g. a backbone that cannot sample here
+        print(f"note: no steering metrics ({type(e).__name__}: {e})")
         return {}
 
 

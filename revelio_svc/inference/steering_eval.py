@@ -34,6 +34,8 @@ from .steering import SteeringSpec, decoder_direction, steer
 DEFAULT_STRENGTHS = (1.0, 2.0, 4.0, 8.0)
 MIN_CONF = 0.5  # "in distribution": the judge's top probability at least this
 PREFIX = "steering."
+# what the pipeline's register stage spends on it: 6 classes × 2 directions × 3 strengths × 4 seeds, 10 DDIM steps
+PIPELINE_BUDGET = {"seeds": (0, 1, 2, 3), "strengths": (2.0, 4.0, 8.0), "steps": 10}
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -106,6 +108,25 @@ def flip_stats(probs: np.ndarray, target: int, strengths: Sequence[float], min_c
     best = int(np.argmax(flip)) if len(flip) and flip.max() > 0 else None
     return FlipStats(int(target), tuple(float(s) for s in strengths), tuple(float(f) for f in flip),
                      tuple(float(v) for v in sure[1:].mean(1)), int(p.shape[1]), n_el, float(sure[0].mean()), best)
+
+
+def judge_variants(judge_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
+    """The judge's probabilities of a steering run's images (n_variants, n_seeds, S, S, 3) → (n_variants, n_seeds, K)."""
+    n_var, n = images.shape[:2]
+    probs = np.asarray(judge_fn(images.reshape(n_var * n, *images.shape[2:])), np.float64)
+    return probs.reshape(n_var, n, -1)
+
+
+def variant_verdicts(probs: np.ndarray, class_names: Sequence[str], min_conf: float = MIN_CONF) -> list[dict[str, Any]]:
+    """Per variant: the judge's class per seed ("?" when its top probability is below `min_conf`), the share
+    judged at all (in distribution) and the count per class."""
+    out = []
+    for pv in np.asarray(probs, np.float64):
+        names = [str(class_names[int(k)]) if top >= min_conf else "?" for k, top in zip(pv.argmax(1), pv.max(1))]
+        counts = {c: names.count(c) for c in list(class_names) + ["?"] if names.count(c)}
+        out.append({"verdicts": names, "in_dist": float(np.mean([v != "?" for v in names])) if names else 0.0,
+                    "counts": counts})
+    return out
 
 
 def random_direction(like: torch.Tensor, seed: int) -> torch.Tensor:
@@ -203,14 +224,10 @@ def measure_steering(adapter, sae, hook_point: str, latents: Mapping[int, int], 
         stats = []
         verdicts: dict[str, list[str]] = {}
         for name, r in (("latent", res), ("random", ctl)):
-            n_var, n = r.images.shape[:2]
-            probs = np.asarray(judge_fn(r.images.reshape(n_var * n, *r.images.shape[2:])), np.float64)
-            probs = probs.reshape(n_var, n, -1)
+            probs = judge_variants(judge_fn, r.images)
             stats.append(flip_stats(probs, int(c), rel, min_conf))
-            for v, pv in enumerate(probs):
-                key = "baseline" if v == 0 else f"{name} r={rel[v - 1]:g}"
-                verdicts[key] = [class_names[int(k)] if top >= min_conf else "?" for k, top in
-                                 zip(pv.argmax(1), pv.max(1))]
+            for v, vv in enumerate(variant_verdicts(probs, class_names, min_conf)):
+                verdicts["baseline" if v == 0 else f"{name} r={rel[v - 1]:g}"] = vv["verdicts"]
         out.append(ClassSteering(str(class_names[int(c)]), int(c), int(j), scale, stats[0], stats[1], verdicts))
         if progress is not None:
             progress(f"steering {class_names[int(c)]}: latent {j} flips {stats[0].flip_rate:.2f}, "
@@ -238,3 +255,29 @@ def steering_eval_for_store(adapter, sae, store, concept: str, judge_fn: Callabl
     latents = {c: js[0] for c, js in enumerate(chosen)}
     scales = {j: float(Z[:, j].max()) for j in latents.values()}
     return measure_steering(adapter, sae, sae.config.hook_point, latents, scales, judge_fn, class_names, **kw)
+
+
+def judge_fn_of(judge) -> Callable[[np.ndarray], np.ndarray]:
+    """images → probabilities through a loaded `interpret.judge.ShapeJudge`."""
+    from ..interpret.judge import judge_probs
+
+    return lambda images: judge_probs(judge, images)
+
+
+def steering_eval_for_sae(backbone_cfg, sae_dir, store_uri: str, concept: str = "shape", judge=None,
+                          **kw) -> SteeringEval:
+    """`steering_eval_for_store` for a saved SAE, its feature store and backbone, judged by the shape judge
+    (default: the shipped one). Only the procedural shapes have a judge: `concept` must be "shape"."""
+    from ..backbones import load_backbone
+    from ..features.store import open_store
+    from ..interpret.judge import CLASSES, load_judge
+    from ..sae import read_sae
+
+    store = open_store(store_uri)
+    if concept not in store.label_names or list(store.label_names[concept]) != list(CLASSES):
+        raise ValueError(f"steering is judged by the shape judge: the store needs the concept 'shape' with the "
+                         f"classes {', '.join(CLASSES)}; it has {', '.join(store.label_names) or 'no labels'}")
+    sae = read_sae(sae_dir)
+    adapter = load_backbone(backbone_cfg)
+    judge = judge if judge is not None else load_judge()
+    return steering_eval_for_store(adapter, sae, store, concept, judge_fn_of(judge), CLASSES, **kw)

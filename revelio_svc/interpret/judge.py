@@ -132,6 +132,28 @@ def verdict_summary(probs: np.ndarray, min_conf: float = 0.9) -> dict:
             "argmax_histogram": {c: int(np.sum(arg == i)) for i, c in enumerate(CLASSES)}}
 
 
+def backbone_samples(backbone: str, n: int = 256, steps: int = 50, seed: int = 0) -> np.ndarray:
+    """`n` DDIM samples of a pixel-space backbone (a directory or `builtin:` name): uint8 (n, S, S, 3)."""
+    from diffusers import UNet2DModel
+
+    from ..backbones.hub import resolve_local
+    from ..backbones.pretrain import sample_images
+
+    path = resolve_local(backbone)
+    if path is None:
+        raise JudgeError(f"backbone {backbone!r} is not a backbone directory or a builtin: name")
+    model = UNet2DModel.from_pretrained(str(path), torch_dtype=torch.float32)
+    return sample_images(model, n=n, steps=steps, seed=seed)
+
+
+def judge_samples(judge: ShapeJudge, images: np.ndarray, min_conf: float = 0.9) -> dict:
+    """The judge's verdicts on a backbone's samples (`verdict_summary`) and their mean top probability."""
+    probs = judge_probs(judge, images)
+    out = verdict_summary(probs, min_conf)
+    out["mean_top_prob"] = float(probs.max(1).mean()) if len(probs) else 0.0
+    return out
+
+
 # --------------------------------------------------------------------------- train, save, load
 def train_judge(cfg: JudgeConfig = JudgeConfig(), log: Callable[[str], None] | None = None,
                 data: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[ShapeJudge, dict]:
@@ -198,8 +220,10 @@ def load_judge(path: str | Path | None = None) -> ShapeJudge:
     state = load_file(str(d / WEIGHTS_FILE))
     ref = judge.state_dict()
     missing = [k for k, v in ref.items() if v.is_floating_point() and k not in state]
-    if missing or set(state) - set(ref):
-        raise JudgeError(f"{d / WEIGHTS_FILE} does not fit the judge's architecture "
-                         f"(missing {len(missing)}, unexpected {len(set(state) - set(ref))} tensors)")
+    unexpected = set(state) - set(ref)
+    misshapen = [k for k, v in state.items() if k in ref and tuple(v.shape) != tuple(ref[k].shape)]
+    if missing or unexpected or misshapen:
+        raise JudgeError(f"{d / WEIGHTS_FILE} does not fit the judge's architecture in {d / CONFIG_FILE} "
+                         f"(missing {len(missing)}, unexpected {len(unexpected)}, misshapen {len(misshapen)} tensors)")
     judge.load_state_dict(state, strict=False)  # BN's integer batch counters are not saved: unused in eval
     return judge.eval()
