@@ -67,9 +67,18 @@ def _accuracy(args) -> dict:
 
 
 def _samples(args) -> dict:
-    judge = load_judge(args.judge)
     t0 = time.perf_counter()
-    imgs = backbone_samples(args.backbone, args.n, args.steps, args.seed)
+    key = f"{args.backbone}|n={args.n}|steps={args.steps}|seed={args.seed}"
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None and cache.is_file() and str(np.load(cache)["key"]) == key:
+        imgs = np.load(cache)["images"]  # plain arrays (allow_pickle stays off)
+    else:
+        imgs = backbone_samples(args.backbone, args.n, args.steps, args.seed)
+        if cache is not None:
+            np.savez(cache, images=imgs, key=np.array(key))
+    if args.only_sample:
+        return {"cached": str(cache), "n": len(imgs), "seconds": round(time.perf_counter() - t0, 1)}
+    judge = load_judge(args.judge)
     rep = judge_samples(judge, imgs, args.min_conf)
     rep.update(backbone=args.backbone, ddim_steps=args.steps, seed=args.seed, seconds=round(time.perf_counter() - t0, 1))
     if args.save_grid:
@@ -123,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--min-conf", type=float, default=CONFIDENT)
     s.add_argument("--save-grid", default=None, help="write the samples as one PNG grid here")
+    s.add_argument("--cache", default=None, help="an .npz to keep the samples in (reused for the same backbone, n, "
+                                                 "steps and seed)")
+    s.add_argument("--only-sample", action="store_true", help="sample (into --cache) without judging")
     st = sub.add_parser("steering", help="flip rates of each class's most specific SAE latent vs a random direction")
     st.add_argument("--config", default="mlproject/configs/default.yaml")
     st.add_argument("--set", dest="overrides", action="append", default=[])

@@ -48,7 +48,7 @@ class JudgeConfig:
     image_size: int = 32
     seed: int = 2000  # training renders: disjoint from evaluation (0) and backbone pretraining (1000)
     n_train: int = 12000
-    steps: int = 3000
+    steps: int = 1200
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
