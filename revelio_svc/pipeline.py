@@ -273,8 +273,9 @@ def _faithfulness(classifier_dir: Path) -> dict[str, float]:
 
 def _steering(cfg: Config, sae_dir: Path, store_uri: str) -> dict[str, float]:
     """Steering flip rates of the new SAE against random directions (inference.steering_eval), judged by the
-    shape judge on a small budget; only for the procedural shapes, and never a reason to fail."""
-    if cfg.data.source != "shapes":
+    shape judge on a small budget; only for a pixel-space backbone on the procedural shapes (the judge reads
+    pixels of those shapes; sampling a latent model on the CPU would not be small), and never a reason to fail."""
+    if cfg.data.source != "shapes" or cfg.backbone.kind != "unet2d":
         return {}
     try:
         return steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, **PIPELINE_BUDGET).metrics()
