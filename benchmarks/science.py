@@ -7,7 +7,10 @@ Reads what `make run` wrote (the feature store and the SAE of `mlproject/configs
 - the raw-feature linear probe on the primary concept at every stored (hook point, timestep, pooling);
 - SAE vs the matched random dictionary (mean ± sd over 3 seeds) and the SAE's initialisation: label-purity
   share > 0.6 (and de-duplicated), 16-sparse probe accuracy, dissection detectors;
-- fvu and dead latents.
+- fvu and dead latents;
+- the ground-truth shape judge (issue #21): its accuracy on held-out renders, the share of the backbone's
+  DDIM samples it judges with confidence >= 0.9 and their class histogram, and the steering flip rates of
+  each shape's most specific latent against a random direction of the same norm.
 
 With an MLflow store in the current folder (or MLFLOW_TRACKING_URI), it also prints the same metrics as the
 newest `train_sae` run of that SAE logged them, to show they are the same numbers.
@@ -65,10 +68,39 @@ def logged_metrics(sae_dir: str) -> dict[str, float] | None:
     return dict(runs[0].data.metrics) if runs else None
 
 
+def judge_section(cfg, store_uri: str, sae_dir, n_samples: int, steering_seeds: int) -> None:
+    """Issue 21's figures: the ground-truth judge's ceiling, what it makes of the backbone's samples, and the
+    steering flip rates of each shape's most specific latent against a random direction of the same norm."""
+    from revelio_svc.inference.steering_eval import steering_eval_for_sae
+    from revelio_svc.interpret.judge import CLASSES, accuracy, backbone_samples, judge_samples, load_judge, render_set
+
+    if cfg.data.source != "shapes":
+        print("\nno judge figures: the shape judge only reads the procedural shapes")
+        return
+    judge = load_judge()
+    acc = accuracy(judge, *render_set(2000, 2001, judge.cfg.image_size))
+    print(f"\nshape judge (trained on renders of seed 2000): accuracy {acc:.3f} on 2000 held-out renders (seed 2001)")
+    if n_samples > 0 and cfg.backbone.kind == "unet2d":
+        rep = judge_samples(judge, backbone_samples(cfg.backbone.id, n_samples, 50, 0), 0.9)
+        hist = ", ".join(f"{c} {rep['histogram'][c]}" for c in CLASSES)
+        print(f"{n_samples} DDIM samples of {cfg.backbone.id} (50 steps): {rep['confident_share']:.1%} judged with "
+              f"confidence >= 0.9 (target >= 80 %); {hist}; every shape present: {rep['all_classes_present']}")
+    if steering_seeds > 0:
+        ev = steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, judge=judge, seeds=tuple(range(steering_seeds)))
+        m = ev.metrics()
+        print(f"\nsteering (each shape's most specific latent on train rows, {steering_seeds} seeds, DDIM {ev.steps} "
+              f"steps, r × its strongest train activation; flip = judged the shape with top probability >= 0.5):")
+        print(ev.table())
+        print(f"  flip rate {m['steering.flip_rate']:.2f} (target >= 0.50), random direction "
+              f"{m['steering.flip_rate_random']:.2f} (target <= 0.10)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="mlproject/configs/default.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--samples", type=int, default=256, help="backbone samples for the judge (0: skip)")
+    ap.add_argument("--steering-seeds", type=int, default=16, help="seeds per steering run (0: skip)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(args.config, args.overrides)
@@ -107,6 +139,8 @@ def main() -> None:
     print(f"  16-sparse probe gap {v:+.1f} points (>= +{TARGETS['sparse16_points']:.0f}): "
           f"{'met' if v >= TARGETS['sparse16_points'] else 'NOT met'}")
     print(f"  fvu {done['fvu']:.3f} (<= {TARGETS['fvu']}), dead {done['dead_frac']:.3f} (<= {TARGETS['dead']})")
+
+    judge_section(cfg, store.uri, sae_dir, args.samples, args.steering_seeds)
 
     logged = logged_metrics(str(sae_dir))
     if logged:

@@ -39,6 +39,7 @@ from .features.extract import extract, store_identity
 from .features.store import StoreError, open_store
 from .identity import digest
 from .inference import Classifier
+from .inference.steering_eval import PIPELINE_BUDGET, steering_eval_for_sae
 from .registry import Registration, register_set
 from .registry.faithfulness import faithfulness_for_classifier
 from .sae.io import sae_identity
@@ -261,6 +262,7 @@ def _register(cfg: Config, chain: _Chain, store_uri: str) -> Callable[[], StageR
         # logged on this run, the registered versions' run: explanations' faithfulness per model version
         metrics.update(_faithfulness(clf.classifier_dir))
         metrics.update(clf.metrics)  # explanation precision against its controls (inference.precision)
+        metrics.update(_steering(cfg, clf.sae_dir, store_uri))
         return _Registered(identity=clf.identity, metrics=metrics, artifacts=clf.artifacts,
                            tags={"classifier_dir": str(clf.classifier_dir)}, classifier_dir=clf.classifier_dir,
                            registrations=regs)
@@ -274,6 +276,19 @@ def _faithfulness(classifier_dir: Path) -> dict[str, float]:
         return faithfulness_for_classifier(Classifier.load(classifier_dir))
     except Exception as e:  # noqa: BLE001 - e.g. the dataset is not readable here
         print(f"note: no faithfulness metrics ({type(e).__name__}: {e})")
+        return {}
+
+
+def _steering(cfg: Config, sae_dir: Path, store_uri: str) -> dict[str, float]:
+    """Steering flip rates of the new SAE against random directions (inference.steering_eval), judged by the
+    shape judge on a small budget; only for a pixel-space backbone on the procedural shapes (the judge reads
+    pixels of those shapes; sampling a latent model on the CPU would not be small), and never a reason to fail."""
+    if cfg.data.source != "shapes" or cfg.backbone.kind != "unet2d":
+        return {}
+    try:
+        return steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, **PIPELINE_BUDGET).metrics()
+    except Exception as e:  # noqa: BLE001 - e.g. a backbone that cannot sample here
+        print(f"note: no steering metrics ({type(e).__name__}: {e})")
         return {}
 
 

@@ -99,6 +99,9 @@ def test_mlflow_run_registers_the_three_models_in_one_parent_run(project_run, ti
     clf_run = client.get_run(client.get_model_version_by_alias("revelio-classifier", "champion").run_id)
     assert 0 <= clf_run.data.metrics["faithfulness.deletion_auc"] <= 1
     assert "faithfulness.deletion_auc_random" in clf_run.data.metrics
+    # and so are the steering flip rates of the SAE's class latents against random directions (shapes: judged)
+    assert 0 <= clf_run.data.metrics["steering.flip_rate"] <= 1
+    assert 0 <= clf_run.data.metrics["steering.flip_rate_random"] <= 1
 
 
 def test_a_second_process_loads_every_model_by_alias(project_run, tiny_unet_dir):

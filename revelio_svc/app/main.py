@@ -433,6 +433,13 @@ class DemoUI:
                   f"{summ['steered_steps']} of them (t ∈ [{summ['t_range'][0]}, {summ['t_range'][1]}]) · "
                   f"{summ['seconds']:.1f} s · mean |pixel change| vs baseline: "
                   + ", ".join(f"{c:.1f}" for c in summ["mean_abs_change"][1:]))
+            judged = svc.judge_steering(res.images)
+            if judged is not None:
+                summ["judge"] = judged
+                md += ("\n\n**Shape judge** (a classifier trained only on renders; `?`: its top probability is "
+                       "below 0.5, the sample is out of its distribution):\n\n| variant | verdict per seed | judged |\n"
+                       "|---|---|---|\n" + "\n".join(f"| {v} | {', '.join(j['verdicts'])} | {j['in_dist']:.0%} |"
+                                                     for v, j in zip(res.variants, judged)))
             return img, md, summ
 
         st_btn.click(steer, [self.st_latent, st_mode, st_strengths, st_seeds, st_sampler, st_steps, st_tmin, st_tmax],

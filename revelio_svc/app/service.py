@@ -29,6 +29,7 @@ from revelio_svc.inference import latent_stats as latent_stats_mod
 from revelio_svc.inference.faithfulness import deletion_curve
 from revelio_svc.inference.latent_stats import DatasetLatents, compute_dataset_latents
 from revelio_svc.inference.steering import MODES, SAMPLERS, SteeringSpec, steer
+from revelio_svc.inference.steering_eval import judge_variants, variant_verdicts
 from revelio_svc.interpret.explanation import ATTRIBUTIONS
 from revelio_svc.sae import latent_maps
 
@@ -217,6 +218,7 @@ class DemoService:
         self._knn: dict[str, dict[str, float]] = {}  # concept → atlas kNN report
         self._atlas_lock = threading.Lock()
         self._baselines: dict = {}  # steering: unsteered samples per (seeds, sampler, steps)
+        self._judge = None  # the shape judge (interpret.judge), loaded on the first steering run of a shapes model
         self._datasets: dict[tuple[str, int], Any] = {}
 
     @property
@@ -658,6 +660,17 @@ class DemoService:
         if mode == "add":
             res.variants = ["baseline"] + [f"α = {r:g} × {unit:.2f} (its strongest activation)" for r in rel]
         return res
+
+    def judge_steering(self, images: np.ndarray) -> list[dict[str, Any]] | None:
+        """The shape judge's verdicts on each variant of a steering run (`steering_eval.variant_verdicts`);
+        None when the model's dataset is not the procedural shapes the judge was trained on."""
+        if getattr(self.clf.data, "source", None) != "shapes":
+            return None
+        from revelio_svc.interpret.judge import CLASSES, judge_probs, load_judge
+
+        if self._judge is None:
+            self._judge = load_judge()
+        return variant_verdicts(judge_variants(lambda x: judge_probs(self._judge, x), images), CLASSES)
 
     def deletion(self, path: str | None, n_max: Any = 16) -> dict[str, Any]:
         """Deletion curve of an uploaded image (`inference.faithfulness.deletion_curve`)."""

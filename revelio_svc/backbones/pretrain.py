@@ -40,19 +40,26 @@ def _batch(ds: ShapesDataset, step: int, batch_size: int, hflip: bool, gen: torc
     return x
 
 
-def sample_grid(model, n: int = 16, steps: int = 50, seed: int = 0) -> np.ndarray:
-    """DDIM samples as one uint8 grid image (a quick look at what the model learned)."""
+def sample_images(model, n: int = 16, steps: int = 50, seed: int = 0, batch: int = 64) -> np.ndarray:
+    """`n` DDIM samples (eta 0) of a pixel-space denoiser: uint8 (n, S, S, 3); the same seed gives the same images."""
     sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
     sched.set_timesteps(steps)
     size = int(model.config.sample_size)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, size, size, generator=g)
     model.eval()
+    dtype = next(model.parameters()).dtype
     with torch.inference_mode():
         for t in sched.timesteps:
-            eps = model(x, t).sample
+            eps = torch.cat([model(x[i:i + batch].to(dtype), t).sample.float() for i in range(0, n, batch)])
             x = sched.step(eps, t, x).prev_sample
-    imgs = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def sample_grid(model, n: int = 16, steps: int = 50, seed: int = 0) -> np.ndarray:
+    """DDIM samples as one uint8 grid image (a quick look at what the model learned)."""
+    imgs = sample_images(model, n, steps, seed)
+    size = imgs.shape[1]
     side = int(math.ceil(math.sqrt(n)))
     grid = np.zeros((side * size, side * size, 3), np.uint8)
     for i, im in enumerate(imgs):

@@ -6,8 +6,9 @@
                      add:     h ← h + α_b · d_j                 (every position; α per batch element)
                      ablate:  h ← h − z_j(h) · d_j               (the latent's share of the reconstruction)
 
-d_j is latent j's decoder direction in the backbone's own units: row j of W_dec times the SAE's input
-scale (x̂ = (W_decᵀ z + b_pre) · scale + mean, so one unit of z_j moves the features by W_dec[j] · scale).
+d_j is latent j's decoder direction in the backbone's own units: row j of W_dec through the linear part of
+the SAE's denormalisation (x̂ = (W_decᵀ z + b_pre) · scale + mean, so one unit of z_j moves the features by
+W_dec[j] · scale; for a whitened SAE, x̂ = (W_decᵀ z + b_pre) · W⁻¹ + mean and the move is W_dec[j] · W⁻¹).
 Ablation encodes every position with the SAE and subtracts exactly the part of the reconstruction that
 latent j carries, leaving the SAE's error term alone; a pooled SAE encodes the pooled vector per image and
 subtracts that share at every position.
@@ -95,7 +96,10 @@ def decoder_direction(sae, latent: int) -> torch.Tensor:
     if not 0 <= j < sae.n_latents:
         raise ValueError(f"latent must be in [0, {sae.n_latents - 1}], got {latent}")
     with torch.no_grad():
-        return (sae.W_dec[j].float() * sae.norm_scale.float()).detach().clone()
+        # the linear part of the SAE's denormalisation applied to the row: × norm_scale, or through the
+        # inverse whitening matrix for normalize=whiten (where norm_scale is 1 and the scale alone is wrong)
+        w = sae.W_dec[j:j + 1].float()
+        return (sae.denormalize(w) - sae.denormalize(torch.zeros_like(w)))[0].detach().clone()
 
 
 def _as_tokens(h: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
@@ -112,11 +116,12 @@ def _as_tokens(h: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], 
 class LatentIntervention:
     """A forward hook that adds α_b · d_j, or removes z_j · d_j, in the hook point's output."""
 
-    def __init__(self, sae, spec: SteeringSpec, alphas: torch.Tensor):
+    def __init__(self, sae, spec: SteeringSpec, alphas: torch.Tensor, direction: torch.Tensor | None = None):
         self.sae = sae
         self.spec = spec
         self.alphas = alphas.float()  # (B,) over the whole batch; α of an element of an ablation = 1
-        self.direction = decoder_direction(sae, spec.latent)
+        # `direction` replaces the latent's decoder direction in "add" mode (a control: a random direction)
+        self.direction = decoder_direction(sae, spec.latent) if direction is None else direction.float().reshape(-1)
         self.t: int | None = None
         self.offset = 0  # where the current chunk starts in the batch
         self.calls = 0
@@ -282,13 +287,14 @@ def baseline_key(adapter, seeds: Sequence[int], sampler: str, steps: int) -> tup
 
 def steer(adapter, sae, hook_point: str, spec: SteeringSpec, seeds: Sequence[int], *, steps: int = 20,
           sampler: str = "ddim", progress: Callable[[int, int], None] | None = None,
-          cache: dict | None = None) -> SteeringResult:
+          cache: dict | None = None, direction: torch.Tensor | None = None) -> SteeringResult:
     """Sample `seeds` once per variant (baseline, then each strength or the ablation), see the module doc.
 
     The baseline does not depend on the latent: with a `cache` dict (the caller keeps it) it is sampled once
     per (adapter, seeds, sampler, steps), and every variant branches from the baseline's state at the first
     steered timestep, so steps before the range are not repeated. `progress(done, total)` is called after
-    every denoising step.
+    every denoising step. `direction` (raw feature units, (d_in,)) is added instead of the latent's decoder
+    direction in "add" mode: the control of `inference.steering_eval`.
     """
     t0 = time.perf_counter()
     seeds = [int(s) for s in seeds]
@@ -296,6 +302,8 @@ def steer(adapter, sae, hook_point: str, spec: SteeringSpec, seeds: Sequence[int
         raise ValueError("give at least one seed")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
+    if direction is not None and spec.mode != "add":
+        raise ValueError("a direction of one's own can only be added (mode 'add'), not ablated")
     adapter.validate_hook_points([hook_point])
     run = _Sampler(adapter, hook_point, sampler, steps)
     ts = run.timesteps
@@ -321,7 +329,7 @@ def steer(adapter, sae, hook_point: str, spec: SteeringSpec, seeds: Sequence[int
     n = len(seeds)
     if first < len(ts):
         x = base.states[first].repeat(len(alphas), *([1] * (base.states[first].dim() - 1)))
-        hook = LatentIntervention(sae, spec, torch.tensor(alphas).repeat_interleave(n))
+        hook = LatentIntervention(sae, spec, torch.tensor(alphas).repeat_interleave(n), direction)
         steered = decode_samples(adapter, run.run(x, seeds * len(alphas), first, hook, tick))
     else:  # no step falls in the range: nothing is steered
         steered = np.concatenate([base.images] * len(alphas))

@@ -239,6 +239,11 @@ def test_steering_samples_the_same_seeds_with_and_without(client, tiny_clf):
     img, md, run = client.predict(3, "add", "1, 2, 4", "4", "ddim", 6, 0, 999, api_name="/steer")
     assert run["seeds"] == [0, 1, 2, 3] and len(run["variants"]) == 4 and run["variants"][0] == "baseline"
     assert run["steered_steps"] == 6 and run["mean_abs_change"][0] == 0.0
+    # the shape judge's verdicts per variant: one per seed, each a shape or "?" (out of its distribution)
+    from revelio_svc.interpret.judge import CLASSES
+
+    assert [len(j["verdicts"]) for j in run["judge"]] == [4] * 4 and "Shape judge" in md
+    assert all(v in (*CLASSES, "?") for j in run["judge"] for v in j["verdicts"])
     from PIL import Image
 
     from revelio_svc.app.views import Sheet

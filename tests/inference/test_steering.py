@@ -131,3 +131,17 @@ def test_bad_specs_are_refused():
         SteeringSpec(0, t_min=10, t_max=5)
     with pytest.raises(ValueError, match="finite"):
         SteeringSpec(0, strengths=(float("nan"),))
+
+
+@pytest.mark.parametrize("normalize", ["scalar", "standard", "whiten"])
+def test_decoder_direction_is_what_one_unit_of_the_latent_adds_to_the_reconstruction(normalize):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 12, generator=g) @ torch.randn(12, 12, generator=g) * 3 + 1  # correlated, off-centre
+    sae = build_sae(TopKSAEConfig(d_in=12, n_latents=8, k=2, normalize=normalize, hook_point="h", timestep=10,
+                                  whiten_power=1.0), seed=0)
+    sae.init_from_data(x)
+    z = torch.zeros(2, 8)
+    z[1, 5] = 1.0
+    with torch.no_grad():
+        rec = sae.decode(z)
+    assert torch.allclose(decoder_direction(sae, 5), rec[1] - rec[0], atol=1e-4)

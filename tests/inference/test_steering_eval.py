@@ -1,0 +1,126 @@
+"""Steering measured: the flip metric on planted verdicts, latent choice, and the driver on a tiny UNet."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from revelio_svc.backbones import load_backbone
+from revelio_svc.config import BackboneConfig
+from revelio_svc.inference.steering import SteeringSpec, steer
+from revelio_svc.inference.steering_eval import (
+    class_specific_latents,
+    flip_stats,
+    measure_steering,
+    random_direction,
+)
+from revelio_svc.sae import TopKSAEConfig, build_sae
+
+N_CLASSES = 6
+
+
+def _probs(classes, conf=0.9):
+    """(n,) class indices → one-hot-ish probabilities with top probability `conf`."""
+    classes = np.asarray(classes)
+    p = np.full((len(classes), N_CLASSES), (1 - conf) / (N_CLASSES - 1))
+    p[np.arange(len(classes)), classes] = conf
+    return p
+
+
+def test_a_direction_the_judge_reads_as_the_class_flips_every_seed():
+    base = _probs([0, 1, 4, 5])
+    steered = _probs([2, 2, 2, 2])
+    s = flip_stats(np.stack([base, base, steered]), target=2, strengths=(1.0, 2.0))
+    assert s.flip == (0.0, 1.0) and s.flip_rate == 1.0 and s.strength == 2.0
+    assert s.n_eligible == 4 and s.in_dist == (1.0, 1.0)
+
+
+def test_a_null_direction_flips_nothing():
+    base = _probs([0, 1, 4, 5])
+    s = flip_stats(np.stack([base, base, base]), target=2, strengths=(1.0, 4.0))
+    assert s.flip == (0.0, 0.0) and s.flip_rate == 0.0 and s.strength is None
+
+
+def test_out_of_distribution_verdicts_and_seeds_already_of_the_class_do_not_count():
+    base = _probs([2, 0, 0, 0])  # seed 0 is already the target: not eligible
+    steered = np.concatenate([_probs([2]), _probs([2], conf=0.4), _probs([2, 2], conf=0.6)])  # seed 1 unsure
+    s = flip_stats(np.stack([base, steered]), target=2, strengths=(8.0,))
+    assert s.n_eligible == 3
+    assert s.flip == pytest.approx((2 / 3,))
+    assert s.in_dist == (0.75,)
+
+
+def test_the_headline_is_the_smallest_strength_reaching_the_most_flips():
+    base = _probs([0, 0, 0, 0])
+    rows = [_probs([3, 0, 0, 0]), _probs([3, 3, 3, 0]), _probs([3, 3, 3, 0]), _probs([1, 1, 1, 1], conf=0.3)]
+    s = flip_stats(np.stack([base, *rows]), target=3, strengths=(1, 2, 4, 8))
+    assert s.flip == pytest.approx((0.25, 0.75, 0.75, 0.0)) and s.strength == 2 and s.flip_rate == 0.75
+
+
+def test_flip_stats_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="strengths"):
+        flip_stats(np.zeros((2, 3, N_CLASSES)), 0, (1.0, 2.0))
+    with pytest.raises(ValueError, match="target class"):
+        flip_stats(np.zeros((2, 3, N_CLASSES)), 7, (1.0,))
+
+
+def test_class_specific_latents_finds_the_planted_latent_and_skips_rare_ones():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    Z = rng.uniform(0, 1, (60, 5))  # dense latents: no class preference
+    Z[:, 3] = np.where(y == 1, 2.0, 0.0)  # fires only on class 1
+    Z[:, 4] = 0.0
+    Z[0, 4] = 9.0  # fires on one class-0 image only: too rare to be chosen
+    got = class_specific_latents(Z, y, 3, per_class=2, min_active=5)
+    assert got[1][0] == 3
+    assert all(4 not in g for g in got)
+    assert 3 not in got[0] and 3 not in got[2]
+
+
+def test_random_direction_has_the_norm_of_the_latent_direction():
+    d = torch.randn(32) * 7
+    r = random_direction(d, 3)
+    assert float(r.norm()) == pytest.approx(float(d.norm()), rel=1e-5)
+    assert abs(float(torch.nn.functional.cosine_similarity(r, d, 0))) < 0.9
+    assert torch.equal(r, random_direction(d, 3))
+
+
+@pytest.fixture(scope="module")
+def unet(tiny_unet_dir):
+    return load_backbone(BackboneConfig(id=str(tiny_unet_dir), device="cpu"))
+
+
+def test_measure_steering_on_planted_directions(unet):
+    """A latent pushed hard changes every sample (the planted judge calls any change class 2): 100 % flips.
+    A latent whose decoder direction is zero changes nothing, and its random control (same norm: zero) neither."""
+    hp = "up_blocks.0"
+    c = int(unet.model.get_submodule(hp).resnets[-1].conv2.out_channels)
+    sae = build_sae(TopKSAEConfig(d_in=c, n_latents=4, k=2, normalize="none", hook_point=hp, timestep=10), seed=0)
+    with torch.no_grad():
+        sae.W_dec.zero_()
+        sae.W_dec[1] = 1.0
+    seeds = [0, 1, 2]
+    base = steer(unet, sae, hp, SteeringSpec(0, "add", (0.0,)), seeds, steps=4).images[0]
+    known = {im.tobytes() for im in base}
+
+    def judge(images):  # class 0 for an unsteered baseline image, class 2 for anything else
+        return _probs([0 if im.tobytes() in known else 2 for im in images])
+
+    ev = measure_steering(unet, sae, hp, {2: 1, 3: 0}, {1: 5.0, 0: 5.0}, judge, [f"c{i}" for i in range(N_CLASSES)],
+                          strengths=(1.0, 4.0), seeds=seeds, steps=4)
+    planted, null = ev.classes
+    assert (planted.latent, planted.label, planted.scale) == (1, "c2", 5.0)
+    assert planted.latent_stats.flip_rate == 1.0 and planted.latent_stats.strength == 1.0
+    assert null.latent_stats.flip_rate == 0.0 and null.random_stats.flip_rate == 0.0
+    assert planted.verdicts["baseline"] == ["c0"] * 3 and planted.verdicts["latent r=4"] == ["c2"] * 3
+    m = ev.metrics()
+    assert m["steering.flip_rate"] == 0.5 and m["steering.flip_rate.c2"] == 1.0 and m["steering.flip_rate.c3"] == 0.0
+    assert "c2" in ev.table() and ev.to_dict()["classes"][0]["latent"] == 1
+
+
+def test_steer_refuses_a_direction_with_ablation(unet):
+    hp = "up_blocks.0"
+    c = int(unet.model.get_submodule(hp).resnets[-1].conv2.out_channels)
+    sae = build_sae(TopKSAEConfig(d_in=c, n_latents=4, k=2, normalize="none", hook_point=hp, timestep=10), seed=0)
+    with pytest.raises(ValueError, match="added"):
+        steer(unet, sae, hp, SteeringSpec(0, "ablate"), [0], steps=2, direction=torch.zeros(c))
