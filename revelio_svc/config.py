@@ -339,6 +339,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if origin is tuple:
         args = get_args(tp)
+        if isinstance(value, str) and "," in value:
+            # `10,100` is the same list as `[10,100]`, in --set as in --section.key options
+            value = [_parse_scalar(v.strip()) for v in value.strip().strip("[]").split(",") if v.strip()]
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):

@@ -110,6 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UnknownOptionError(ConfigError):
+    """A `--section.key` option the command does not have; the message names the known keys."""
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, except that an unknown `--section.key` option fails like `--set section.key=…` does
+    (naming the known keys) instead of with argparse's top-level usage."""
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    dotted = [x for x in extras if x.startswith("--") and "." in x.split("=", 1)[0]]
+    if not dotted or not getattr(args, "command", None):
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    key = dotted[0][2:].split("=", 1)[0]
+    from ..config import apply_overrides
+
+    apply_overrides({}, [f"{key}=0"])  # an unknown key: ConfigError with the known keys
+    sections = COMMANDS[args.command][2]
+    raise UnknownOptionError(f"--{key} is not an option of `revelio {args.command}`, which reads the "
+                             f"sections {', '.join(sections)}")
+
+
 def _handler(name: str) -> Callable[[Config, argparse.Namespace], int]:
     # the command modules pull in torch and MLflow: only after the arguments parsed (fast --help)
     from . import models, stages
@@ -190,21 +212,33 @@ def _run(args: argparse.Namespace) -> int:
         return 1
 
 
+def _parse_or_report(argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code after a one-line message about an unknown option."""
+    try:
+        return parse(build_parser(), argv)
+    except ConfigError as e:
+        command = next((a for a in (argv if argv is not None else sys.argv[1:]) if a in COMMANDS), "")
+        print(f"revelio {command}: invalid configuration: {e}".replace("revelio :", "revelio:"), file=sys.stderr)
+        return 2
+
+
 def dispatch(argv: list[str]) -> int:
     """Parse `argv` and run the command (main() without the log set-up, for tests)."""
-    return _run(build_parser().parse_args(argv))
+    args = _parse_or_report(argv)
+    return args if isinstance(args, int) else _run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_or_report(argv)
+    if isinstance(args, int):
+        return args
     if args.version:
         from .. import __version__
         print(__version__)
         return 0
     if not args.command:
-        parser.print_help()
+        build_parser().print_help()
         return 1
     from ..logs import configure
 
