@@ -51,6 +51,10 @@ class DataConfig:
         _check(8 <= self.image_size <= 4096, "data.image_size", f"must be in [8, 4096], got {self.image_size}")
         _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         _check(self.max_pixels > 0, "data.max_pixels", "must be > 0")
+        # a generated dataset has no id: one set here would be ignored while naming the runs
+        _check(not self.id or self.source in ("hf", "imagefolder"), "data.id",
+               f"is only read when data.source is hf or imagefolder, but data.source={self.source!r} "
+               f"(which ignores it); remove data.id={self.id!r} or set data.source")
         if self.source in ("hf", "imagefolder"):
             _check(bool(self.id), "data.id", f"is required when data.source={self.source!r}"
                    + (" (a Hugging Face dataset id such as 'timm/oxford-iiit-pet')" if self.source == "hf"
