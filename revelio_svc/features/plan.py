@@ -53,6 +53,7 @@ from .space import (
     free_bytes,
     shard_rows,
     store_bytes,
+    written_shards,
 )
 from .store import new_manifest, set_key
 
@@ -496,11 +497,24 @@ def plan(cfg: Config, dataset: ImageDataset | None = None, adapter=None, probe: 
     elif probe:
         notes.append("the store is complete: nothing to extract, no probe run")
     if done:
-        notes.append(f"resuming: {len(done)} of {len(rows_per_shard)} shards are already written")
+        notes.append(resume_note(uri, chash, rows_per_shard))
     return Plan(backbone_id=cfg.backbone.id, kind=cfg.backbone.kind, resolution=int(getattr(adapter, "resolution", 0)),
                 store_uri=uri, config_hash=chash, n_images=n, n_shards=len(rows_per_shard),
                 shard_size=ec.shard_size, timesteps=tuple(ec.timesteps), sets=tuple(sets), store=sb,
                 free_bytes=free, memory=mem, time=tp, shapes_verified=verified, notes=tuple(notes))
+
+
+def resume_note(uri: str, chash: str, rows_per_shard: list[int]) -> str:
+    """What a resume really skips: the shards of the manifest and those an earlier distributed launch left
+    in `_parts/` (extract folds them in first), and what is left to extract."""
+    in_manifest, in_parts = written_shards(uri, chash)
+    done = in_manifest | in_parts
+    left = [i for i in range(len(rows_per_shard)) if i not in done]
+    where = (f" ({len(in_manifest)} in the manifest, {len(in_parts)} more in _parts/ from an earlier "
+             "distributed launch, folded in first)") if in_parts else ""
+    rest = (f"{len(left)} shard(s) ({sum(rows_per_shard[i] for i in left)} images) left to extract" if left
+            else "nothing left to extract")
+    return f"resuming: {len(done)} of {len(rows_per_shard)} shards are already written{where} and skipped; {rest}"
 
 
 # --------------------------------------------------------------------------- rendering
