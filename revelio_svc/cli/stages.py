@@ -126,7 +126,18 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         print(f"  {o.stage:<12} run {o.run_id}" + (f" (reused from {o.reused_from})" if o.reused_from else ""))
     for r in res.registrations.values():
         print(f"  {r.name} version {r.version}: {'champion' if r.champion else 'challenger'} — {r.reason}")
+    print(f"  in the MLflow UI: {_ui_link(res.parent_run_id)}")
     return 0
+
+
+def _ui_link(run_id: str) -> str:
+    import mlflow
+
+    from ..tracking import ui_link
+
+    uri = mlflow.get_tracking_uri()
+    link = ui_link(uri, mlflow.get_run(run_id).info.experiment_id, run_id)
+    return link if uri.startswith("http") else f"{link} (after `mlflow ui --backend-store-uri {uri}`)"
 
 
 def tune(cfg: Config, args: argparse.Namespace) -> int:
