@@ -28,8 +28,10 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                 "One forward per (batch, t) captures every hook point; pooling mean, max or tokens.",
                 ("data", "backbone", "extract", "tracking")),
     "plan": ("Before extracting: shapes and bytes per hook point, exact store size, peak memory and run time.",
-             "Store size is exact (every file); memory and time are estimates (fake-tensor forward, timed probe). "
-             "Exits 1 when the store would not fit the destination's free space.", ("data", "backbone", "extract")),
+             "Store size is exact (every file); memory is an estimate from a forward on fake tensors of the model "
+             "built without weights (meta device); --time adds a timed real forward. Warns when the peak-memory "
+             "estimate exceeds the machine's memory; exits 1 when the store would not fit the destination's free "
+             "space.", ("data", "backbone", "extract")),
     "train-sae": ("Train a k-sparse autoencoder (TopK or BatchTopK) on one (hook point, timestep) of a store.",
                   "Streams shards, checkpoints and resumes, logs fvu/l0/dead_frac to MLflow.",
                   ("data", "backbone", "extract", "sae", "probe", "tracking")),
@@ -101,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "extract":
             p.add_argument("--no-mlflow", action="store_true", help="do not open an MLflow run")
         if name == "plan":
-            p.add_argument("--no-probe", action="store_true", help="no timed forward (no run-time estimate)")
+            p.add_argument("--time", action="store_true",
+                           help="also time a real forward (loads the weights) for a run-time estimate and a check "
+                                "of the shapes; without it the model is built on the meta device, no weights")
+            p.add_argument("--no-probe", action="store_true", help=argparse.SUPPRESS)  # the default now
             p.add_argument("--json", action="store_true", help="print the plan as JSON")
         if name == "demo":  # short names for the options everyone types
             for short in ("model", "host", "port"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .. import distributed
 from ..config import Config, replace
@@ -52,8 +53,10 @@ def plan(cfg: Config, args: argparse.Namespace) -> int:
     from ..features.plan import format_plan
     from ..features.plan import plan as make_plan
 
-    p = make_plan(cfg, probe=not args.no_probe)
+    p = make_plan(cfg, probe=args.time and not args.no_probe)
     print(json.dumps(p.to_dict(), indent=1) if args.json else format_plan(p))
+    for w in p.warnings:
+        print(f"revelio plan: warning: {w}", file=sys.stderr)
     p.ensure_fits()  # InsufficientSpaceError: reported by cli.main, exit code 1
     return 0
 
