@@ -611,5 +611,6 @@ def preflight(cfg: Config, dataset: ImageDataset | None = None, adapter=None) ->
     return p, {"adapter": adapter, "dataset": ds, "feature_sets": p.feature_sets() if p.shapes_verified else None}
 
 
-__all__ = ["InsufficientSpaceError", "MemoryPlan", "machine_memory", "memory_warning", "Plan", "SetPlan", "StoreBytes", "TimePlan", "analyse_forward",
-           "ensure_fits", "feature_file_size", "format_plan", "plan", "preflight", "store_bytes"]
+__all__ = ["InsufficientSpaceError", "MemoryPlan", "Plan", "SetPlan", "StoreBytes", "TimePlan", "analyse_forward",
+           "ensure_fits", "feature_file_size", "format_plan", "machine_memory", "memory_warning", "plan", "preflight",
+           "store_bytes"]

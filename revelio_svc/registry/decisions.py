@@ -43,7 +43,8 @@ def record_decision(client, name: str, version: str | int, text: str, *, latest:
     if latest:
         client.set_model_version_tag(name, version, LATEST_TAG, text[:500])
     rm_tags = dict(client.get_registered_model(name).tags or {})
-    client.set_registered_model_tag(name, _free_key(rm_tags, when), f"{stamp}: version {version}: {text}"[:_VALUE_LIMIT])
+    client.set_registered_model_tag(name, _free_key(rm_tags, when),
+                                    f"{stamp}: version {version}: {text}"[:_VALUE_LIMIT])
     return key
 
 

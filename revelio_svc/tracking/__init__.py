@@ -28,6 +28,6 @@ from .setup import (
 )
 
 __all__ = ["DEFAULT_TRACKING_URI", "DESCRIPTIONS", "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "RUN_NAME_TAG",
-           "TrackingUnavailableError", "check_server", "distributed_params", "flat_params", "log_json", "log_metrics", "log_params_once",
-           "log_result", "log_stage_inputs", "log_store_inputs", "run_name", "run_tags", "setup", "stage_params",
-           "stage_run", "step_logger", "tracking_uri", "ui_link"]
+           "TrackingUnavailableError", "check_server", "distributed_params", "flat_params", "log_json",
+           "log_metrics", "log_params_once", "log_result", "log_stage_inputs", "log_store_inputs", "run_name",
+           "run_tags", "setup", "stage_params", "stage_run", "step_logger", "tracking_uri", "ui_link"]

@@ -27,7 +27,8 @@ def test_the_experiment_is_marked_as_model_training(mlflow_tmp):
 def test_ui_links_open_the_model_training_view():
     assert ui_link("http://mlflow:5000/", "3", "abc") == \
         "http://mlflow:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
-    assert ui_link("sqlite:///mlflow.db", "1") == "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
+    assert ui_link("sqlite:///mlflow.db", "1") == \
+        "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
 
 
 def _inputs(client: MlflowClient, run_id: str) -> dict[str, str]:
