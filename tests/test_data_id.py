@@ -14,12 +14,11 @@ def test_data_id_with_a_generated_dataset_is_refused(source):
         load_config(None, [f"data.source={source}", "data.id=my-pets"])
 
 
-def test_the_command_refuses_it_in_one_line_before_naming_any_run(capsys, tmp_path, monkeypatch):
+def test_a_command_refuses_it_in_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["run", "--set", "data.id=my-pets"]) == 2
+    assert main(["config", "--set", "data.id=my-pets"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "data.id" in err and "remove data.id='my-pets'" in err
-    assert not (tmp_path / "mlflow.db").exists()  # refused before any run was opened
 
 
 def test_data_id_still_names_hf_and_imagefolder_datasets(tmp_path):
