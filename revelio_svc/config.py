@@ -52,6 +52,10 @@ class DataConfig:
         _check(8 <= self.image_size <= 4096, "data.image_size", f"must be in [8, 4096], got {self.image_size}")
         _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", f"must be in (0, 1), got {self.test_fraction}")
         _check(self.max_pixels > 0, "data.max_pixels", "must be > 0")
+        # a generated dataset has no id: one set here would be ignored while naming the runs
+        _check(not self.id or self.source in ("hf", "imagefolder"), "data.id",
+               f"is only read when data.source is hf or imagefolder, but data.source={self.source!r} "
+               f"(which ignores it); remove data.id={self.id!r} or set data.source")
         if self.source in ("hf", "imagefolder"):
             _check(bool(self.id), "data.id", f"is required when data.source={self.source!r}"
                    + (" (a Hugging Face dataset id such as 'timm/oxford-iiit-pet')" if self.source == "hf"
@@ -389,6 +393,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if origin is tuple:
         args = get_args(tp)
+        if isinstance(value, str) and "," in value:
+            # `10,100` is the same list as `[10,100]`, in --set as in --section.key options
+            value = [_parse_scalar(v.strip()) for v in value.strip().strip("[]").split(",") if v.strip()]
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)):

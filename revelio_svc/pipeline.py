@@ -57,10 +57,12 @@ from .stages.train_probe import check_probe_labels, probe_identity
 from .tracking import (
     DESCRIPTIONS,
     closing_run,
+    RUN_NAME_TAG,
     distributed_params,
     end_status,
     log_params_once,
     log_result,
+    log_stage_inputs,
     run_name,
     run_tags,
     setup,
@@ -175,7 +177,8 @@ class _Parent:
         client = mlflow.MlflowClient()
         if self._env_run and client.get_run(self._env_run).info.experiment_id == exp_id:
             self.run = mlflow.start_run(run_id=self._env_run, log_system_metrics=self.cfg.tracking.system_metrics)
-            mlflow.set_tags(tags)
+            # the MLflow-Projects run has a random name: as the parent, it is named like one
+            mlflow.set_tags({**tags, RUN_NAME_TAG: run_name(self.cfg, "main")})
         else:
             self.run = mlflow.start_run(run_name=run_name(self.cfg, "main"), tags=tags,
                                         nested=mlflow.active_run() is not None,
@@ -220,6 +223,7 @@ class _Chain:
                 origin, outputs, metrics = cached
                 mlflow.set_tag(REUSED_TAG, origin)
                 mlflow.log_metrics(metrics)
+                log_stage_inputs(outputs)  # a fresh run logs them in log_result
                 self.say(f"[{stage}] reused from run {origin} (unchanged identity {key}; force=true recomputes)")
             else:
                 self.say(f"[{stage}] running")
@@ -264,7 +268,8 @@ def _register(cfg: Config, chain: _Chain, store_uri: str) -> Callable[[], StageR
         metrics.update(clf.metrics)  # explanation precision against its controls (inference.precision)
         metrics.update(_steering(cfg, clf.sae_dir, store_uri))
         return _Registered(identity=clf.identity, metrics=metrics, artifacts=clf.artifacts,
-                           tags={"classifier_dir": str(clf.classifier_dir)}, classifier_dir=clf.classifier_dir,
+                           tags={"classifier_dir": str(clf.classifier_dir), "store_uri": store_uri},
+                           classifier_dir=clf.classifier_dir,
                            registrations=regs)
 
     return fn
@@ -298,7 +303,7 @@ class _Registered(StageResult):
     registrations: Mapping[str, Registration]
 
     def outputs(self) -> dict[str, Any]:
-        return {"classifier_dir": str(self.classifier_dir),
+        return {"classifier_dir": str(self.classifier_dir), "store_uri": self.tags.get("store_uri", ""),
                 "registrations": {k: r.to_dict() for k, r in self.registrations.items()}}
 
 
@@ -325,6 +330,8 @@ def run(cfg: Config, stages: tuple[str, ...] | None = None, progress: bool = Tru
         chain = _Chain(ccfg, parent.info.run_id, parent.info.experiment_id, say)
         _run_stages(ccfg, chain, wanted, progress)
         o = chain.outcomes
+        if "extract" in o:  # what the whole chain read, on the parent too
+            log_stage_inputs(o["extract"].outputs)
         summary = {f"sae.{k}": v for k, v in (o["train_sae"].metrics if "train_sae" in o else {}).items()}
         summary.update({f"probe.{k}": v for k, v in (o["train_probe"].metrics if "train_probe" in o else {}).items()})
         if "register" in o and not chain.registrations:  # reused: the registrations of the run that made them

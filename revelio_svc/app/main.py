@@ -30,6 +30,7 @@ import functools
 import logging
 import os
 import threading
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import gradio as gr
 import numpy as np
 
 from . import views
+from .api_types import Explanation, ModelInfo
 from .service import (
     ATLAS_VIEWS,
     ATTRIBUTIONS,
@@ -53,6 +55,8 @@ log = logging.getLogger("revelio.demo")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 N_UPLOAD_CLASSES = 4
 AUTH_USER_ENV, AUTH_PASSWORD_ENV = "REVELIO_DEMO_USER", "REVELIO_DEMO_PASSWORD"
+# what the deletion-curve outputs (plot, summary, JSON) show when the image changed since it was drawn
+NO_DELETION = (None, "", None)
 MODEL_CONCURRENCY_ID = "model"  # every event that runs the backbone shares one concurrency limit
 
 
@@ -103,34 +107,51 @@ def _user_errors(what: str):
     return deco
 
 
+def _evaluated(fn):
+    """`fn` with its annotations evaluated: gr.api reads them with inspect.signature, and under
+    `from __future__ import annotations` they are strings, which the API page would show as Any."""
+    target = getattr(fn, "__func__", fn)
+    target.__annotations__ = typing.get_type_hints(target)
+    return fn
+
+
 def _examples() -> list[str]:
     return sorted(str(p) for p in EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
 
 
-# runnable gradio_client examples, one per endpoint (tests/app/test_api.py runs every one against a served app)
+# runnable gradio_client examples, one per endpoint (tests/app/test_api.py runs every one against a served app);
+# `star` and `circle` are image files (api_markdown says where the example images are)
 API_EXAMPLES: dict[str, str] = {
-    "classify": 'client.predict(handle_file("star.png"), 6, api_name="/classify")',
-    "deletion_curve": 'client.predict(handle_file("star.png"), 16, api_name="/deletion_curve")',
+    "classify": 'client.predict(handle_file(star), 6, api_name="/classify")',
+    "deletion_curve": 'client.predict(handle_file(star), 16, api_name="/deletion_curve")',
     "explain_dataset_image": 'client.predict(0, api_name="/explain_dataset_image")',
     "atlas": 'client.predict("images", "shape", api_name="/atlas")',
     "latent": 'client.predict(3, api_name="/latent")',
     "latent_search": 'client.predict("shape", "star", api_name="/latent_search")',
     "steer": 'client.predict(3, "add", "1, 2, 4", "4", "ddim", 20, 0, 999, api_name="/steer")',
     "fewshot_sample": 'client.predict("shapes", "shape", 5, 0, api_name="/fewshot_sample")',
-    "fewshot_upload": ('client.predict("round", [handle_file("circle.png")], "pointy", [handle_file("star.png")], '
+    "fewshot_upload": ('client.predict("round", [handle_file(circle)], "pointy", [handle_file(star)], '
                        '"", None, "", None, api_name="/fewshot_upload")'),
-    "fewshot_classify": 'client.predict(handle_file("star.png"), api_name="/fewshot_classify")',
+    "fewshot_classify": 'client.predict(handle_file(star), api_name="/fewshot_classify")',
     "fewshot_save": 'client.predict("my-fewshot-probe", api_name="/fewshot_save")',
     "fewshot_register": 'client.predict("my-probe", "revelio-fewshot", api_name="/fewshot_register")',
     "model_info": 'client.predict(api_name="/model_info")',
 }
+# the example images the API examples name: shipped in the package (the Classify tab shows them too)
+API_EXAMPLE_IMAGES = {"star": "star_green_13.png", "circle": "circle_cyan_5.png"}
 
 
 def api_markdown() -> str:
     """The API section of the page: every endpoint with its gradio_client call."""
     lines = ["Every action is an API endpoint (see “Use via API” at the bottom of the page). With "
              "`pip install gradio_client`:", "", "```python", "from gradio_client import Client, handle_file",
-             'client = Client("http://127.0.0.1:7860/")']
+             'client = Client("http://127.0.0.1:7860/")',
+             "# example images: the Classify tab's examples, shipped with revelio in revelio_svc/app/examples/",
+             "# (python -c \"import revelio_svc.app as a, pathlib; "
+             "print(pathlib.Path(a.__file__).parent / 'examples')\");",
+             "# any PNG or JPEG file works",
+             'examples = "revelio_svc/app/examples"',
+             *(f'{k} = f"{{examples}}/{v}"' for k, v in API_EXAMPLE_IMAGES.items())]
     lines += [API_EXAMPLES[k] for k in API_EXAMPLES]
     lines += ["```"]
     return "\n".join(lines)
@@ -172,7 +193,7 @@ class DemoUI:
             gr.Markdown("# Revelio demo\nA diffusion model's activations, decomposed by a sparse autoencoder "
                         "into latents, classified by a linear probe on those latents.")
             gr.Markdown(views.model_markdown(self.info, self.note), elem_id="model-info")
-            gr.api(self.model_info, api_name="model_info")
+            gr.api(_evaluated(self.model_info), api_name="model_info")
             with gr.Tabs() as self.tabs:
                 with gr.Tab("Classify", id="classify"):
                     self._classify_tab()
@@ -189,15 +210,17 @@ class DemoUI:
             self._wire_links(demo)
         return demo
 
-    def model_info(self) -> dict:
-        return self.info
+    def model_info(self) -> ModelInfo:
+        """The model the app serves: registry name, version, alias, backbone, hook point, timestep, SAE, classes."""
+        return self.info  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ Classify
     def _explain_outputs(self, exp: dict[str, Any], top_n: int | None = None):
         for n in exp.get("input", {}).get("notes", []):
             gr.Warning(n, title="Input resized" if n.startswith("resized from") else "Input converted")
         df = views.contribution_frame(exp)
-        bars = gr.BarPlot(value=df, x="latent", y="contribution", sort=list(df["latent"]))
+        bars = gr.BarPlot(value=df, x="latent", y="contribution", sort=list(df["latent"]),
+                          y_lim=views.contribution_y_lim(df))
         try:
             sheet, _ = views.explanation_sheet(exp, self.svc.thumb, self.svc.n_top_images, self.svc.clf.top_values)
         except InputError as e:  # the prediction stands even when the dataset cannot be shown
@@ -220,7 +243,7 @@ class DemoUI:
             with gr.Column(scale=1, min_width=260):
                 self.c_in = gr.Image(label="Image", type="filepath", format="png", height=260,
                                      sources=["upload", "clipboard"], elem_id="classify-input")
-                self.c_top = gr.Slider(1, 12, value=self.svc.top, step=1, label="Top n latents")
+                self.c_top = gr.Slider(1, 12, value=self.svc.top, step=1, precision=0, label="Top n latents")
                 # contrastive: share of the margin over the runner-up class (dense latents cancel); logit: plain share
                 self.c_attr = gr.Radio(list(ATTRIBUTIONS), value="contrastive", label="Attribution",
                                        elem_id="classify-attribution")
@@ -239,13 +262,15 @@ class DemoUI:
         out["sheet"].render()
         with gr.Accordion("Deletion curve: remove the top latents and classify again", open=False):
             with gr.Row():
-                n_max = gr.Slider(1, 32, value=16, step=1, label="Latents to remove")
+                n_max = gr.Slider(1, 32, value=16, step=1, precision=0, label="Latents to remove")
                 d_btn = gr.Button("Remove them one by one", elem_id="deletion-button")
             d_md = gr.Markdown(label="Summary", elem_id="deletion-summary")
             d_plot = gr.LinePlot(x="latents removed", y="probability", color="order", height=260,
                                  label="Deletion curve plot", title="Probability of the predicted class",
-                                 y_lim=[0, 1])
+                                 y_lim=[0, 1], **views.DELETION_PLOT)
             d_json = gr.JSON(label="Deletion curve", visible=False)
+        # a new image (upload, atlas click, top image) makes the deletion curve of the previous one stale
+        self.d_outs = [d_plot, d_md, d_json]
         with gr.Accordion("Explanation as JSON", open=False):
             out["json"].render()
         outs = [out[k] for k in self.OUT]
@@ -256,16 +281,17 @@ class DemoUI:
 
         def classify_on_upload(image, top_n, attribution, hide_dense):
             if image is None:  # the user cleared the input: nothing to explain, nothing to complain about
-                return None, "", None, None, None
-            return classify(image, top_n, attribution, hide_dense)
+                return None, "", None, None, None, *NO_DELETION
+            return (*classify(image, top_n, attribution, hide_dense), *NO_DELETION)
 
-        self.c_in.upload(classify_on_upload, ins, outs, api_visibility="private", preprocess=False,
+        self.c_in.upload(classify_on_upload, ins, outs + self.d_outs, api_visibility="private", preprocess=False,
                          **self.model_events)
 
         @_user_errors("Deletion curve")
         def deletion_curve(image, n_max):
             curve = self.svc.deletion(upload_path(image), n_max)
-            return views.deletion_frame(curve), views.deletion_markdown(curve), curve
+            plot = gr.LinePlot(value=views.deletion_frame(curve), sort=views.deletion_x_order(curve))
+            return plot, views.deletion_markdown(curve), curve
 
         d_btn.click(deletion_curve, [self.c_in, n_max], [d_plot, d_md, d_json], api_name="deletion_curve",
                     preprocess=False, **self.model_events)
@@ -277,11 +303,11 @@ class DemoUI:
 
         self.explain_index = explain_dataset_image
 
-        def explain_dataset_image_json(index: int) -> dict:
+        def explain_dataset_image_json(index: int) -> Explanation:
             """The Classify explanation (JSON) of dataset image `index`, with its training-time noise."""
             return explain_dataset_image(index)[4]
 
-        gr.api(explain_dataset_image_json, api_name="explain_dataset_image")
+        gr.api(_evaluated(explain_dataset_image_json), api_name="explain_dataset_image")
 
     # ------------------------------------------------------------------ Latent atlas
     def _atlas_tab(self) -> None:
@@ -411,9 +437,9 @@ class DemoUI:
             st_seeds = gr.Textbox("4", label="Seeds (a count, or a list like 0, 5, 9)")
         with gr.Row():
             st_sampler = gr.Radio(["ddim", "ddpm"], value="ddim", label="Sampler")
-            st_steps = gr.Slider(2, 100, value=20, step=1, label="Steps")
-            st_tmin = gr.Slider(0, 999, value=0, step=1, label="t min (steer from)")
-            st_tmax = gr.Slider(0, 999, value=999, step=1, label="t max (steer to)")
+            st_steps = gr.Slider(2, 100, value=20, step=1, precision=0, label="Steps")
+            st_tmin = gr.Slider(0, 999, value=0, step=1, precision=0, label="t min (steer from)")
+            st_tmax = gr.Slider(0, 999, value=999, step=1, precision=0, label="t max (steer to)")
             st_btn = gr.Button("Sample", variant="primary", elem_id="steer-button")
         st_img = gr.Image(label="Steering samples", interactive=False, format="jpeg",
                           buttons=["download", "fullscreen"], elem_id="steer-images")
@@ -459,7 +485,7 @@ class DemoUI:
                                             label="Concept to predict",
                                             # choices follow the dataset; the service checks the value
                                             allow_custom_value=True)
-                    f_n = gr.Slider(1, 50, value=5, step=1, label="Images per class")
+                    f_n = gr.Slider(1, 50, value=5, step=1, precision=0, label="Images per class")
                     f_seed = gr.Number(0, precision=0, label="Seed")
                 f_sample_btn = gr.Button("Sample and train", variant="primary")
             with gr.Tab("Upload labelled images"):
@@ -568,12 +594,12 @@ class DemoUI:
 
         def open_image(index):
             outs = self.explain_index(index)
-            return (svc.thumb(int(index)), *outs, gr.Tabs(selected="classify"))
+            return (svc.thumb(int(index)), *outs, *NO_DELETION, gr.Tabs(selected="classify"))
 
         def open_latent(j):
             return (j, j, *self.latent_fn(j), gr.Tabs(selected="latents"))
 
-        image_outs = [self.c_in, *c_outs, self.tabs]
+        image_outs = [self.c_in, *c_outs, *self.d_outs, self.tabs]
         latent_outs = [self.l_num, self.st_latent, *self.l_outs, self.tabs]
 
         def atlas_click(view, evt: gr.SelectData):
@@ -591,9 +617,9 @@ class DemoUI:
                 return [gr.skip()] * (len(latent_outs) + len(image_outs) - 1)
             if view == "images":
                 return [gr.skip(), gr.skip(), *[gr.skip()] * len(self.l_outs), *open_image(hit)]
-            return [*open_latent(hit)[:-1], *[gr.skip()] * len(c_outs), gr.skip(), gr.Tabs(selected="latents")]
+            return [*open_latent(hit)[:-1], *[gr.skip()] * (len(image_outs) - 1), gr.Tabs(selected="latents")]
 
-        both = [self.l_num, self.st_latent, *self.l_outs, self.c_in, *c_outs, self.tabs]
+        both = [self.l_num, self.st_latent, *self.l_outs, *image_outs]
         self.a_img.select(_user_errors("Opening a point")(on_atlas_click), self.a_view, both, **private)
 
         def on_sheet_click(evt: gr.SelectData, exp):
@@ -658,7 +684,7 @@ def _classify_view(prefix: str, n_top: int) -> dict[str, Any]:
         "label": gr.Label(num_top_classes=6, label="Prediction", render=False, elem_id=f"{prefix}-label"),
         "notes": gr.Markdown(label="Notes", render=False, elem_id=f"{prefix}-notes"),
         "bars": gr.BarPlot(x="latent", y="contribution", title="Top latents: contribution to the predicted class",
-                           x_title="latent", y_title="share of the prediction", height=260, render=False,
+                           x_title="latent", y_title="share of the prediction", height=260, render=False, y_lim=[0, None],
                            label="Contributions", tooltip=["latent", "contribution", "activation", "weight",
                                                            "density", "selectivity", "dense"]),
         # one image: per latent a row with its heatmap on the input, then its top-activating dataset images;

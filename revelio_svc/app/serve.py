@@ -133,7 +133,9 @@ def demo(cfg: Config, args: argparse.Namespace | None = None) -> int:
         app_main.launch(clf, host=dc.host, port=dc.port, auth=auth, concurrency=dc.concurrency,
                         max_pixels=dc.max_pixels, fewshot_dir=Path(cfg.output_dir) / "fewshot",
                         allow_register=dc.allow_register, experiment=cfg.tracking.experiment, warm=True,
-                        cache_dir=Path(cfg.output_dir) / "demo-cache", browse_images=dc.browse_images)
+                        cache_dir=Path(cfg.output_dir) / "demo-cache", browse_images=dc.browse_images,
+                        # the address is printed above; gradio's own lines (set share=True) are not for CLI users
+                        quiet=True)
     except OSError as e:  # the port is taken, the address cannot be bound
         print(f"revelio demo: cannot serve on {dc.host}:{dc.port}: {e}. Pick another --port.", file=sys.stderr)
         return 1

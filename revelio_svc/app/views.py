@@ -468,13 +468,34 @@ def steering_sheet(images: np.ndarray, variants: Sequence[str], seeds: Sequence[
     return draw_sheet(rows, caps, tile, cols=len(seeds), labels=labs)
 
 
+# the two series of the deletion curve; short, so the legend (Vega-Lite cuts labels at 160 px) shows them whole
+DELETION_ORDERS = ("top first", "random (control)")
+# the plot's axis and legend titles
+DELETION_PLOT = {"x_title": "latents removed", "color_title": "order"}
+
+
 def deletion_frame(curve: dict[str, Any]):
+    """Line-plot data: the probability after removing 0, 1, 2, … latents, for both orders.
+
+    The count is a category (a string, in `deletion_x_order`): a numeric axis would put ticks at
+    half-steps (0.5 latents removed) when few latents are removed."""
     import pandas as pd
 
     n = len(curve["prob"])
-    return pd.DataFrame({"latents removed": list(range(n)) * 2,
-                         "probability": [round(p, 4) for p in curve["prob"]] + [round(p, 4) for p in curve["prob_random"]],
-                         "order": ["top contributors first"] * n + ["random order (control)"] * n})
+    return pd.DataFrame({"latents removed": deletion_x_order(curve) * 2,
+                         "probability": [round(p, 4) for p in (*curve["prob"], *curve["prob_random"])],
+                         "order": [DELETION_ORDERS[0]] * n + [DELETION_ORDERS[1]] * n})
+
+
+def deletion_x_order(curve: dict[str, Any]) -> list[str]:
+    return [str(i) for i in range(len(curve["prob"]))]
+
+
+def contribution_y_lim(df) -> list[float | None]:
+    """The contribution axis starts at 0 (or below, for a negative bar): from the smallest bar, bars of
+    similar height would look like nothing."""
+    low = float(df["contribution"].min()) if len(df) else 0.0
+    return [min(0.0, low), None]
 
 
 def deletion_markdown(curve: dict[str, Any]) -> str:

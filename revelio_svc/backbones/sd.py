@@ -79,7 +79,8 @@ def preprocess_images(images: np.ndarray | Sequence[np.ndarray], resolution: int
                 raise ValueError(f"each image must be uint8 (H, W, 3); got shape {g.shape[1:]}")
     out = []
     for g in groups:
-        x = torch.from_numpy(np.ascontiguousarray(g)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        # a read-only array (a dataset's cached image) would make torch warn on every first use
+        x = torch.from_numpy(np.require(g, requirements=["C", "W"])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         h, w = x.shape[-2:]
         if (h, w) != (resolution, resolution):
             scale = resolution / min(h, w)

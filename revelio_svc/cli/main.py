@@ -32,8 +32,10 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
                 "One forward per (batch, t) captures every hook point; pooling mean, max or tokens.",
                 ("data", "backbone", "extract", "tracking")),
     "plan": ("Before extracting: shapes and bytes per hook point, exact store size, peak memory and run time.",
-             "Store size is exact (every file); memory and time are estimates (fake-tensor forward, timed probe). "
-             "Exits 1 when the store would not fit the destination's free space.", ("data", "backbone", "extract")),
+             "Store size is exact (every file); memory is an estimate from a forward on fake tensors of the model "
+             "built without weights (meta device); --time adds a timed real forward. Warns when the peak-memory "
+             "estimate exceeds the machine's memory; exits 1 when the store would not fit the destination's free "
+             "space.", ("data", "backbone", "extract")),
     "train-sae": ("Train a k-sparse autoencoder (TopK or BatchTopK) on one (hook point, timestep) of a store.",
                   "Streams shards, checkpoints and resumes, logs fvu/l0/dead_frac to MLflow.",
                   ("data", "backbone", "extract", "sae", "probe", "tracking")),
@@ -117,13 +119,38 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "extract":
             p.add_argument("--no-mlflow", action="store_true", help="do not open an MLflow run")
         if name == "plan":
-            p.add_argument("--no-probe", action="store_true", help="no timed forward (no run-time estimate)")
+            p.add_argument("--time", action="store_true",
+                           help="also time a real forward (loads the weights) for a run-time estimate and a check "
+                                "of the shapes; without it the model is built on the meta device, no weights")
+            p.add_argument("--no-probe", action="store_true", help=argparse.SUPPRESS)  # the default now
             p.add_argument("--json", action="store_true", help="print the plan as JSON")
         if name == "demo":  # short names for the options everyone types
             for short in ("model", "host", "port"):
                 p.add_argument(f"--{short}", dest=f"opt:demo.{short}", default=None, help=f"= --demo.{short}")
         _add_common(p, sections)
     return parser
+
+
+class UnknownOptionError(ConfigError):
+    """A `--section.key` option the command does not have; the message names the known keys."""
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, except that an unknown `--section.key` option fails like `--set section.key=…` does
+    (naming the known keys) instead of with argparse's top-level usage."""
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    dotted = [x for x in extras if x.startswith("--") and "." in x.split("=", 1)[0]]
+    if not dotted or not getattr(args, "command", None):
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    key = dotted[0][2:].split("=", 1)[0]
+    from ..config import apply_overrides
+
+    apply_overrides({}, [f"{key}=0"])  # an unknown key: ConfigError with the known keys
+    sections = COMMANDS[args.command][2]
+    raise UnknownOptionError(f"--{key} is not an option of `revelio {args.command}`, which reads the "
+                             f"sections {', '.join(sections)}")
 
 
 def _handler(name: str) -> Callable[[Config, argparse.Namespace], int]:
@@ -240,21 +267,33 @@ def _run_command(args: argparse.Namespace) -> int:
         return 1
 
 
+def _parse_or_report(argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code after a one-line message about an unknown option."""
+    try:
+        return parse(build_parser(), argv)
+    except ConfigError as e:
+        command = next((a for a in (argv if argv is not None else sys.argv[1:]) if a in COMMANDS), "")
+        print(f"revelio {command}: invalid configuration: {e}".replace("revelio :", "revelio:"), file=sys.stderr)
+        return 2
+
+
 def dispatch(argv: list[str]) -> int:
     """Parse `argv` and run the command (main() without the log set-up, for tests)."""
-    return _run(build_parser().parse_args(argv))
+    args = _parse_or_report(argv)
+    return args if isinstance(args, int) else _run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse_or_report(argv)
+    if isinstance(args, int):
+        return args
     if args.version:
         from .. import __version__
         print(__version__)
         return 0
     if not args.command:
-        parser.print_help()
+        build_parser().print_help()
         return 1
     from ..logs import configure
 

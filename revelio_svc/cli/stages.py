@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .. import distributed
 from ..config import Config, replace
@@ -52,8 +53,10 @@ def plan(cfg: Config, args: argparse.Namespace) -> int:
     from ..features.plan import format_plan
     from ..features.plan import plan as make_plan
 
-    p = make_plan(cfg, probe=not args.no_probe)
+    p = make_plan(cfg, probe=args.time and not args.no_probe)
     print(json.dumps(p.to_dict(), indent=1) if args.json else format_plan(p))
+    for w in p.warnings:
+        print(f"revelio plan: warning: {w}", file=sys.stderr)
     p.ensure_fits()  # InsufficientSpaceError: reported by cli.main, exit code 1
     return 0
 
@@ -164,7 +167,18 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         print(f"  {o.stage:<12} run {o.run_id}" + (f" (reused from {o.reused_from})" if o.reused_from else ""))
     for r in res.registrations.values():
         print(f"  {r.name} version {r.version}: {'champion' if r.champion else 'challenger'} — {r.reason}")
+    print(f"  in the MLflow UI: {_ui_link(res.parent_run_id)}")
     return 0
+
+
+def _ui_link(run_id: str) -> str:
+    import mlflow
+
+    from ..tracking import ui_link
+
+    uri = mlflow.get_tracking_uri()
+    link = ui_link(uri, mlflow.get_run(run_id).info.experiment_id, run_id)
+    return link if uri.startswith("http") else f"{link} (after `mlflow ui --backend-store-uri {uri}`)"
 
 
 def tune(cfg: Config, args: argparse.Namespace) -> int:

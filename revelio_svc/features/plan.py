@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import weakref
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,7 @@ from torch import nn
 
 from .. import distributed
 from ..backbones import load_backbone
+from ..backbones.meta import load_meta_backbone
 from ..config import Config
 from ..data import BadImageError, ImageDataset, load_dataset
 from ..identity import digest
@@ -53,6 +55,7 @@ from .space import (
     free_bytes,
     shard_rows,
     store_bytes,
+    written_shards,
 )
 from .store import new_manifest, set_key
 
@@ -278,6 +281,7 @@ class Plan:
     time: TimePlan | None = None
     shapes_verified: bool = False  # a real forward gave the same shapes as the fake one
     notes: tuple[str, ...] = field(default_factory=tuple)
+    warnings: tuple[str, ...] = field(default_factory=tuple)  # e.g. the peak-memory estimate exceeds the machine's
 
     @property
     def fits(self) -> bool | None:
@@ -438,7 +442,10 @@ def plan(cfg: Config, dataset: ImageDataset | None = None, adapter=None, probe: 
     """
     ec = cfg.extract
     ds = dataset if dataset is not None else load_dataset(cfg.data)
-    adapter = adapter if adapter is not None else load_backbone(cfg.backbone)
+    if adapter is None:
+        # without the timed forward no weight is needed: the parts are built on the meta device
+        adapter = load_backbone(cfg.backbone) if probe else load_meta_backbone(cfg.backbone)
+    device = getattr(adapter, "plan_device", adapter.device)  # what the estimates are for
     adapter.validate_hook_points(ec.hook_points)
     conf = store_config(cfg, ds)
     chash = digest(conf, 16)
@@ -482,8 +489,9 @@ def plan(cfg: Config, dataset: ImageDataset | None = None, adapter=None, probe: 
     shard_buffers = images_bytes + 2 * feats + largest_file
     weights = weight_bytes(adapter_modules(adapter))
     peak = weights + max(forward + images_bytes + feats, shard_buffers)
-    mem = MemoryPlan(str(adapter.device), str(adapter.dtype).replace("torch.", ""), batch, weights,
+    mem = MemoryPlan(str(device), str(adapter.dtype).replace("torch.", ""), batch, weights,
                      analysis.encode_peak, analysis.capture_peak, shard_buffers, peak)
+    warn = memory_warning(mem, *machine_memory(torch.device(device)), batch=ec.batch_size)
 
     notes = []
     tp, verified = None, False
@@ -496,11 +504,44 @@ def plan(cfg: Config, dataset: ImageDataset | None = None, adapter=None, probe: 
     elif probe:
         notes.append("the store is complete: nothing to extract, no probe run")
     if done:
-        notes.append(f"resuming: {len(done)} of {len(rows_per_shard)} shards are already written")
+        notes.append(resume_note(uri, chash, rows_per_shard))
     return Plan(backbone_id=cfg.backbone.id, kind=cfg.backbone.kind, resolution=int(getattr(adapter, "resolution", 0)),
                 store_uri=uri, config_hash=chash, n_images=n, n_shards=len(rows_per_shard),
                 shard_size=ec.shard_size, timesteps=tuple(ec.timesteps), sets=tuple(sets), store=sb,
-                free_bytes=free, memory=mem, time=tp, shapes_verified=verified, notes=tuple(notes))
+                free_bytes=free, memory=mem, time=tp, shapes_verified=verified, notes=tuple(notes),
+                warnings=(warn,) if warn else ())
+
+
+def machine_memory(device: torch.device) -> tuple[str, int | None]:
+    """(what, bytes) of the memory the estimate has to fit in: the GPU's on CUDA, else this machine's RAM."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return "GPU memory", int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return "RAM", int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): not checked
+        return "RAM", None
+
+
+def memory_warning(mem: MemoryPlan, what: str, total: int | None, batch: int) -> str | None:
+    """A warning when the peak-memory estimate exceeds `total` bytes of `what`; None when it fits."""
+    if total is None or mem.peak <= total:
+        return None
+    return (f"the peak-memory estimate {human_bytes(mem.peak)} exceeds this machine's {what} ({human_bytes(total)}): "
+            f"the extraction would likely run out of memory. Lower extract.batch_size (now {batch}; extraction "
+            f"halves it on out-of-memory) or extract.shard_size, or use backbone.dtype=float16 / bfloat16")
+
+
+def resume_note(uri: str, chash: str, rows_per_shard: list[int]) -> str:
+    """What a resume really skips: the shards of the manifest and those an earlier distributed launch left
+    in `_parts/` (extract folds them in first), and what is left to extract."""
+    in_manifest, in_parts = written_shards(uri, chash)
+    done = in_manifest | in_parts
+    left = [i for i in range(len(rows_per_shard)) if i not in done]
+    where = (f" ({len(in_manifest)} in the manifest, {len(in_parts)} more in _parts/ from an earlier "
+             "distributed launch, folded in first)") if in_parts else ""
+    rest = (f"{len(left)} shard(s) ({sum(rows_per_shard[i] for i in left)} images) left to extract" if left
+            else "nothing left to extract")
+    return f"resuming: {len(done)} of {len(rows_per_shard)} shards are already written{where} and skipped; {rest}"
 
 
 # --------------------------------------------------------------------------- rendering
@@ -552,6 +593,8 @@ def format_plan(p: Plan) -> str:
                      f"{t.capture_s_per_image_t:.3f} s per image·t ({t.images_t_per_s:.2f} images·t/s)")
     for note in p.notes:
         lines.append(f"note: {note}")
+    for w in p.warnings:
+        lines.append(f"warning: {w}")
     return "\n".join(lines)
 
 
@@ -569,4 +612,5 @@ def preflight(cfg: Config, dataset: ImageDataset | None = None, adapter=None) ->
 
 
 __all__ = ["InsufficientSpaceError", "MemoryPlan", "Plan", "SetPlan", "StoreBytes", "TimePlan", "analyse_forward",
-           "ensure_fits", "feature_file_size", "format_plan", "plan", "preflight", "store_bytes"]
+           "ensure_fits", "feature_file_size", "format_plan", "machine_memory", "memory_warning", "plan", "preflight",
+           "store_bytes"]

@@ -19,7 +19,7 @@ import numpy as np
 
 from .backends import backend_for
 from .errors import StoreError
-from .manifest import MANIFEST, Manifest, ShardEntry
+from .manifest import MANIFEST, PARTS, Manifest, ShardEntry, part_from_bytes
 from .store import ROWS
 
 SHA256_HEX = "0" * 64  # the manifest stores one SHA-256 hex digest per file: fixed length
@@ -125,16 +125,33 @@ def free_bytes(uri: str) -> int | None:
     return shutil.disk_usage(p).free
 
 
-def done_shards(uri: str, chash: str) -> set[int]:
-    """Complete shards of an existing store with this config hash (a resume writes only the rest)."""
+def written_shards(uri: str, chash: str) -> tuple[set[int], set[int]]:
+    """(shards in the manifest, further shards only recorded in manifest parts `_parts/`) of an existing
+    store with this config hash. A resume folds the parts into the manifest first, so it skips both."""
     try:
         backend = backend_for(uri)
         if not backend.exists(MANIFEST):
-            return set()
+            return set(), set()
         m = Manifest.from_bytes(backend.read(MANIFEST), uri)
     except StoreError:
-        return set()
-    return set(m.shards) if m.config_hash == chash else set()
+        return set(), set()
+    if m.config_hash != chash:
+        return set(), set()
+    in_parts: set[int] = set()
+    for name in backend.list(PARTS):
+        try:
+            in_parts |= set(part_from_bytes(backend.read(name), chash, f"{uri}/{name}"))
+        except StoreError:
+            continue  # folding it fails with the reason; a plan only counts what it can read
+    in_manifest = set(m.shards)
+    return in_manifest, {i for i in in_parts - in_manifest if 0 <= i < m.n_shards}
+
+
+def done_shards(uri: str, chash: str) -> set[int]:
+    """Complete shards of an existing store with this config hash, its manifest parts included (a resume
+    writes only the rest)."""
+    in_manifest, in_parts = written_shards(uri, chash)
+    return in_manifest | in_parts
 
 
 def ensure_fits(uri: str, need: int, free: int | None, total: int | None = None) -> None:

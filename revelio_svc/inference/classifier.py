@@ -330,12 +330,15 @@ class Classifier:
             bdict["id"] = str(d / "backbone")
         if device:
             bdict["device"] = device
+        ddict = dict(meta.get("data") or {})
+        if ddict.get("source", "shapes") not in ("hf", "imagefolder"):
+            ddict.pop("id", None)  # written before data.id was refused for generated datasets (never read)
         rest = {k: v for k, v in meta.items() if k in ("store_uri", "store_config_hash", "dataset_fingerprint",
                                                           "probe_metrics", "metrics")}
         clf = cls(backbone=from_dict(BackboneConfig, bdict, "backbone"), hook_point=meta["hook_point"],
                   timestep=meta["timestep"], noise_seed=meta["noise_seed"], sae=sae, probe=probe,
                   class_names=meta["class_names"], concept=meta.get("concept", ""),
-                  data=from_dict(DataConfig, meta.get("data") or {}, "data"), top_indices=top["indices"],
+                  data=from_dict(DataConfig, ddict, "data"), top_indices=top["indices"],
                   top_values=top["values"], feature_dtype=meta.get("feature_dtype", "float32"), meta=rest,
                   frequency=stats.get("frequency"), top_labels=stats.get("top_labels"))
         if meta.get("backbone_bundled"):

@@ -37,6 +37,7 @@ from .access import (
     resolve_version,
 )
 from .card import sae_card
+from .decisions import record_decision
 from .errors import MissingArtifactsError, RegistrationError, RegistryError, UntrustedModelError
 from .models import log_pyfunc
 from .refs import CHALLENGER, CHAMPION, MODEL_NAMES, parse_uri
@@ -269,6 +270,13 @@ def register_set(dirs: Mapping[str, str | Path], metrics: Mapping[str, Mapping[s
         if decision.promote:
             for p in pending:
                 client.set_registered_model_alias(p.name, CHAMPION, p.version)
+        for p in pending:  # the history of decisions (decisions.py), besides the latest one in the tags above
+            record_decision(client, p.name, p.version, f"{'champion' if decision.promote else 'challenger'}: "
+                            f"{decision.reason}", latest=False)
+            prev = previous[p.kind]
+            if decision.promote and prev is not None and str(prev.version) != str(p.version):
+                record_decision(client, p.name, prev.version, f"replaced as champion by version {p.version}",
+                                latest=False)
     except BaseException as e:
         raise _undo(client, pending, e) from e
     return {p.kind: Registration(p.name, p.version, decision.promote,
@@ -299,7 +307,7 @@ def register_model(kind: str, local_dir: str | Path, metrics: Mapping[str, float
         else:
             reason = (f"registered alone: champion stays version {cur.version} (promote with "
                       f"`revelio registry promote {p.name}/{p.version}`)")
-        client.set_model_version_tag(p.name, p.version, "champion_decision", reason)
+        record_decision(client, p.name, p.version, reason)
     except BaseException as e:
         raise _undo(client, [p], e) from e
     return Registration(p.name, p.version, cur is None, str(cur.version) if cur is not None else None, reason,
@@ -332,9 +340,13 @@ def promote(uri: str, alias: str = CHAMPION) -> str:
         members = [[mv.name, str(mv.version)]]
     # a champion that belongs to a set moves with its set: the SAE, probe and classifier stay consistent
     for name, version in members:
+        prev = _current_champion(client, name) if alias == CHAMPION else None
         client.set_registered_model_alias(name, alias, version)
         if alias == CHAMPION:
-            client.set_model_version_tag(name, version, "champion_decision", "promoted by hand")
+            record_decision(client, name, version, "promoted by hand")
+            if prev is not None and str(prev.version) != str(version):
+                record_decision(client, name, prev.version, f"replaced as champion by version {version} (by hand)",
+                                latest=False)
     return str(mv.version)
 
 

@@ -547,6 +547,9 @@ def train_sae(cfg: Config, *, store: FeatureStore | str | None = None, output: s
         torch.set_rng_state(state["torch_rng"])
         step = int(state["step"])
         history = json.loads(state["history"])
+        if ctx.is_main and progress:
+            print(f"train-sae: resuming from the checkpoint at step {step} of {sc.steps} in {out} "
+                  f"({sc.steps - step} steps left; force=true starts over)", flush=True)
     else:
         try:
             sample = stream.sample(init_samples)

@@ -358,7 +358,8 @@ def sweep_stage(cfg: Config, sae_results: str | Path | None = None, output: str 
                                         df, int((~sw.is_test).sum()), int(sw.is_test.sum())))
     metrics, tags = _sweep_metrics(best)
     return SweepResult(identity=identity, metrics=metrics, artifacts=(Artifact(out, "sweep"),),
-                       tags={**tags, "sweep_dir": str(out)}, output_dir=out, summary=summary, table=df, best=best,
+                       tags={**tags, "sweep_dir": str(out), "store_uri": sw.store.uri}, output_dir=out, summary=summary,
+                       table=df, best=best,
                        heatmaps=tuple(heatmaps), line_plots=tuple(lines),
                        random_init_store=sw.rstore.uri if sw.rstore is not None else None)
 

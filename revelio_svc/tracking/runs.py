@@ -26,10 +26,12 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 
 from .. import distributed
+from ..backbones.pretrain import PretrainResult
 from ..config import Config, to_dict
 from ..contracts import MetricsCallback, StageResult
 from ..features.extract import ExtractResult
-from ..features.store import open_store
+from ..features.store import StoreError, open_store
+from ..identity import digest
 from .setup import setup
 from .status import closing_run
 
@@ -83,12 +85,16 @@ def subject(cfg: Config, stage: str) -> str:
         "register": f"{pc.concept} · {sc.hook_point} t={sc.timestep}",
         "evaluate": f"{pc.concept} · {sc.hook_point} t={sc.timestep}",
         "eval_frontier": f"{sc.hook_point} t={sc.timestep} · k={','.join(map(str, cfg.evaluate.frontier_ks))}",
-        "main": f"{dataset_name(cfg)} · {backbone} · {sc.hook_point} t={sc.timestep}",
+        "main": f"{dataset_name(cfg)} · {sc.hook_point} t={sc.timestep}",
     }.get(stage, dataset_name(cfg))
 
 
+# the parent run of the whole chain is named after the command that makes it (`revelio run`)
+RUN_LABELS = {"main": "run"}
+
+
 def run_name(cfg: Config, stage: str) -> str:
-    return f"{stage} · {subject(cfg, stage)}"
+    return f"{RUN_LABELS.get(stage, stage)} · {subject(cfg, stage)}"
 
 
 def run_tags(cfg: Config, stage: str) -> dict[str, str]:
@@ -108,6 +114,9 @@ def flat_params(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)
     return out
+
+
+RUN_NAME_TAG = "mlflow.runName"
 
 
 def stage_params(cfg: Config, stage: str) -> dict[str, str]:
@@ -147,6 +156,8 @@ def stage_run(cfg: Config, stage: str, *, tags: Mapping[str, str] | None = None,
     all_tags = {**run_tags(cfg, stage), **(tags or {})}
     if env_run and active is None:
         run_cm = mlflow.start_run(run_id=env_run)
+        # the MLflow-Projects run has a random name: it is this stage's run, so it gets the stage's name
+        all_tags[RUN_NAME_TAG] = run_name(cfg, stage)
     else:
         run_cm = mlflow.start_run(run_name=run_name(cfg, stage), nested=active is not None, tags=all_tags,
                                   description=DESCRIPTIONS.get(stage))
@@ -197,6 +208,30 @@ def log_store_inputs(store_uri: str, config_hash: str, dataset: Mapping[str, Any
     mlflow.log_input(_store_input(store_uri, config_hash), context="features")
 
 
+def log_stage_inputs(outputs: Mapping[str, Any]) -> None:
+    """The dataset and the feature store behind a stage's outputs (its `store_uri`), in the active run's
+    Datasets column: every stage that reads a store shows what it read, not only extract."""
+    uri = outputs.get("store_uri")
+    if not uri:
+        return
+    try:
+        store = open_store(str(uri))
+    except StoreError:
+        return  # a store that is gone: the run still records its URI as a tag
+    dataset = dict(store.config.get("dataset") or {})
+    log_store_inputs(str(uri), store.config_hash, dataset, str(dataset.get("name", "dataset")))
+
+
+def _pretrain_input(result: PretrainResult) -> None:
+    """The procedural images a backbone was pretrained on (source, seed, size: they define the stream)."""
+    try:
+        data = json.loads((Path(result.backbone_dir) / "training.json").read_text())["data"]
+    except (OSError, ValueError, KeyError):
+        return
+    mlflow.log_input(_dataset_input({**data, "fingerprint": digest(data, 16)}, str(data.get("source", "shapes"))),
+                     context="training")
+
+
 def log_result(result: StageResult, *, step: int | None = None, skip_existing_metrics: bool = False) -> None:
     """Everything a stage result carries, into the active run.
 
@@ -226,6 +261,10 @@ def log_result(result: StageResult, *, step: int | None = None, skip_existing_me
         log_json(open_store(result.store_uri).manifest.to_dict(), "manifest.json", "feature_store")
         if result.skipped:
             log_json(list(result.skipped), "skipped_images.json", "feature_store")
+    elif isinstance(result, PretrainResult):
+        _pretrain_input(result)
+    else:
+        log_stage_inputs({"store_uri": result.outputs().get("store_uri") or result.tags.get("store_uri", "")})
 
 
 def log_json(obj: Any, name: str, artifact_path: str | None = None) -> None:

@@ -11,6 +11,13 @@ from ..config import TrackingConfig
 
 # the project's documented default when neither the config nor MLFLOW_TRACKING_URI names a store
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# What the experiment holds, for the MLflow UI: training runs ("Machine learning"), not GenAI traces. MLflow
+# 3.x reads this experiment tag (values in its UI: genai_development, custom_model_development, ...); the
+# 3.17 UI also keeps a global GenAI / Model-training switch, which `?workflowType=machine_learning` in a
+# link sets (ui_link).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+UI_WORKFLOW = "workflowType=machine_learning"
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -56,8 +63,12 @@ def setup(cfg: TrackingConfig, experiment: bool = True) -> str:
         mlflow.set_registry_uri(cfg.registry_uri)
     if experiment:
         try:
-            if mlflow.get_experiment_by_name(cfg.experiment) is None:
-                mlflow.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location or None)
+            exp = mlflow.get_experiment_by_name(cfg.experiment)
+            if exp is None:
+                mlflow.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location or None,
+                                         tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            elif EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an earlier version or by hand
+                mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             mlflow.set_experiment(cfg.experiment)
         except Exception as e:  # noqa: BLE001 - SQLAlchemy, HTTP and MLflow errors all mean "not reachable" here
             raise TrackingUnavailableError(
@@ -68,3 +79,13 @@ def setup(cfg: TrackingConfig, experiment: bool = True) -> str:
     if cfg.system_metrics:
         mlflow.enable_system_metrics_logging()
     return uri
+
+
+def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """Where a run (or the experiment's runs) opens in the MLflow UI, on the model-training view.
+
+    A server URI links to itself; a local store to `mlflow ui`'s default address (start it with
+    `mlflow ui --backend-store-uri <the store>`)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    path = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{base}/{path}?{UI_WORKFLOW}"

@@ -285,12 +285,10 @@ def test_every_api_example_runs(served, mlflow_tmp):
     from revelio_svc.app.main import API_EXAMPLES
 
     client = Client(served[0], verbose=False)
-    files = {f"{s}.png": str(example(s)) for s in ("star", "circle")}
+    files = {s: str(example(s)) for s in ("star", "circle")}
     for name, code in API_EXAMPLES.items():
-        for f, p in files.items():
-            code = code.replace(f'"{f}"', repr(p))
         code = code.replace('"my-fewshot-probe"', '"example-probe"').replace('"my-probe"', '"example-reg"')
-        out = eval(code, {"client": client, "handle_file": handle_file})  # noqa: S307 - our own examples
+        out = eval(code, {"client": client, "handle_file": handle_file, **files})  # noqa: S307 - our own examples
         assert out is not None, name
 
 

@@ -122,7 +122,9 @@ def test_plan_command(tiny_cfg, tmp_path, capsys):
             f"backbone.id={tiny_cfg.backbone.id}", "--set", f"output_dir={tmp_path / 'out'}"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "peak memory (estimate)" in out and "run time (estimate" in out and "fits" in out
+    assert "peak memory (estimate)" in out and "run time (estimate" not in out and "fits" in out
+    assert main(args + ["--time"]) == 0  # the timed forward is opt-in
+    assert "run time (estimate" in capsys.readouterr().out
     assert main(args + ["--json", "--no-probe"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["time"] is None and d["store"]["total"] > 0 and d["fits"] is True
