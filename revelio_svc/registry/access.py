@@ -6,15 +6,20 @@ folder. A SQLite store that does not exist is an error at once, naming the file;
 side effect of a lookup.
 
 A model version's files never change, so a version fetched once is kept in a cache and later loads read it
-from there: `$XDG_CACHE_HOME/revelio/models/<store>/<name>/<version>` (default `~/.cache/...`). An alias can
+from there: `$XDG_CACHE_HOME/revelio/models/<store>/<name>/<version>` (default `~/.cache/...`); when the
+store is SQLite and the version's files are in a local folder (the default setup), the first load copies
+that folder itself instead of downloading through an MLflow client. An alias can
 move, so every load still asks the store which version it names; for a SQLite store that question is one
 read-only query with the standard library (`_sqlite_version`), because building an MLflow client imports
 its whole SQL layer (about 2 s on a small machine) and a cached load should cost a fraction of that.
+For the same reason MLflow itself (about 4 s to import there) is imported only by what needs a client or a
+download: a cached load with MLFLOW_TRACKING_URI set never imports it.
 """
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import sqlite3
 import sys
@@ -22,18 +27,20 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
+from urllib.request import pathname2url
 
-import mlflow
 import yaml
-from mlflow.exceptions import MlflowException
 
 from ..identity import digest
 from ..inference.classifier import META as CLS_META
-from ..tracking import check_server
 from .errors import AliasNotFoundError, MissingArtifactsError, ModelNotFoundError
 from .refs import ModelRef, parse_uri
+
+if TYPE_CHECKING:
+    import mlflow
+    from mlflow.exceptions import MlflowException
 
 SOURCE_FILE = "revelio-source.json"  # written by pull() and the cache: where a local copy came from
 COMPLETE = ".complete"  # marks a cache entry whose download finished
@@ -41,8 +48,33 @@ COMPLETE = ".complete"  # marks a cache entry whose download finished
 
 def target_uri() -> str:
     """The tracking URI lookups use, resolved by MLflow itself: one set in this process, else
-    MLFLOW_TRACKING_URI, else MLflow's default (the same `sqlite:///mlflow.db` the project documents)."""
+    MLFLOW_TRACKING_URI, else MLflow's default (the same `sqlite:///mlflow.db` the project documents).
+    MLflow returns the variable unchanged when nothing was set in this process (and nothing can have been
+    set when MLflow is not imported yet), so that case is answered without importing it."""
+    if sys.modules.get("mlflow") is None:
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        default = _default_tracking_uri()
+        if default is not None:
+            return default
+    import mlflow
+
     return mlflow.get_tracking_uri()
+
+
+def _default_tracking_uri() -> str | None:
+    """MLflow's default when nothing is set, as MLflow spells it (`sqlite:///<absolute path>/mlflow.db`), or
+    None when ./mlruns holds experiments of the old file store (MLflow then defaults to it: ask MLflow)."""
+    try:
+        with os.scandir("mlruns") as entries:
+            if any(e.is_dir() and e.name.isdigit() and os.path.lexists(os.path.join(e.path, "meta.yaml"))
+                   for e in entries):
+                return None
+    except OSError:
+        pass
+    if os.name == "nt":
+        return None
+    return "sqlite:///" + posixpath.abspath(pathname2url(os.path.abspath("mlflow.db")))
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -54,6 +86,10 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def registry_client() -> mlflow.MlflowClient:
     """A client of the registry at `target_uri()`, after checking that the store is there (fast, no side effect)."""
+    import mlflow
+
+    from ..tracking import check_server
+
     uri = target_uri()
     db = _sqlite_path(uri)
     if db is not None and not db.resolve().is_file():
@@ -78,6 +114,8 @@ def registered_names(client=None) -> list[str]:
 
 def resolve_version(ref: ModelRef | str, client=None):
     """The ModelVersion a registry reference points at, or an error listing what exists."""
+    from mlflow.exceptions import MlflowException
+
     ref = parse_uri(ref) if isinstance(ref, str) else ref
     if ref.kind != "registry":
         raise ValueError(f"{ref.uri} is not a registered-model reference (NAME@alias or NAME/version)")
@@ -131,6 +169,9 @@ def _quiet_downloads():
 
 
 def _download(artifact_uri: str, dst: Path, what: str) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     try:
         with _quiet_downloads():
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst)))
@@ -191,11 +232,17 @@ def _sqlite_version(ref: ModelRef) -> SimpleNamespace | None:
             return None
         tags = dict(con.execute("SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?",
                                 (ref.name, int(version))).fetchall())
+        try:
+            (location,) = con.execute("SELECT storage_location FROM model_versions WHERE name = ? AND version = ?",
+                                      (ref.name, int(version))).fetchone()
+        except (sqlite3.Error, TypeError):  # an older schema: the first load goes through MLflow
+            location = None
     except (sqlite3.Error, ValueError, TypeError):
         return None
     finally:
         con.close()
-    return SimpleNamespace(name=ref.name, version=str(version), run_id=row[0], source=row[1], tags=tags)
+    return SimpleNamespace(name=ref.name, version=str(version), run_id=row[0], source=row[1], tags=tags,
+                           storage=_local_storage(location))
 
 
 def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
@@ -209,6 +256,9 @@ def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
     mv = _sqlite_version(ref)
     if mv is not None:
         entry = cache_root() / digest(target_uri()) / mv.name / str(mv.version)
+        if not (entry / COMPLETE).is_file() and mv.storage is not None:
+            # the store keeps the files in a local folder: copy them without building a client
+            _fill_cache(entry, mv, lambda tmp: shutil.copytree(mv.storage, tmp, dirs_exist_ok=True))
         if (entry / COMPLETE).is_file():
             return entry, _version_info(ref, mv)
     client = registry_client()
@@ -216,16 +266,35 @@ def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
     entry = cache_root() / digest(target_uri()) / mv.name / str(mv.version)
     info = _version_info(ref, mv)
     if not (entry / COMPLETE).is_file():
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=entry.parent))
-        try:
-            _download(f"models:/{mv.name}/{mv.version}", tmp, f"{mv.name} version {mv.version}")
-            (tmp / COMPLETE).write_text(json.dumps({"run_id": mv.run_id, "source": mv.source}))
-            shutil.rmtree(entry, ignore_errors=True)  # a half-written entry of a killed process
-            os.replace(tmp, entry)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _fill_cache(entry, mv, lambda tmp: _download(f"models:/{mv.name}/{mv.version}", tmp,
+                                                     f"{mv.name} version {mv.version}"))
     return entry, info
+
+
+def _fill_cache(entry: Path, mv, fill) -> None:
+    """Write a cache entry through a temporary folder renamed into place once complete (a killed process
+    leaves no half-written entry behind)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=entry.parent))
+    try:
+        fill(tmp)
+        (tmp / COMPLETE).write_text(json.dumps({"run_id": mv.run_id, "source": mv.source}))
+        shutil.rmtree(entry, ignore_errors=True)  # a half-written entry of a killed process
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _local_storage(location: str | None) -> Path | None:
+    """The folder a model version's files live in when the artifact store is this file system (it holds
+    the MLmodel file: what a download of `models:/NAME/VERSION` copies); None otherwise."""
+    if not location:
+        return None
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = Path(unquote(parsed.path) if parsed.scheme == "file" else location)
+    return path if (path / "MLmodel").is_file() else None
 
 
 def _local_source(d: Path) -> dict[str, Any]:
