@@ -43,7 +43,8 @@ _DEFAULTS: dict[str, Any] = {
 def read_unet_config(directory: str | Path) -> dict[str, Any]:
     """config.json of a UNet2DModel folder with diffusers' defaults filled in."""
     raw = json.loads((Path(directory) / CONFIG).read_text())
-    return {**_DEFAULTS, **{k: v for k, v in raw.items() if not k.startswith("_")}, "_class_name": raw.get("_class_name")}
+    given = {k: v for k, v in raw.items() if not k.startswith("_")}
+    return {**_DEFAULTS, **given, "_class_name": raw.get("_class_name")}
 
 
 def native_unsupported(cfg: dict[str, Any]) -> str | None:
@@ -146,8 +147,8 @@ class DownBlock2D(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, temb: int, layers: int, groups: int, eps: float, dropout: float,
                  add_downsample: bool, padding: int):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb, groups, eps, dropout, 1.0)
-                                      for i in range(layers)])
+        self.resnets = nn.ModuleList([
+            ResnetBlock2D(in_ch if i == 0 else out_ch, out_ch, temb, groups, eps, dropout, 1.0) for i in range(layers)])
         self.downsamplers = nn.ModuleList([Downsample2D(out_ch, padding)]) if add_downsample else None
 
     def forward(self, hidden_states: torch.Tensor, temb: torch.Tensor):

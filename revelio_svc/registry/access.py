@@ -86,10 +86,6 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def registry_client() -> mlflow.MlflowClient:
     """A client of the registry at `target_uri()`, after checking that the store is there (fast, no side effect)."""
-    import mlflow
-
-    from ..tracking import check_server
-
     uri = target_uri()
     db = _sqlite_path(uri)
     if db is not None and not db.resolve().is_file():
@@ -99,6 +95,10 @@ def registry_client() -> mlflow.MlflowClient:
             "Point MLFLOW_TRACKING_URI at the store that holds the models, e.g. "
             "MLFLOW_TRACKING_URI=sqlite:////path/to/project/mlflow.db or http://host:5000, or run from the folder "
             "where `revelio run` (make run) was run.")
+    import mlflow  # after the check above: a missing store is reported without importing MLflow
+
+    from ..tracking import check_server
+
     check_server(uri)
     return mlflow.MlflowClient(tracking_uri=uri)
 
@@ -258,7 +258,7 @@ def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
         entry = cache_root() / digest(target_uri()) / mv.name / str(mv.version)
         if not (entry / COMPLETE).is_file() and mv.storage is not None:
             # the store keeps the files in a local folder: copy them without building a client
-            _fill_cache(entry, mv, lambda tmp: shutil.copytree(mv.storage, tmp, dirs_exist_ok=True))
+            _fill_cache(entry, mv, lambda tmp: _copy_version(mv, tmp))
         if (entry / COMPLETE).is_file():
             return entry, _version_info(ref, mv)
     client = registry_client()
@@ -269,6 +269,14 @@ def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
         _fill_cache(entry, mv, lambda tmp: _download(f"models:/{mv.name}/{mv.version}", tmp,
                                                      f"{mv.name} version {mv.version}"))
     return entry, info
+
+
+def _copy_version(mv, dst: Path) -> None:
+    """What downloading `models:/NAME/VERSION` writes, from the version's local folder: its files plus the
+    `registered_model_meta` file MLflow adds (name and version of the registered model)."""
+    shutil.copytree(mv.storage, dst, dirs_exist_ok=True)
+    meta = {"model_name": mv.name, "model_version": str(mv.version)}
+    (dst / "registered_model_meta").write_text(yaml.safe_dump(meta, default_flow_style=False))
 
 
 def _fill_cache(entry: Path, mv, fill) -> None:
