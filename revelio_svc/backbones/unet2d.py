@@ -1,13 +1,20 @@
-"""Pixel-space DDPM backbone: diffusers `UNet2DModel` + `DDPMScheduler` (the embedded default)."""
+"""Pixel-space DDPM backbone: diffusers `UNet2DModel` + `DDPMScheduler` (the embedded default).
+
+A local folder whose layout `unet2d_native` supports (the shipped backbone's) loads without importing
+diffusers: the model is built on the meta device and given the safetensors' tensors, and the noise schedule
+is computed from scheduler_config.json. diffusers is imported only when something needs it (another layout,
+a hub id, random initialisation, `adapter.scheduler` for sampling).
+"""
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.utils import logging as diffusers_logging
 
 from ..config import BackboneConfig, PretrainConfig
 from .base import (
@@ -19,9 +26,16 @@ from .base import (
 )
 from .hub import resolve_local, unavailable
 
+if TYPE_CHECKING:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+SCHEDULER_CONFIG = "scheduler_config.json"
+
 
 def build_unet(cfg: PretrainConfig, sample_size: int) -> UNet2DModel:
     """The default backbone's architecture, built from the pretrain config."""
+    from diffusers import UNet2DModel
+
     n = len(cfg.block_out_channels)
     return UNet2DModel(
         sample_size=sample_size,
@@ -37,7 +51,47 @@ def build_unet(cfg: PretrainConfig, sample_size: int) -> UNet2DModel:
 
 
 def default_scheduler() -> DDPMScheduler:
+    from diffusers import DDPMScheduler
+
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear")
+
+
+def alphas_cumprod(sched: dict) -> torch.Tensor | None:
+    """ᾱ_t of a DDPM/DDIM scheduler config, computed as diffusers does (float32); None for a schedule this
+    does not cover (diffusers then builds the scheduler)."""
+    if sched.get("trained_betas") is not None or sched.get("rescale_betas_zero_snr"):
+        return None
+    n = int(sched.get("num_train_timesteps", 1000))
+    b0, b1 = float(sched.get("beta_start", 0.0001)), float(sched.get("beta_end", 0.02))
+    how = sched.get("beta_schedule", "linear")
+    if how == "linear":
+        betas = torch.linspace(b0, b1, n, dtype=torch.float32)
+    elif how == "scaled_linear":
+        betas = torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float32) ** 2
+    else:
+        return None
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def _native_parts(path: Path | None, cfg: BackboneConfig):
+    """(model, scheduler config) read without diffusers, or None when the folder needs diffusers."""
+    if path is None or cfg.init != "pretrained":
+        return None
+    sched: dict = {"num_train_timesteps": 1000, "beta_schedule": "linear"}  # default_scheduler()'s
+    sfile = path / SCHEDULER_CONFIG
+    if sfile.is_file():
+        try:
+            sched = json.loads(sfile.read_text())
+        except (OSError, ValueError):
+            return None
+        if sched.get("_class_name") not in ("DDPMScheduler", "DDIMScheduler"):
+            return None
+    if alphas_cumprod(sched) is None:
+        return None
+    from .unet2d_native import load_native_unet
+
+    model = load_native_unet(path)
+    return None if model is None else (model, sched)
 
 
 class UNet2DAdapter(BackboneAdapter):
@@ -46,7 +100,22 @@ class UNet2DAdapter(BackboneAdapter):
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         path = resolve_local(cfg.id)
-        src = str(path) if path is not None else cfg.id
+        self._src = str(path) if path is not None else cfg.id
+        self._scheduler = None
+        native = _native_parts(path, cfg)
+        if native is not None:
+            model, self._sched_config = native
+            self.model = model.to(self.device, self.dtype).eval()
+            self.resolution = cfg.resolution or int(self.model.config.sample_size)
+            self._alphas = alphas_cumprod(self._sched_config)
+            return
+        self._load_with_diffusers(cfg, path)
+
+    def _load_with_diffusers(self, cfg: BackboneConfig, path: Path | None) -> None:
+        from diffusers import DDPMScheduler, UNet2DModel
+        from diffusers.utils import logging as diffusers_logging
+
+        src = self._src
         kw = {"revision": cfg.revision} if cfg.revision and path is None else {}
         diffusers_logging.set_verbosity_error()  # accelerate/dtype notices are noise for our use
         try:
@@ -63,12 +132,21 @@ class UNet2DAdapter(BackboneAdapter):
             model = UNet2DModel.from_config(model.config)
         self.model = model.to(self.device, self.dtype).eval()
         try:
-            self.scheduler = DDPMScheduler.from_pretrained(src, **kw) if path is not None and (
-                path / "scheduler_config.json").is_file() else default_scheduler()
+            self._scheduler = DDPMScheduler.from_pretrained(src, **kw) if path is not None and (
+                path / SCHEDULER_CONFIG).is_file() else default_scheduler()
         except Exception:
-            self.scheduler = default_scheduler()
+            self._scheduler = default_scheduler()
         self.resolution = cfg.resolution or int(self.model.config.sample_size)
         self._alphas = self.scheduler.alphas_cumprod.to(torch.float32)
+
+    @property
+    def scheduler(self):
+        """The diffusers scheduler (built on first use when the model was loaded without diffusers)."""
+        if self._scheduler is None:
+            from diffusers import DDPMScheduler
+
+            self._scheduler = DDPMScheduler.from_config(self._sched_config)
+        return self._scheduler
 
     @property
     def backbone_id(self) -> str:

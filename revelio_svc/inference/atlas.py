@@ -5,8 +5,9 @@
   embedded with scikit-learn's t-SNE.
 - Latents: each latent's decoder direction (rows of W_dec, unit norm: cosine geometry), embedded the same way.
 
-Scale: t-SNE runs on at most `max_landmarks` points (default 3000; a few seconds to a minute on 2 CPU
-cores). With more points (a 50k-image dataset), a seeded uniform sample are the landmarks and every other
+Scale: t-SNE runs on at most `max_landmarks` points (default 1000: Barnes-Hut t-SNE grows like n log n,
+and on a busy 2-core machine 2000 points took 3.6× as long as 1000; the demo's 2000-image atlas is drawn
+while a user waits). With more points, a seeded uniform sample are the landmarks and every other
 point is placed at the distance-weighted mean of its 5 nearest landmarks in the 50-d space (exact nearest
 neighbours, scikit-learn), so all points get coordinates in one pass that grows linearly with n. The display
 draws every point into a raster (a 50k-point map is one image, not 50k plot marks), so nothing is dropped.
@@ -29,7 +30,7 @@ from ..interpret.knn import KNN_K, knn_accuracy, unit_rows
 # scikit-learn's decomposition/manifold/neighbors modules are imported where a map is computed: importing them
 # takes about a second, and an app that serves from the cache never needs them
 METHODS = ("tsne", "pca")
-MAX_LANDMARKS = 3000
+MAX_LANDMARKS = 1000
 N_COMPONENTS = 50
 N_NEIGHBOURS = 5
 

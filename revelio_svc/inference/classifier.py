@@ -49,7 +49,6 @@ from safetensors.numpy import load_file, save_file
 from ..backbones import load_backbone
 from ..config import BackboneConfig, Config, DataConfig, from_dict, to_dict
 from ..data import load_dataset, load_rgb
-from ..features.store import open_store
 from ..interpret.explanation import check_attribution
 from ..interpret.explanation import contributions as split_prediction
 from ..jsonmeta import read_versioned_json
@@ -212,6 +211,8 @@ class Classifier:
                 "uploaded image does not have; build the classifier from features extracted with prompt_mode "
                 "empty or generic")
         sf = sae.config.to_dict()
+        from ..features.store import open_store  # with the S3 client: not needed to load or apply a classifier
+
         store = open_store(store_uri or pm.get("store_uri") or "")
         hp, t = sf.get("hook_point") or pm["hook_point"], int(sf.get("timestep", -1))
         if t < 0:

@@ -226,12 +226,47 @@ class _Dissector:
                 f"a detector above {d.iou_threshold:g}")
 
 
+def stored_tokens(clf, indices: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Token maps of dataset images read from the feature store the classifier was built from, when that
+    store is here, is the same store (its config hash: backbone, data, noise seed) and holds the SAE's token
+    set for every image asked for; None otherwise (the caller runs the backbone). The store holds what the
+    backbone gives for those images (the same seeded noise), at the store's precision, which is the precision
+    the classifier rounds to (`feature_dtype`), so the latents are the same without a forward pass: reading
+    2000 images' maps takes a fraction of a second, computing them tens of seconds on a small CPU."""
+    want, uri = clf.meta.get("store_config_hash"), clf.meta.get("store_uri")
+    if clf.sae.config.input != "tokens" or not want or not uri:
+        return None
+    try:
+        from ..features.store import open_store
+
+        store = open_store(uri)
+        if store.config_hash != want or not store.has(clf.hook_point, clf.timestep, "tokens"):
+            return None
+        fs = store.feature_set(clf.hook_point, clf.timestep, "tokens")
+        need = set(int(i) for i in indices)
+        found: dict[int, np.ndarray] = {}
+        for shard, feats in fs.iter_shards():
+            for r, i in enumerate(store.rows(shard)["index"]):
+                if int(i) in need:
+                    found[int(i)] = feats[r]
+    except Exception:  # noqa: BLE001 - a store that is gone, moved or unreadable: compute instead
+        return None
+    if len(found) < len(need):
+        return None
+
+    def read(part: np.ndarray) -> np.ndarray:
+        return np.stack([found[int(i)] for i in part]).astype(np.float32)
+
+    return read
+
+
 def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: int = 0, n_dissect: int = N_DISSECT,
                             lock: Any = None, progress: Callable[[int, int], None] | None = None) -> DatasetLatents:
     """One pass of the classifier over `n_max` images of its dataset (all when n_max <= 0).
 
     `lock` (a context manager) is held around each backbone forward: a server that shares the model with
-    other requests passes its model lock. `progress(done, total)` after each batch.
+    other requests passes its model lock. A token SAE's maps come from its feature store when that store is
+    here (`stored_tokens`), otherwise from the backbone. `progress(done, total)` after each batch.
     """
     ds = clf.dataset()
     idx = sample_indices(len(ds), n_max, seed)
@@ -241,11 +276,15 @@ def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: in
     dissector = _Dissector(clf, ds, n_dissect)
     rows, ctrl = [], []
     lock = lock if lock is not None else contextlib.nullcontext()
+    stored = stored_tokens(clf, idx)
     for s in range(0, len(idx), batch):
         part = idx[s:s + batch]
-        images = [ds.image(int(i)) for i in part]
-        with lock:
-            _, tok, _ = clf.tokens(images, [ids[int(i)] for i in part])
+        if stored is not None:
+            tok = stored(part)
+        else:
+            images = [ds.image(int(i)) for i in part]
+            with lock:
+                _, tok, _ = clf.tokens(images, [ids[int(i)] for i in part])
         feats = clf._sae_input(tok)
         if control is None:  # BatchTopK calibrates its threshold on the first batch's vectors
             control = matched_random(clf.sae, seed + 1, calibration=feats.reshape(-1, feats.shape[-1]))

@@ -14,16 +14,16 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 from ..jsonmeta import json_default, read_versioned_json
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 FORMAT = "revelio-probe"
 VERSION = 1
@@ -147,9 +147,23 @@ def read_meta(directory: Path, kind: str | None = None) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- fitting
+def __getattr__(name: str):
+    # scikit-learn takes seconds to import and loading or applying a probe never needs it: `LogisticRegression`
+    # is resolved here on first use (and can still be replaced on the module, as tests do)
+    if name == "LogisticRegression":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _solver_class():
+    return globals().get("LogisticRegression") or __getattr__("LogisticRegression")
+
+
 def make_solver(C: float, max_iter: int, seed: int = 0) -> LogisticRegression:
     """The solver: lbfgs is multinomial for >2 classes and accepts CSR input without densifying it."""
-    return LogisticRegression(C=C, max_iter=max_iter, solver="lbfgs", random_state=seed)
+    return _solver_class()(C=C, max_iter=max_iter, solver="lbfgs", random_state=seed)
 
 
 def fit_linear_probe(X: Matrix, y: np.ndarray, *, C: float = 1.0, max_iter: int = 1000, seed: int = 0,
@@ -170,6 +184,9 @@ def fit_linear_probe(X: Matrix, y: np.ndarray, *, C: float = 1.0, max_iter: int 
             raise ValueError(f"the linear probe takes (n, d) inputs; got shape {X.shape} (pool spatial maps first)")
         if not np.isfinite(X).all():
             raise ValueError("the features contain NaN or inf; re-extract them (float16 overflow?)")
+    from sklearn.exceptions import ConvergenceWarning
+    from threadpoolctl import threadpool_limits
+
     mean, scale = fit_scaler(X)
     Xs = apply_scaler(X, mean, scale)
     solver = make_solver(C, max_iter, seed)

@@ -10,15 +10,19 @@ from there: `$XDG_CACHE_HOME/revelio/models/<key>/<name>/<version>` (default `~/
 a digest of where the store really is (the absolute path of a SQLite file, not the URI as written: two
 projects that both use `sqlite:///mlflow.db` are two stores) and of the version's run id; the run id recorded
 in a cached copy is checked again before the copy is used, so a store rebuilt in the same place never gets
-another store's files. An alias can
+another store's files. When the store is SQLite and the version's files are in a local folder (the default
+setup), the first load copies that folder itself instead of downloading through an MLflow client. An alias can
 move, so every load still asks the store which version it names; for a SQLite store that question is one
 read-only query with the standard library (`_sqlite_version`), because building an MLflow client imports
 its whole SQL layer (about 2 s on a small machine) and a cached load should cost a fraction of that.
+For the same reason MLflow itself (about 4 s to import there) is imported only by what needs a client or a
+download: a cached load with MLFLOW_TRACKING_URI set never imports it.
 """
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import sqlite3
 import sys
@@ -26,19 +30,21 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
+from urllib.request import pathname2url
 
-import mlflow
 import yaml
-from mlflow.exceptions import MlflowException
 
 from ..identity import digest
 from ..inference.classifier import META as CLS_META
-from ..tracking import check_server
 from .errors import AliasNotFoundError, MissingArtifactsError, ModelNotFoundError
 from .refs import ModelRef, parse_uri
 from .trust import verify_code
+
+if TYPE_CHECKING:
+    import mlflow
+    from mlflow.exceptions import MlflowException
 
 SOURCE_FILE = "revelio-source.json"  # written by pull() and the cache: where a local copy came from
 COMPLETE = ".complete"  # marks a cache entry whose download finished
@@ -46,8 +52,33 @@ COMPLETE = ".complete"  # marks a cache entry whose download finished
 
 def target_uri() -> str:
     """The tracking URI lookups use, resolved by MLflow itself: one set in this process, else
-    MLFLOW_TRACKING_URI, else MLflow's default (the same `sqlite:///mlflow.db` the project documents)."""
+    MLFLOW_TRACKING_URI, else MLflow's default (the same `sqlite:///mlflow.db` the project documents).
+    MLflow returns the variable unchanged when nothing was set in this process (and nothing can have been
+    set when MLflow is not imported yet), so that case is answered without importing it."""
+    if sys.modules.get("mlflow") is None:
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return os.environ["MLFLOW_TRACKING_URI"]
+        default = _default_tracking_uri()
+        if default is not None:
+            return default
+    import mlflow
+
     return mlflow.get_tracking_uri()
+
+
+def _default_tracking_uri() -> str | None:
+    """MLflow's default when nothing is set, as MLflow spells it (`sqlite:///<absolute path>/mlflow.db`), or
+    None when ./mlruns holds experiments of the old file store (MLflow then defaults to it: ask MLflow)."""
+    try:
+        with os.scandir("mlruns") as entries:
+            if any(e.is_dir() and e.name.isdigit() and os.path.lexists(os.path.join(e.path, "meta.yaml"))
+                   for e in entries):
+                return None
+    except OSError:
+        pass
+    if os.name == "nt":
+        return None
+    return "sqlite:///" + posixpath.abspath(pathname2url(os.path.abspath("mlflow.db")))
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -68,6 +99,10 @@ def registry_client() -> mlflow.MlflowClient:
             "Point MLFLOW_TRACKING_URI at the store that holds the models, e.g. "
             "MLFLOW_TRACKING_URI=sqlite:////path/to/project/mlflow.db or http://host:5000, or run from the folder "
             "where `revelio run` (make run) was run.")
+    import mlflow  # after the check above: a missing store is reported without importing MLflow
+
+    from ..tracking import check_server
+
     check_server(uri)
     return mlflow.MlflowClient(tracking_uri=uri)
 
@@ -83,6 +118,8 @@ def registered_names(client=None) -> list[str]:
 
 def resolve_version(ref: ModelRef | str, client=None):
     """The ModelVersion a registry reference points at, or an error listing what exists."""
+    from mlflow.exceptions import MlflowException
+
     ref = parse_uri(ref) if isinstance(ref, str) else ref
     if ref.kind != "registry":
         raise ValueError(f"{ref.uri} is not a registered-model reference (NAME@alias or NAME/version)")
@@ -136,6 +173,9 @@ def _quiet_downloads():
 
 
 def _download(artifact_uri: str, dst: Path, what: str) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     try:
         with _quiet_downloads():
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(dst)))
@@ -224,11 +264,17 @@ def _sqlite_version(ref: ModelRef) -> SimpleNamespace | None:
             return None
         tags = dict(con.execute("SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?",
                                 (ref.name, int(version))).fetchall())
+        try:
+            (location,) = con.execute("SELECT storage_location FROM model_versions WHERE name = ? AND version = ?",
+                                      (ref.name, int(version))).fetchone()
+        except (sqlite3.Error, TypeError):  # an older schema: the first load goes through MLflow
+            location = None
     except (sqlite3.Error, ValueError, TypeError):
         return None
     finally:
         con.close()
-    return SimpleNamespace(name=ref.name, version=str(version), run_id=row[0], source=row[1], tags=tags)
+    return SimpleNamespace(name=ref.name, version=str(version), run_id=row[0], source=row[1], tags=tags,
+                           storage=_local_storage(location))
 
 
 def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
@@ -242,6 +288,9 @@ def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
     mv = _sqlite_version(ref)
     if mv is not None:
         entry = cache_entry(mv)
+        if not _cached(entry, mv) and mv.storage is not None:
+            # the store keeps the files in a local folder: copy them without building a client
+            _fill_cache(entry, mv, lambda tmp: _copy_version(mv, tmp))
         if _cached(entry, mv):
             return entry, _version_info(ref, mv)
     client = registry_client()
@@ -249,16 +298,43 @@ def local_copy(uri: str) -> tuple[Path, dict[str, Any]]:
     entry = cache_entry(mv)
     info = _version_info(ref, mv)
     if not _cached(entry, mv):
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=entry.parent))
-        try:
-            _download(f"models:/{mv.name}/{mv.version}", tmp, f"{mv.name} version {mv.version}")
-            (tmp / COMPLETE).write_text(json.dumps({"run_id": mv.run_id, "source": mv.source}))
-            shutil.rmtree(entry, ignore_errors=True)  # a half-written entry of a killed process
-            os.replace(tmp, entry)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _fill_cache(entry, mv, lambda tmp: _download(f"models:/{mv.name}/{mv.version}", tmp,
+                                                     f"{mv.name} version {mv.version}"))
     return entry, info
+
+
+def _copy_version(mv, dst: Path) -> None:
+    """What downloading `models:/NAME/VERSION` writes, from the version's local folder: its files plus the
+    `registered_model_meta` file MLflow adds (name and version of the registered model)."""
+    shutil.copytree(mv.storage, dst, dirs_exist_ok=True)
+    meta = {"model_name": mv.name, "model_version": str(mv.version)}
+    (dst / "registered_model_meta").write_text(yaml.safe_dump(meta, default_flow_style=False))
+
+
+def _fill_cache(entry: Path, mv, fill) -> None:
+    """Write a cache entry through a temporary folder renamed into place once complete (a killed process
+    leaves no half-written entry behind)."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=entry.parent))
+    try:
+        fill(tmp)
+        (tmp / COMPLETE).write_text(json.dumps({"run_id": mv.run_id, "source": mv.source}))
+        shutil.rmtree(entry, ignore_errors=True)  # a half-written entry of a killed process
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _local_storage(location: str | None) -> Path | None:
+    """The folder a model version's files live in when the artifact store is this file system (it holds
+    the MLmodel file: what a download of `models:/NAME/VERSION` copies); None otherwise."""
+    if not location:
+        return None
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return None
+    path = Path(unquote(parsed.path) if parsed.scheme == "file" else location)
+    return path if (path / "MLmodel").is_file() else None
 
 
 def _local_source(d: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@ no database created as a side effect, and a local cache of pulled versions."""
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -67,16 +68,45 @@ def test_a_pulled_version_is_cached_and_served_from_the_cache(registered, traine
                         lambda *a, **kw: downloads.append(kw.get("artifact_uri")) or real(*a, **kw))
     first = registry.load_sae("revelio-sae@champion")
     cached = list((tmp_path / "cache" / "revelio" / "models").rglob(".complete"))
-    assert len(cached) == 1 and cached[0].parent.name == "1" and downloads == ["models:/revelio-sae/1"]
+    # a SQLite store whose files are in a local folder: copied from there, no download through MLflow
+    assert len(cached) == 1 and cached[0].parent.name == "1" and downloads == []
+    entry = cached[0].parent
+    fetched = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/revelio-sae/1",
+                                                       dst_path=str(tmp_path / "dl")))
+    assert sorted(str(p.relative_to(entry)) for p in entry.rglob("*") if p.name != ".complete") == sorted(
+        str(p.relative_to(fetched)) for p in fetched.rglob("*"))  # the same files a download gives
+    downloads.clear()
     again = registry.load_sae("revelio-sae@champion")
     assert again.n_latents == first.n_latents == 32
-    assert len(downloads) == 1  # the second load read the cache (bench_registry.py times both)
+    assert downloads == []  # the second load read the cache (bench_registry.py times both)
     # a new version is a new cache entry: moving the alias never serves a stale version from the cache
     with mlflow.start_run():
         registry.register_model("sae", trained[2], {"fvu": 0.4}, TAGS, "fvu")
     registry.promote("revelio-sae/2")
     registry.load_sae("revelio-sae@champion")
     assert sorted(p.parent.name for p in (tmp_path / "cache").rglob(".complete")) == ["1", "2"]
+
+
+def test_a_registry_load_in_a_fresh_process_never_imports_mlflow(registered, tmp_path):
+    code = ("import sys\nfrom revelio_svc.registry import load_sae\n"
+            "for _ in range(2):\n    sae = load_sae('revelio-sae@champion')\n"
+            "print('LOADED', sae.n_latents, 'mlflow' in sys.modules)\n")
+    env = subprocess_env(XDG_CACHE_HOME=str(tmp_path / "cache"), MLFLOW_TRACKING_URI=registered)
+    out = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["LOADED", "32", "False"], out.stdout + out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mlruns", [False, True])
+def test_the_default_tracking_uri_is_mlflows_own(tmp_path, mlruns):
+    if mlruns:  # an old file store in the folder: MLflow keeps defaulting to it
+        (tmp_path / "mlruns" / "0").mkdir(parents=True)
+        (tmp_path / "mlruns" / "0" / "meta.yaml").write_text("name: Default\n")
+    code = ("from revelio_svc.registry.access import target_uri\nours = target_uri()\n"
+            "import mlflow\nprint(ours == mlflow.get_tracking_uri(), ours)\n")
+    env = subprocess_env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    out = subprocess.run([PY, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split()[0] == "True", out.stdout + out.stderr[-2000:]
 
 
 def test_a_cached_alias_is_resolved_without_an_mlflow_client_and_follows_the_alias(registered, trained,
