@@ -232,7 +232,7 @@ def interpreter_for(variant: str, given: str | None) -> tuple[str | None, str]:
             return py, ""
     return None, (f"{variant}: skipped — `{module}` (PyPI {dist}) is not importable here"
                   f"{' nor by ' + ', '.join(c for c in candidates if c != sys.executable) if len(candidates) > 1 else ''}. "
-                  f"It is not a dependency of this project: install it in a throw-away venv "
+                  f"It is only in this project's test extra (`pip install -e .[test]`), or install it in a throw-away venv "
                   f"(python3 -m venv /tmp/bench-{variant} && /tmp/bench-{variant}/bin/pip install torch==2.13.0 {dist}) "
                   f"and pass --{variant}-python /tmp/bench-{variant}/bin/python (or set {env_var}).")
 

@@ -74,6 +74,7 @@ def test_plan_and_extract_store_update_hook_points(tmp_path_factory, tmp_path, c
     args = ["extract", "--no-mlflow"]
     for s in ["data.source=shapes", "data.n_images=6", f"data.image_size={tm.IMAGE_SIZE}", f"backbone.kind={kind}",
               f"backbone.id={model_dir}", "backbone.device=cpu", f"extract.hook_points=[{ATTN[kind]}, {hook}]",
+              f"extract.token_hook_points=[{ATTN[kind]}, {hook}]", "extract.token_timesteps=[10]",
               "extract.timesteps=[10]", "extract.pooling=[mean, tokens]", "extract.batch_size=3",
               "extract.shard_size=6", f"output_dir={tmp_path / 'out'}"]:
         args += ["--set", s]

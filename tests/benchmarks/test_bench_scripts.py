@@ -45,11 +45,16 @@ def test_gpu_fullsize_without_cuda_says_so(capsys):
 
 def test_bench_sae_quick_skips_absent_trainers_with_a_message(tmp_path):
     missing = tmp_path / "no-such-python"
+    # the test extra installs both libraries; modules that refuse to import stand in for their absence
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    for module in ("sparsify", "sae_lens"):
+        (hide / f"{module}.py").write_text("raise ImportError('hidden by the test')\n")
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_sae.py"), "--quick", "--steps", "1",
                           "--sparsify-python", str(missing), "--saelens-python", str(missing)],
                          capture_output=True, text=True, timeout=600,
                          env={"PATH": "/usr/bin:/bin", "REVELIO_BENCH_SPARSIFY_PYTHON": "",
-                              "REVELIO_BENCH_SAELENS_PYTHON": ""})
+                              "REVELIO_BENCH_SAELENS_PYTHON": "", "PYTHONPATH": str(hide)})
     assert out.returncode == 0, out.stderr[-2000:]
     text = out.stdout
     res = json.loads(text.strip().splitlines()[-1])

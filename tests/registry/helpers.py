@@ -21,7 +21,7 @@ def tiny_overrides(unet_dir: Path, out: Path) -> list[str]:
         "extract.hook_points=[up_blocks.1]", "extract.timesteps=[10]", "extract.pooling=[mean, tokens]",
         "extract.dtype=float32", "extract.batch_size=16", "extract.shard_size=24", "extract.num_threads=1",
         "sae.hook_point=up_blocks.1", "sae.timestep=10", "sae.input=tokens", "sae.expansion=4", "sae.k=4",
-        "sae.normalize=scalar",
+        "sae.normalize=scalar", "sae.latent_pooling=max",
         "sae.steps=40", "sae.batch_size=256", "sae.warmup_steps=5", "sae.eval_every=20",
         "sae.checkpoint_every=1000", "sae.num_threads=1",
         "probe.kind=linear", "probe.input=sae", "probe.hook_point=up_blocks.1", "probe.timestep=10",
