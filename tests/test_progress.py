@@ -81,7 +81,8 @@ def test_a_piped_stage_prints_heartbeat_lines(tiny_unet_dir, tmp_path):
         [sys.executable, "-m", "revelio_svc.cli", "extract", "--no-mlflow",
          "--set", "data.n_images=24", "--set", "data.image_size=16", "--set", f"backbone.id={tiny_unet_dir}",
          "--set", "extract.hook_points=[mid_block]", "--set", "extract.timesteps=[10,200]",
-         "--set", "extract.pooling=[mean]", "--set", "extract.batch_size=4", "--set", "extract.shard_size=8",
+         "--set", "extract.pooling=[mean]", "--set", "extract.token_hook_points=[]",
+         "--set", "extract.batch_size=4", "--set", "extract.shard_size=8",
          "--set", f"output_dir={tmp_path / 'out'}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert p.returncode == 0, p.stderr

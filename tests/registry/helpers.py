@@ -26,6 +26,7 @@ def tiny_overrides(unet_dir: Path, out: Path) -> list[str]:
         "sae.checkpoint_every=1000", "sae.num_threads=1",
         "probe.kind=linear", "probe.input=sae", "probe.hook_point=up_blocks.1", "probe.timestep=10",
         "probe.concept=colour", "probe.shots=[all]", "probe.seeds=1", "probe.max_iter=200", "probe.controls=false",
+        "probe.latents_per_class=0",
         "tune.n_trials=2", "tracking.experiment=revelio", f"output_dir={out}",
     ]
 
