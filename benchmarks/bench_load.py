@@ -103,6 +103,8 @@ def build(work: Path, n_images: int) -> tuple[str, Path]:
         "extract.pooling=[mean, tokens]", "extract.token_hook_points=[up_blocks.1]", "extract.token_timesteps=[10]",
         "extract.batch_size=64", f"extract.shard_size={n_images}", "sae.steps=30", "sae.batch_size=1024",
         "sae.eval_every=1000", "sae.checkpoint_every=100000", "probe.shots=[all]", "probe.seeds=1",
+        # max pooling and a dense probe: what the baseline revision can read, so both load the same model
+        "sae.latent_pooling=max", "probe.latents_per_class=0",
         "probe.controls=false", f"output_dir={work / 'out'}"])
     store_uri = extract(cfg, progress=False).store_uri
     cfg = replace(cfg, **{"sae.store": store_uri, "probe.store": store_uri})
