@@ -156,15 +156,20 @@ def scr_tpp_figure(results: Mapping[str, tuple[concepts.SCRResult | None, concep
     ns = sorted({int(n) for s, t in results.values() for r in (s.accuracy if s else {}, t.drops if t else {})
                  for n in r})
     for ax in axes:
-        if ns:  # plain numbers at the Ns measured, not powers of ten
-            ax.set_xticks(ns, [str(n) for n in ns])
-            ax.minorticks_off()
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        finish_axis(ax, ns)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def finish_axis(ax, ticks) -> None:
+    """Plain numbers at the measured x values (not powers of ten) and a legend where there are labels."""
+    if ticks:
+        ax.set_xticks(ticks, [str(v) for v in ticks])
+        ax.minorticks_off()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
 
 
 def samples_figure(res: fidelity.SamplingResult, path: Path) -> Path:

@@ -39,7 +39,7 @@ from ..sae import image_latents
 from ..sae.data import feature_set_for
 from ..sae.metrics import fvu
 from ..sae.trainer import resolve_store_uri, train_sae
-from .evaluate import pick_concepts, pyplot, train_sample, backbone_for_store, headline_n, store_dataset
+from .evaluate import finish_axis, pick_concepts, pyplot, train_sample, backbone_for_store, headline_n, store_dataset
 
 PROBE_K = 16
 METRICS = ("fvu", "l0", "loss_recovered", f"sparse_probe.k{PROBE_K}", "scr.share")
@@ -92,13 +92,9 @@ def frontier_figure(table, path: Path, concept: str) -> Path:
         if metric == "fvu":
             ax.set_yscale("log")  # random dictionaries overshoot (fvu > 1) by orders of magnitude more
         l0s = sorted({int(round(v)) for v in table[table.metric == "l0"]["value"]})
-        if l0s:  # plain numbers at the measured L0s, not powers of ten
-            ax.set_xticks(l0s, [str(v) for v in l0s])
-            ax.minorticks_off()
         ax.set_xlabel("L0 (active latents per vector)")
         ax.set_title(metric + (f" ({concept})" if metric.startswith(("sparse", "scr")) else ""), fontsize=9)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+        finish_axis(ax, l0s)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,20 +1,13 @@
 """The benchmark scripts' CPU paths: tiny runs of the same code the GPU / full-size runs use."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.benchmarks.helpers import ROOT
+from tests.benchmarks.helpers import load_bench as _load
 
 
 def test_gpu_fullsize_cpu_path_on_tiny_models(capsys):

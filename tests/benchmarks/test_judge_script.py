@@ -1,18 +1,11 @@
 """benchmarks/judge.py and the judge figures of benchmarks/science.py, on the shipped judge and a tiny UNet."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.benchmarks.helpers import ROOT
+from tests.benchmarks.helpers import load_bench as _load
 
 
 def test_accuracy_command_reports_the_ceiling(capsys):

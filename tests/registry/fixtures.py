@@ -75,3 +75,17 @@ def classifier_dir(trained, tmp_path_factory) -> Path:
 
 
 
+
+
+@pytest.fixture()
+def registered(fresh_mlflow, trained, tmp_path, monkeypatch):
+    """A registered SAE in a store of its own, and a model cache in this test's directory."""
+    import mlflow
+
+    from revelio_svc import registry
+
+    tags = {"dataset": "shapes", "backbone": "tiny", "hook_point": "up_blocks.1", "timestep": "10"}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with mlflow.start_run():
+        registry.register_model("sae", trained[2], {"fvu": 0.5}, tags, "fvu")
+    return fresh_mlflow

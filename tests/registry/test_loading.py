@@ -16,15 +16,6 @@ pytest_plugins = ("tests.registry.fixtures",)
 TAGS = {"dataset": "shapes", "backbone": "tiny", "hook_point": "up_blocks.1", "timestep": "10"}
 
 
-@pytest.fixture()
-def registered(fresh_mlflow, trained, tmp_path, monkeypatch):
-    """A registered SAE in a store of its own, and a model cache in this test's directory."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with mlflow.start_run():
-        registry.register_model("sae", trained[2], {"fvu": 0.5}, TAGS, "fvu")
-    return fresh_mlflow
-
-
 def load_in(folder, uri: str | None, tmp_path) -> subprocess.CompletedProcess:
     """`load_sae("revelio-sae@champion")` in a fresh process started in `folder`."""
     code = ("import time\n"

@@ -2,7 +2,6 @@
 copy before revelio uses the model: a tampered file is refused with a clear message, never used."""
 from __future__ import annotations
 
-import mlflow
 import pytest
 
 from revelio_svc import registry
@@ -12,16 +11,7 @@ from revelio_svc.registry.trust import ENTRY_CODE
 
 pytest_plugins = ("tests.registry.fixtures",)
 
-TAGS = {"dataset": "shapes", "backbone": "tiny", "hook_point": "up_blocks.1", "timestep": "10"}
 EVIL = ENTRY_CODE + "\nimport os; os.system('echo owned')\n"
-
-
-@pytest.fixture()
-def registered(fresh_mlflow, trained, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    with mlflow.start_run():
-        registry.register_model("sae", trained[2], {"fvu": 0.5}, TAGS, "fvu")
-    return fresh_mlflow
 
 
 def _code_files(root):
