@@ -13,7 +13,8 @@ token latents (max, mean, top-8 mean; `--pooling` to choose) prints and plots, p
 Targets (issue #21): precision >= 0.80 and >= 2x the matched random dictionary.
 
 Run: `python benchmarks/explanations.py [--config FILE] [--set key=value ...] [--out DIR]`
-(writes `pooling_precision.png` and `pooling_precision.json` to --out, default the current folder).
+(writes `pooling_precision.png` and `pooling_precision.json` to --out, default the current folder);
+`--penalty l1 --C 0.5` scores L1 probes (each class resting on few units) for every dictionary.
 """
 from __future__ import annotations
 
@@ -41,12 +42,13 @@ TARGET_PRECISION, TARGET_RATIO = 0.80, 2.0
 
 def table(rows: list[dict]) -> str:
     head = f"{'pooling':<8} {'m/class':>7} {'method':<9} {'prec.contr':>10} {'prec.logit':>10} {'accuracy':>9} " \
-           f"{'density':>8} {'dense>50%':>9}"
+           f"{'units/cls':>9} {'density':>8} {'dense>50%':>9}"
     lines = [head]
     for r in rows:
         m = r["latents_per_class"] or "all"
         lines.append(f"{r['pooling']:<8} {m:>7} {r['method']:<9} {r['precision.contrastive']:>10.3f} "
-                     f"{r['precision.logit']:>10.3f} {r['accuracy']:>9.3f} {r['density']:>8.3f} "
+                     f"{r['precision.logit']:>10.3f} {r['accuracy']:>9.3f} {r['units_per_class']:>9.0f} "
+                     f"{r['density']:>8.3f} "
                      f"{r['dense_share']:>9.3f}")
     return "\n".join(lines)
 
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pooling", action="append", default=None, help="max, mean, top<q> (repeatable)")
     ap.add_argument("--latents-per-class", type=int, action="append", default=None,
                     help="sparse probes to compare (0 = dense; repeatable; default 0 and probe.latents_per_class)")
+    ap.add_argument("--penalty", choices=("l2", "l1"), default=None, help="probe penalty (default: probe.penalty)")
+    ap.add_argument("--C", type=float, default=None, help="probe C (default: probe.C)")
     ap.add_argument("--seeds", type=int, default=3, help="random-dictionary seeds")
     ap.add_argument("--sae", default="", help="SAE directory (default: the one train-sae writes for the config)")
     ap.add_argument("--out", default=".")
@@ -85,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     poolings = tuple(args.pooling or (POOLINGS if sc.input == "tokens" else (sc.latent_pooling,)))
     t0 = time.perf_counter()
     ms = tuple(dict.fromkeys(args.latents_per_class or (0, cfg.probe.latents_per_class)))
-    rows = pooling_comparison(sae, feats, labels, test, poolings, C=cfg.probe.C, latents_per_class=ms,
+    penalty = args.penalty or cfg.probe.penalty
+    C = cfg.probe.C if args.C is None else args.C
+    if penalty == "l1":
+        ms = (0,)  # an L1 probe is sparse by itself
+    rows = pooling_comparison(sae, feats, labels, test, poolings, C=C, latents_per_class=ms, penalty=penalty,
                               seeds=tuple(range(1, args.seeds + 1)))
     print(f"SAE {sae_dir} ({sc.hook_point} t={sc.timestep}, {sc.input}, {sae.n_latents} latents, k={sc.k}); "
-          f"{int(test.sum())} test rows, concept {cfg.probe.concept}; {time.perf_counter() - t0:.0f} s\n")
+          f"{int(test.sum())} test rows, concept {cfg.probe.concept}; probe {penalty}, C={C}; "
+          f"{time.perf_counter() - t0:.0f} s\n")
     print(table(rows))
     print(f"\nchance (base rate of the predicted labels): {rows[0]['chance']:.3f}")
     print("\n".join(["", "targets (contrastive attribution):", *("  " + v for v in verdicts(rows))]))

@@ -209,7 +209,9 @@ class ProbeConfig:
     timestep: int = 10
     pooling: Literal["mean", "max"] = "mean"
     concept: str = "shape"  # which label to predict (datasets with one label: "label")
-    C: float = 1.0  # inverse L2 strength of the linear probe
+    C: float = 1.0  # inverse regularisation strength of the linear probe
+    # linear: "l1" makes each class rest on few latents by itself (then latents_per_class must be 0 or -1)
+    penalty: Literal["l2", "l1"] = "l2"
     max_iter: int = 1000
     # linear: m > 0 = each class reads at most m inputs (probe/sparse.py); 0 = all; -1 = the fewest m within 2
     # points of the dense probe on a validation split of the train rows (all when none is)
@@ -235,6 +237,8 @@ class ProbeConfig:
                    f"each must be a positive integer or 'all', got {s!r}")
         _at_least("probe", 1, seeds=self.seeds, width=self.width)
         _at_least("probe", -1, latents_per_class=self.latents_per_class)
+        _check(self.penalty == "l2" or self.latents_per_class <= 0, "probe.penalty",
+               f"l1 already makes the probe sparse; set probe.latents_per_class to 0 (got {self.latents_per_class})")
         _at_least("probe", 0, depth=self.depth)
 
 

@@ -67,6 +67,12 @@ def test_invalid_values_name_the_key(override, needle):
         load_config(None, [override])
 
 
+def test_an_l1_probe_refuses_a_second_way_to_be_sparse():
+    assert load_config(None, ["probe.penalty=l1"]).probe.penalty == "l1"
+    with pytest.raises(ConfigError, match="probe.penalty: l1 already makes the probe sparse"):
+        load_config(None, ["probe.penalty=l1", "probe.latents_per_class=8"])
+
+
 def test_malformed_override():
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["sae.k"])

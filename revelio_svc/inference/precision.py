@@ -45,21 +45,23 @@ def density_stats(acts) -> dict[str, float]:
 
 
 def unit_precision(acts, labels: np.ndarray, is_test: np.ndarray, *, probe=None, C: float = 1.0,
-                   max_iter: int = 1000, latents_per_class: int = 0,
+                   max_iter: int = 1000, latents_per_class: int = 0, penalty: str = "l2",
                    modes: Sequence[str] = ATTRIBUTIONS) -> dict[str, float]:
     """Probe accuracy, density and explanation precision (per attribution mode) of one unit matrix (N, U).
 
     `probe`: a LinearProbe already fitted on these units' train rows; None fits one on the train rows (C; with
-    `latents_per_class` > 0 the sparse probe of `probe.sparse`, each class reading at most that many units)."""
+    `latents_per_class` > 0 the sparse probe of `probe.sparse`, each class reading at most that many units;
+    `penalty` "l1": an L1 probe)."""
     labels = np.asarray(labels, np.int64)
     test = np.asarray(is_test, bool)
     acts = sp.csr_matrix(acts, dtype=np.float64) if sp.issparse(acts) else np.asarray(acts, np.float64)
     if probe is None and latents_per_class > 0:
         probe = fit_sparse_probe(acts[~test], labels[~test], latents_per_class, C=C, max_iter=max_iter)
     elif probe is None:
-        probe = fit_linear_probe(acts[~test], labels[~test], C=C, max_iter=max_iter)
+        probe = fit_linear_probe(acts[~test], labels[~test], C=C, max_iter=max_iter, penalty=penalty)
     xs = apply_scaler(acts, probe.scaler_mean, probe.scaler_scale)
     out: dict[str, float] = {"accuracy": float(np.mean(probe.predict(acts[test]) == labels[test])),
+                             "units_per_class": float(np.mean((np.abs(probe.coef) > 0).sum(1))),
                              **density_stats(acts)}
     for mode in modes:
         r = explanation_precision(xs, probe.coef, probe.intercept, probe.classes, acts, labels,
@@ -99,15 +101,17 @@ def _report(sets: dict[str, Any], labels, test, probe, kw) -> dict[str, dict[str
 
 def explanation_report(sae, feats: np.ndarray, labels: np.ndarray, is_test: np.ndarray, *,
                        pooling: str | None = None, probe=None, C: float = 1.0, seeds: Sequence[int] = CONTROL_SEEDS,
-                       latents_per_class: int = 0, modes: Sequence[str] = ATTRIBUTIONS) -> dict[str, dict[str, float]]:
+                       latents_per_class: int = 0, penalty: str = "l2", modes: Sequence[str] = ATTRIBUTIONS
+                       ) -> dict[str, dict[str, float]]:
     """{method: unit_precision(...)} for the SAE, its matched random dictionary (mean over `seeds`, with
     `<metric>_sd`) and the raw channels, on features `feats` (N, C) or (N, H, W, C) read with `pooling`
     (default: the SAE's latent pooling). `probe` (optional) is the SAE's own probe for this pooling; the
-    controls get probes of the same C and `latents_per_class`."""
+    controls get probes of the same C, `latents_per_class` and `penalty`."""
     pooling = pooling or sae.config.latent_pooling
     test = np.asarray(is_test, bool)
     sets = unit_sets(sae, feats, test, (pooling,), seeds)[pooling]
-    return _report(sets, labels, test, probe, {"C": C, "modes": modes, "latents_per_class": latents_per_class})
+    return _report(sets, labels, test, probe, {"C": C, "modes": modes, "latents_per_class": latents_per_class,
+                                               "penalty": penalty})
 
 
 def headline(report: dict[str, dict[str, float]], mode: str = "contrastive") -> dict[str, float]:
@@ -125,8 +129,8 @@ def headline(report: dict[str, dict[str, float]], mode: str = "contrastive") -> 
 
 def pooling_comparison(sae, feats: np.ndarray, labels: np.ndarray, is_test: np.ndarray,
                        poolings: Sequence[str] = POOLINGS, *, C: float = 1.0, seeds: Sequence[int] = CONTROL_SEEDS,
-                       latents_per_class: Sequence[int] = (0,), modes: Sequence[str] = ATTRIBUTIONS
-                       ) -> list[dict[str, Any]]:
+                       latents_per_class: Sequence[int] = (0,), penalty: str = "l2",
+                       modes: Sequence[str] = ATTRIBUTIONS) -> list[dict[str, Any]]:
     """One row per (pooling, probe sparsity, method) with accuracy, density, dense_share and precision per
     attribution mode (`latents_per_class` 0 = the dense probe)."""
     test = np.asarray(is_test, bool)
@@ -134,7 +138,8 @@ def pooling_comparison(sae, feats: np.ndarray, labels: np.ndarray, is_test: np.n
     rows = []
     for p in poolings:
         for m in latents_per_class:
-            rep = _report(sets[p], labels, test, None, {"C": C, "modes": modes, "latents_per_class": int(m)})
+            rep = _report(sets[p], labels, test, None, {"C": C, "modes": modes, "latents_per_class": int(m),
+                                                        "penalty": penalty})
             rows.extend({"pooling": p, "latents_per_class": int(m), "method": k, **rep[k]} for k in METHODS)
     return rows
 
@@ -184,6 +189,8 @@ def classifier_precision(clf, store, seeds: Sequence[int] = CONTROL_SEEDS) -> di
     sc = clf.sae.config
     feats = feature_set_for(store, clf.hook_point, clf.timestep, sc.input, sc.pooling or "mean").load()
     labels = store.labels(clf.concept)
-    C = float(clf.probe.meta.get("C", 1.0)) if hasattr(clf.probe, "meta") else 1.0
-    rep = explanation_report(clf.sae, feats, labels, store.is_test(), probe=clf.probe, C=C, seeds=seeds)
+    meta = getattr(clf.probe, "meta", {})
+    C, penalty = float(meta.get("C", 1.0)), str(meta.get("penalty", "l2"))
+    rep = explanation_report(clf.sae, feats, labels, store.is_test(), probe=clf.probe, C=C, seeds=seeds,
+                             penalty=penalty, latents_per_class=int(meta.get("latents_per_class", 0)))
     return headline(rep)

@@ -161,14 +161,28 @@ def _solver_class():
     return globals().get("LogisticRegression") or __getattr__("LogisticRegression")
 
 
-def make_solver(C: float, max_iter: int, seed: int = 0) -> LogisticRegression:
-    """The solver: lbfgs is multinomial for >2 classes and accepts CSR input without densifying it."""
+PENALTIES = ("l2", "l1")
+
+
+def check_penalty(penalty: str) -> str:
+    if penalty not in PENALTIES:
+        raise ValueError(f"probe penalty must be one of {', '.join(PENALTIES)}, got {penalty!r}")
+    return penalty
+
+
+def make_solver(C: float, max_iter: int, seed: int = 0, penalty: str = "l2") -> LogisticRegression:
+    """The solver: lbfgs (L2) is multinomial for >2 classes and accepts CSR input without densifying it; L1
+    needs saga, which is multinomial and CSR-friendly too (a looser tolerance: saga's default takes minutes
+    on a thousand latents for no change in the support)."""
+    if check_penalty(penalty) == "l1":
+        return _solver_class()(C=C, max_iter=max_iter, solver="saga", l1_ratio=1.0, tol=1e-3, random_state=seed)
     return _solver_class()(C=C, max_iter=max_iter, solver="lbfgs", random_state=seed)
 
 
 def fit_linear_probe(X: Matrix, y: np.ndarray, *, C: float = 1.0, max_iter: int = 1000, seed: int = 0,
-                     meta: dict[str, Any] | None = None) -> LinearProbe:
-    """Fit on training rows only. Dense → centred and scaled; scipy.sparse → scaled only, kept sparse."""
+                     meta: dict[str, Any] | None = None, penalty: str = "l2") -> LinearProbe:
+    """Fit on training rows only. Dense → centred and scaled; scipy.sparse → scaled only, kept sparse.
+    penalty "l1" zeroes most weights (each class then rests on few inputs); C is its inverse strength."""
     y = np.asarray(y, np.int64)
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]} labels")
@@ -189,7 +203,7 @@ def fit_linear_probe(X: Matrix, y: np.ndarray, *, C: float = 1.0, max_iter: int 
 
     mean, scale = fit_scaler(X)
     Xs = apply_scaler(X, mean, scale)
-    solver = make_solver(C, max_iter, seed)
+    solver = make_solver(C, max_iter, seed, penalty)
     # On small problems BLAS threads cost more than they save (3× slower measured on a busy 2-core machine);
     # large ones keep the library's default.
     small = X.shape[0] * X.shape[1] < SMALL_PROBLEM
@@ -205,8 +219,8 @@ def fit_linear_probe(X: Matrix, y: np.ndarray, *, C: float = 1.0, max_iter: int 
         coef = np.vstack([-coef[0] / 2, coef[0] / 2])
         intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
     n_iter = int(np.max(solver.n_iter_))
-    info = {"C": float(C), "max_iter": int(max_iter), "sparse_input": bool(sparse), "n_train": len(y),
-            "n_iter": n_iter, "converged": n_iter < max_iter, **(meta or {})}
+    info = {"C": float(C), "penalty": penalty, "max_iter": int(max_iter), "sparse_input": bool(sparse),
+            "n_train": len(y), "n_iter": n_iter, "converged": n_iter < max_iter, **(meta or {})}
     # C-contiguous float64 like the arrays safetensors loads back: a different memory layout sends the
     # matmul down another BLAS path and the loaded probe would differ in the last bit
     c = np.ascontiguousarray

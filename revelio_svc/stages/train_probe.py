@@ -151,7 +151,8 @@ def probe_fitter(cfg: Config, n_classes: int, meta: dict[str, Any]):
         return lambda X, y, seed: fit_sparse_probe(X, y, pc.latents_per_class, C=pc.C, max_iter=pc.max_iter,
                                                    seed=seed, meta=meta)
     if pc.kind == "linear":
-        return lambda X, y, seed: fit_linear_probe(X, y, C=pc.C, max_iter=pc.max_iter, seed=seed, meta=meta)
+        return lambda X, y, seed: fit_linear_probe(X, y, C=pc.C, max_iter=pc.max_iter, seed=seed, meta=meta,
+                                                   penalty=pc.penalty)
     depth = int(getattr(pc, "depth", DEFAULT_DEPTH))
     return lambda X, y, seed: train_diffc(X, y, n_classes, width=pc.width, depth=depth, epochs=pc.epochs, lr=pc.lr,
                                           weight_decay=pc.weight_decay, dropout=pc.dropout,
@@ -321,11 +322,11 @@ def _sparsity(cfg: Config, main: ProbeInputs, labels: np.ndarray, is_test: np.nd
     return metrics, [Artifact(report / n, "probe_report") for n in ("sparsity.png", "sparsity.json")]
 
 
-def _latents_per_class(setting: int, sparsity: Mapping[str, float]) -> int:
+def _latents_per_class(setting: int, sparsity: Mapping[str, float], penalty: str = "l2") -> int:
     """probe.latents_per_class as a number: -1 (auto) becomes the fewest latents per class within
     SPARSITY_TOLERANCE of the dense probe on the validation split, or 0 (every latent) when none is."""
-    if setting >= 0:
-        return int(setting)
+    if setting >= 0 or penalty == "l1":  # an L1 probe is sparse by itself
+        return max(int(setting), 0)
     chosen = sparsity.get("sparsity.chosen_latents_per_class", float("nan"))
     return int(chosen) if np.isfinite(chosen) else 0
 
@@ -358,12 +359,14 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
     extra: list[Artifact] = []
     if pc.kind == "linear" and main.sae is not None:
         sparsity, extra = _sparsity(cfg, main, labels, is_test, out / "report", title)
-    m = _latents_per_class(pc.latents_per_class, sparsity)
+    m = _latents_per_class(pc.latents_per_class, sparsity, pc.penalty)
     if pc.kind == "linear":
         sparsity["sparsity.latents_per_class"] = float(m)
         cfg = replace(cfg, **{"probe.latents_per_class": m})
     results = _run_protocol(cfg, store, main, meta, labels, progress)
     probe = results["model"].models[("all", 0)]
+    if pc.kind == "linear":  # how many latents an explanation can draw on, whichever way the probe was made sparse
+        sparsity["sparsity.latents_used_per_class"] = float(np.mean((np.abs(probe.coef) > 0).sum(1)))
     if probe.meta.get("converged") is False:
         print(f"note: the probe's solver stopped at probe.max_iter={pc.max_iter} before converging; "
               "raise probe.max_iter (or lower probe.C) for a fully fitted probe", file=sys.stderr)

@@ -78,3 +78,12 @@ def test_density_stats():
     d = density_stats(acts)
     assert d["density"] == pytest.approx((0.75 + 0.25 + 0) / 3)
     assert d["dense_share"] == pytest.approx(0.5)  # of the two live units, one fires on > 50 %
+
+
+def test_an_l1_probe_is_scored_with_l1_controls():
+    sae, feats, y, test = planted()
+    rep = explanation_report(sae, feats, y, test, seeds=(1,), penalty="l1", C=0.5)
+    dense = explanation_report(sae, feats, y, test, seeds=(1,), C=0.5)
+    for m in METHODS:  # every dictionary gets the same kind of probe
+        assert rep[m]["units_per_class"] < dense[m]["units_per_class"]
+    assert rep["sae"]["accuracy"] == 1.0 and rep["sae"]["precision.contrastive"] > 0.9

@@ -187,3 +187,21 @@ def test_sigma_label_is_zero_for_a_pure_unit_and_high_for_a_mixed_one():
     assert s_pure == 0.0
     assert s_mixed["sigma_label"] > 0.6 and s_mixed["sigma_label_chance"] == pytest.approx(label_spread(labels, 3))
     assert sigma_label_stats(np.zeros((300, 2)), labels, 3)["sigma_label_units"] == 0
+
+
+def test_l1_probe_rests_each_class_on_few_latents():
+    Z, y = sparse_latents(n=400, width=64)
+    dense = fit_linear_probe(Z[:300], y[:300], C=0.5)
+    l1 = fit_linear_probe(Z[:300], y[:300], C=0.5, penalty="l1")
+    assert l1.meta["penalty"] == "l1" and dense.meta["penalty"] == "l2"
+    assert accuracy(y[300:], l1.predict(Z[300:])) > 0.9
+    used = (np.abs(l1.coef) > 0).sum(1)
+    assert used.max() < (np.abs(dense.coef) > 0).sum(1).min() // 2
+    # the planted detector of each class (latent 10·c) carries that class's largest weight
+    assert [int(np.argmax(l1.coef[c])) for c in range(3)] == [0, 10, 20]
+
+
+def test_unknown_penalty_is_refused():
+    X, y = planted(n=60)
+    with pytest.raises(ValueError, match="penalty must be one of l2, l1"):
+        fit_linear_probe(X, y, penalty="elasticnet")
