@@ -104,7 +104,8 @@ def _steering(args) -> dict:
 
     cfg = load_config(args.config, args.overrides)
     store_uri = cfg.sae.store or store_uri_for(cfg)
-    ev = steering_eval_for_sae(cfg.backbone, sae_output_dir(cfg, store_uri), store_uri, judge=load_judge(args.judge),
+    sae_dir = Path(args.sae) if args.sae else sae_output_dir(cfg, store_uri)
+    ev = steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, judge=load_judge(args.judge),
                                strengths=tuple(args.strengths), seeds=tuple(range(args.seeds)), steps=args.steps,
                                progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"steering flips (judge top probability >= {ev.min_conf}; {len(ev.seeds)} seeds, DDIM {ev.steps} steps, "
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--config", default="mlproject/configs/default.yaml")
     st.add_argument("--set", dest="overrides", action="append", default=[])
     st.add_argument("--judge", default=None)
+    st.add_argument("--sae", default="", help="an SAE directory (default: the one train-sae writes for --config)")
     st.add_argument("--seeds", type=int, default=16)
     st.add_argument("--steps", type=int, default=20)
     st.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])

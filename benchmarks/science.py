@@ -8,6 +8,12 @@ Reads what `make run` wrote (the feature store and the SAE of `mlproject/configs
 - SAE vs the matched random dictionary (mean ± sd over 3 seeds) and the SAE's initialisation: label-purity
   share > 0.6 (and de-duplicated), 16-sparse probe accuracy, dissection detectors;
 - fvu and dead latents;
+- explanation precision (issue #21): the SAE against its matched random dictionary and the raw channels, each
+  with a probe of the same C on the train rows, contrastive attribution, with the targets;
+- the atlas (issue #21): leave-one-out kNN accuracy of the concept in the SAE's image codes against the raw
+  channels pooled the same way;
+- the probe table of the `train_probe` run for this config (when `make run` wrote it): the probe on SAE latents
+  at every shot count beside the `random_relu` and `raw_features` controls, and the shots where it loses;
 - the ground-truth shape judge (issue #21): its accuracy on held-out renders, the share of the backbone's
   DDIM samples it judges with confidence >= 0.9 and their class histogram, and the steering flip rates of
   each shape's most specific latent against a random direction of the same norm.
@@ -40,7 +46,7 @@ from revelio_svc.sae.data import feature_set_for  # noqa: E402
 from revelio_svc.sae.trainer import sae_output_dir  # noqa: E402
 
 TARGETS = {"raw_probe": 0.80, "purity_ratio": 1.5, "detector_ratio": 2.0, "sparse16_points": 5.0, "fvu": 0.10,
-           "dead": 0.05}
+           "dead": 0.05, "precision": 0.80, "precision_ratio": 2.0, "atlas_knn": 0.90}
 
 
 def raw_probe_table(store, concept: str) -> list[tuple[str, float]]:
@@ -62,10 +68,62 @@ def logged_metrics(sae_dir: str) -> dict[str, float] | None:
         import mlflow
 
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
-                                  filter_string=f"tags.sae_dir = '{sae_dir}'", order_by=["attributes.start_time DESC"])
+                                  filter_string=f"tags.sae_dir = '{sae_dir}' and tags.stage = 'train_sae'",
+                                  order_by=["attributes.start_time DESC"])
     except Exception:  # noqa: BLE001 - no tracking store here: the comparison is optional
         return None
     return dict(runs[0].data.metrics) if runs else None
+
+
+def explanation_section(sae, feats: np.ndarray, labels: np.ndarray, test: np.ndarray, C: float, concept: str) -> None:
+    """Explanation precision against every dictionary control, and how well the image codes carry the concept."""
+    from revelio_svc.inference.atlas import layout_report
+    from revelio_svc.inference.precision import explanation_report, headline
+    from revelio_svc.interpret.purity import direction_activations
+    from revelio_svc.sae.latents import image_latents_pooled
+
+    h = headline(explanation_report(sae, feats, labels, test, C=C))
+    strongest = max(h["explanation_precision_random"], h["explanation_precision_channels"])
+    ratio = h["explanation_precision"] / strongest if strongest > 0 else float("nan")
+    print(f"\nexplanation precision ({concept}; correct test images, top-3 contributing units' top-8 train images, "
+          f"contrastive attribution):\n  SAE {h['explanation_precision']:.3f} (plain logit share "
+          f"{h['explanation_precision_logit']:.3f}), matched random dictionary "
+          f"{h['explanation_precision_random']:.3f}, raw channels {h['explanation_precision_channels']:.3f}, "
+          f"chance {h['explanation_precision_chance']:.3f}")
+    met = h["explanation_precision"] >= TARGETS["precision"]
+    print(f"  target >= {TARGETS['precision']}: {'met' if met else 'NOT met'}; {ratio:.2f}x the strongest control "
+          f"(>= {TARGETS['precision_ratio']}x: {'met' if ratio >= TARGETS['precision_ratio'] else 'NOT met'})")
+    pooling = sae.config.latent_pooling
+    Z = image_latents_pooled(sae, feats, (pooling,))[pooling]
+    Z = Z.toarray() if hasattr(Z, "toarray") else np.asarray(Z)
+    ch = direction_activations(feats, None, pooling if feats.ndim == 4 else "max")
+    k_sae, k_ch = (layout_report(A, None, labels)["knn_codes"] for A in (Z, ch))
+    print(f"\natlas: leave-one-out kNN accuracy of {concept} in the image codes: SAE {k_sae:.3f}, raw channels "
+          f"{k_ch:.3f} (target >= {TARGETS['atlas_knn']}: {'met' if k_sae >= TARGETS['atlas_knn'] else 'NOT met'})")
+
+
+def probe_section(cfg, store, sae_dir) -> None:
+    """The probe table `train_probe` wrote for this config: the SAE probe beside its controls at every shot."""
+    import pandas as pd
+
+    from revelio_svc.identity import Paths
+    from revelio_svc.sae.io import sae_identity
+    from revelio_svc.stages.train_probe import probe_identity
+
+    path = Paths.under(cfg.output_dir).probe(probe_identity(cfg, store.config_hash, sae_identity(sae_dir)))
+    table = path / "report" / "results.csv"
+    if not table.is_file():
+        print(f"\nno probe table: run `make run` (or `revelio train-probe`) for this config first "
+              f"({table} is missing)")
+        return
+    df = pd.read_csv(table)
+    keep = df[df["input"].isin(["model", "random_relu", "raw_features"])]
+    wide = keep.pivot_table(index="shots", columns="input", values="accuracy_mean", sort=False)
+    print(f"\nprobe on SAE latents vs its controls (test accuracy, mean over seeds; {table}):")
+    print(wide.to_string(float_format=lambda v: f"{v:.3f}"))
+    model = df[df["role"] == "model"].fillna({"loses_to": ""})
+    losing = [f"{r.shots} ({r.loses_to})" for r in model.itertuples() if r.loses_to]
+    print(f"  shots where it loses to a control: {', '.join(losing) if losing else 'none'}")
 
 
 def judge_section(cfg, store_uri: str, sae_dir, n_samples: int, steering_seeds: int) -> None:
@@ -140,12 +198,18 @@ def main() -> None:
           f"{'met' if v >= TARGETS['sparse16_points'] else 'NOT met'}")
     print(f"  fvu {done['fvu']:.3f} (<= {TARGETS['fvu']}), dead {done['dead_frac']:.3f} (<= {TARGETS['dead']})")
 
+    feats = fset.load()
+    explanation_section(sae, feats, store.labels(concept), store.is_test(), cfg.probe.C, concept)
+    probe_section(cfg, store, sae_dir)
     judge_section(cfg, store.uri, sae_dir, args.samples, args.steering_seeds)
 
     logged = logged_metrics(str(sae_dir))
     if logged:
         keys = [k for k in (f"label_purity_share.{concept}", f"control.random.label_purity_share.{concept}",
                             f"sparse_probe.k{HEADLINE_K}", "dissection.detectors") if k in logged]
+        if not keys:
+            print("\nthe newest train_sae run of this SAE logged none of the compared metrics")
+            return
         same = all(abs(logged[k] - m[k]) < 1e-9 for k in keys)
         print(f"\nthe train_sae run logged the same numbers: {same} ({', '.join(f'{k}={logged[k]:.4g}' for k in keys)})")
 

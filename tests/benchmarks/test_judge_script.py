@@ -33,3 +33,45 @@ def test_science_judge_section_says_when_there_is_no_judge(capsys):
     cfg = load_config(None, ["data.source=digits"])
     _load("science").judge_section(cfg, "", None, 8, 8)
     assert "no judge figures" in capsys.readouterr().out
+
+
+def test_science_explanation_section_prints_the_sae_beside_its_controls(capsys):
+    from revelio_svc.inference.precision import explanation_report, headline
+    from tests.inference.test_precision import planted
+
+    sae, feats, y, test = planted()
+    _load("science").explanation_section(sae, feats, y, test, 1.0, "shape")
+    out = capsys.readouterr().out
+    h = headline(explanation_report(sae, feats, y, test, C=1.0))
+    assert f"SAE {h['explanation_precision']:.3f}" in out
+    assert f"matched random dictionary {h['explanation_precision_random']:.3f}" in out
+    assert "atlas: leave-one-out kNN accuracy of shape in the image codes: SAE" in out
+
+
+def test_science_probe_section_reads_the_probe_table_and_names_the_losing_shots(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from revelio_svc.config import load_config
+    from revelio_svc.identity import Paths
+    from revelio_svc.sae import TopKSAEConfig, build_sae
+    from revelio_svc.sae.io import sae_identity
+    from revelio_svc.stages.train_probe import probe_identity
+
+    sae_dir = tmp_path / "sae"
+    build_sae(TopKSAEConfig(d_in=8, n_latents=16, k=2)).save(sae_dir)
+    cfg = load_config(None, [f"output_dir={tmp_path / 'out'}"])
+    store = SimpleNamespace(config_hash="abc")
+    science = _load("science")
+    science.probe_section(cfg, store, sae_dir)
+    assert "no probe table" in capsys.readouterr().out
+    report = Paths.under(cfg.output_dir).probe(probe_identity(cfg, "abc", sae_identity(sae_dir))) / "report"
+    report.mkdir(parents=True)
+    rows = ["input,role,shots,accuracy_mean,loses_to",
+            "model,model,1,0.30,random_relu", "model,model,all,0.95,",
+            "random_relu,control,1,0.40,", "random_relu,control,all,0.90,",
+            "raw_features,control,1,0.20,", "raw_features,control,all,0.93,"]
+    (report / "results.csv").write_text("\n".join(rows) + "\n")
+    science.probe_section(cfg, store, sae_dir)
+    out = capsys.readouterr().out
+    assert "shots where it loses to a control: 1 (random_relu)" in out
+    assert "0.950" in out and "0.400" in out
