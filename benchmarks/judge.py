@@ -107,6 +107,7 @@ def _steering(args) -> dict:
     sae_dir = Path(args.sae) if args.sae else sae_output_dir(cfg, store_uri)
     ev = steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, judge=load_judge(args.judge),
                                strengths=tuple(args.strengths), seeds=tuple(range(args.seeds)), steps=args.steps,
+                               t_min=args.t_min, t_max=args.t_max,
                                progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"steering flips (judge top probability >= {ev.min_conf}; {len(ev.seeds)} seeds, DDIM {ev.steps} steps, "
           f"strengths r x the latent's strongest train activation):\n{ev.table()}")
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--seeds", type=int, default=16)
     st.add_argument("--steps", type=int, default=20)
     st.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
+    st.add_argument("--t-min", type=int, default=0, help="steer only at timesteps >= this")
+    st.add_argument("--t-max", type=int, default=999, help="steer only at timesteps <= this")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     res = {"train": _train, "accuracy": _accuracy, "samples": _samples, "steering": _steering}[args.cmd](args)
