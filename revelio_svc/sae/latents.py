@@ -75,7 +75,7 @@ def image_latents(sae: SparseAutoencoder, feats, pooling: str | None = None, bat
     n = feats.shape[0]
     per_image = int(np.prod(feats.shape[1:-1])) if len(feats.shape) == 4 else 1
     batch = batch or max(1, _TARGET_VECTORS // per_image)
-    sparse_q = q is not None and sae.config.relu  # no negative codes: top-q from the sparse codes
+    sparse_q = q is not None and getattr(sae.config, "relu", False) is True  # no negative codes: sparse top-q
     if q is not None and per_image > 1 and not sparse_q:  # top-q needs each latent's dense code over positions
         batch = max(1, min(batch, _DENSE_BUDGET // (per_image * sae.n_latents)))
     out = np.zeros((n, sae.n_latents), np.float32)
