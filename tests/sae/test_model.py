@@ -310,26 +310,6 @@ def test_image_latents_pool_token_codes(variant):
         assert np.allclose(many[p], image_latents(sae, tokens.numpy(), p), atol=1e-6)
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_two_stage_topk_equals_torch_topk(ties):
-    from revelio_svc.sae.topk import topk_rows
-
-    g = torch.Generator().manual_seed(5)
-    pre = torch.randn(300, 1024, generator=g)
-    if ties:  # few distinct values: many ties at the k-th place
-        pre = pre.mul(2).round()
-    pre[7, 3::128] = 100.0  # one row's winners all in one strided block
-    for sorted_ in (True, False):
-        v, i = topk_rows(pre, 12, sorted=sorted_)
-        rv, ri = pre.topk(12, dim=1)
-        assert torch.equal(pre.gather(1, i), v)  # the indices point at the values
-        assert torch.equal(v.sort(1, descending=True).values, rv)
-        assert all(len(set(r.tolist())) == 12 for r in i)  # no column twice
-        if sorted_:  # torch's own choice among tied values too
-            assert torch.equal(v, rv) and torch.equal(i, ri)
-    assert set(topk_rows(pre, 8)[1][7].tolist()) == set(range(3, 1024, 128))
-
-
 def test_sparse_top_q_pooling_equals_the_dense_form():
     from revelio_svc.sae.latents import pool_positions, top_q_sparse
 
