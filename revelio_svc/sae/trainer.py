@@ -151,11 +151,14 @@ _BF16_UNIT = 2.0 ** -8  # unit round-off of bfloat16 (8 significant bits)
 
 
 def fast_bf16_matmul() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 / AMX through oneDNN)."""
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX, through oneDNN); oneDNN's
+    own bfloat16 flag also holds on plain AVX-512, where the product is emulated and no faster."""
     global _FAST_BF16
     if _FAST_BF16 is None:
         try:
-            _FAST_BF16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+            _FAST_BF16 = bool(native and torch.backends.mkldnn.is_available()
+                              and torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError):  # pragma: no cover - other torch builds
             _FAST_BF16 = False
     return _FAST_BF16

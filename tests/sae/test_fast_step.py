@@ -146,3 +146,20 @@ def test_step_with_bf16_selection_matches_the_float32_step(dead):
     assert grads[True][1] == pytest.approx(grads[False][1], rel=1e-5)
     for name, g in grads[False][2].items():
         assert torch.allclose(grads[True][2][name], g, atol=1e-6, rtol=1e-4), name
+
+
+def test_bf16_selection_is_automatic_only_for_large_topk_products_on_bf16_cpus(monkeypatch):
+    from revelio_svc.sae import trainer
+    from revelio_svc.sae.batchtopk import BatchTopKSAE, BatchTopKSAEConfig
+
+    sae, _ = _sae()
+    eng = SparseStep(sae, 1e-3)
+    assert not eng._use_bf16(96)  # 96 × 48 × 12 multiply-adds: float32
+    monkeypatch.setattr(trainer, "BF16_SELECT_MIN_MACS", 0)
+    monkeypatch.setattr(trainer, "_FAST_BF16", True)
+    assert eng._use_bf16(96)
+    monkeypatch.setattr(trainer, "_FAST_BF16", False)  # no bfloat16 units: never
+    assert not eng._use_bf16(96)
+    monkeypatch.setattr(trainer, "_FAST_BF16", True)
+    batch = BatchTopKSAE(BatchTopKSAEConfig(d_in=12, n_latents=48, k=4), seed=0)
+    assert not SparseStep(batch, 1e-3)._use_bf16(96)  # the batch-level selection stays float32
