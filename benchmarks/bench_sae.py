@@ -4,7 +4,9 @@ Setting (the paper's width): d_in = 1280, 16× expansion (20480 latents), k = 32
 
 - ours: `revelio_svc.sae.trainer.SparseStep` — sparse decode (embedding_bag over the k active rows),
   exact sparse encoder/decoder weight gradients scattered row by row, fused Adam, decoder-gradient
-  projection and renormalisation (the same exact objective as the reference).
+  projection and renormalisation (the same exact objective as the reference); on CPUs with bfloat16
+  matrix units, TopK's candidates come from a bfloat16 encoder product and are rechecked in float32
+  (`trainer.select_topk_bf16`).
 - reference: autograd on the textbook formulation — dense codes (scatter into (B, n_latents)), dense
   decode matmul, dense encoder gradient, torch.optim.Adam with default settings over every row, the
   same decoder-gradient projection and renormalisation.

@@ -25,6 +25,28 @@ def pool_positions(a: torch.Tensor, pooling: str) -> torch.Tensor:
     return a.topk(min(q, a.shape[1]), dim=1).values.sum(1) / q
 
 
+def top_q_sparse(vals: torch.Tensor, idx: torch.Tensor, n_units: int, q: int) -> torch.Tensor:
+    """`pool_positions(dense, "top<q>")` from the sparse codes: vals/idx (b, entries) are image i's
+    (position, unit) activations, each unit at most once per position, none negative. Each unit's q largest
+    entries are summed and divided by q (absent positions are the zeros the dense form would hold), without
+    forming the (b, positions, units) block: the entries are sorted by (image, unit, value descending) and
+    the first q of each group kept (one int64 sort)."""
+    b = vals.shape[0]
+    key = (idx + torch.arange(b).unsqueeze(1) * n_units).reshape(-1)
+    v = vals.reshape(-1).float().contiguous()
+    # one sort on (group, value descending): a non-negative float32's bits, read as int32, order like it
+    inv = (2 ** 31 - 1) - v.view(torch.int32).to(torch.int64)
+    order = torch.argsort(key * 2 ** 31 + inv)
+    key, v = key[order], v[order]
+    pos = torch.arange(key.numel())
+    new = torch.ones(key.numel(), dtype=torch.bool)
+    new[1:] = key[1:] != key[:-1]
+    rank = pos - torch.cummax(torch.where(new, pos, 0), 0).values
+    keep = rank < q
+    out = torch.zeros(b * n_units, dtype=vals.dtype).index_add_(0, key[keep], v[keep])
+    return out.view(b, n_units).div_(q)
+
+
 def _as_tensor(a) -> torch.Tensor:
     t = a if torch.is_tensor(a) else torch.from_numpy(np.ascontiguousarray(a))
     return t.float()
@@ -53,7 +75,8 @@ def image_latents(sae: SparseAutoencoder, feats, pooling: str | None = None, bat
     n = feats.shape[0]
     per_image = int(np.prod(feats.shape[1:-1])) if len(feats.shape) == 4 else 1
     batch = batch or max(1, _TARGET_VECTORS // per_image)
-    if q is not None and per_image > 1:  # top-q needs each latent's dense code over positions
+    sparse_q = q is not None and getattr(sae.config, "relu", False) is True  # no negative codes: sparse top-q
+    if q is not None and per_image > 1 and not sparse_q:  # top-q needs each latent's dense code over positions
         batch = max(1, min(batch, _DENSE_BUDGET // (per_image * sae.n_latents)))
     out = np.zeros((n, sae.n_latents), np.float32)
     for s in range(0, n, batch):
@@ -70,6 +93,8 @@ def image_latents(sae: SparseAutoencoder, feats, pooling: str | None = None, bat
                 z.scatter_reduce_(1, idx, vals, reduce="amax", include_self=True)
             elif pooling == "mean":
                 z.scatter_add_(1, idx, vals).div_(per_image)
+            elif sparse_q:
+                z = top_q_sparse(vals, idx, sae.n_latents, q)
             else:
                 dense = torch.zeros(b, per_image, sae.n_latents).scatter_add_(
                     2, idx.reshape(b, per_image, -1), vals.reshape(b, per_image, -1))

@@ -88,3 +88,78 @@ def test_csr_scatter_overwrites_its_buffer_and_matches_embedding_bag():
     order, crow = csr_order(cols, 10)
     bag = F.embedding_bag(rows[order], src, crow[:-1], mode="sum", per_sample_weights=w[order])
     assert torch.allclose(res, bag, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- TopK candidates from a bfloat16 product
+def _enc_problem(B=96, d=40, n=640, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xc = torch.randn(B, d, generator=g) * 3
+    W = torch.randn(n, d, generator=g)
+    W /= W.norm(dim=1, keepdim=True)
+    b = torch.randn(n, generator=g) * 0.2
+    return xc, W, b
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bf16_candidates_give_float32_topk(seed):
+    from revelio_svc.sae.trainer import select_topk_bf16
+
+    xc, W, b = _enc_problem(seed=seed)
+    k = 8
+    rows, cols, v, n_bad = select_topk_bf16(xc, W, b, k)
+    ref_v, ref_i = torch.addmm(b, xc, W.t()).topk(k, dim=1)
+    assert torch.equal(rows, torch.arange(len(xc)).repeat_interleave(k))
+    assert torch.equal(cols.view(-1, k).sort(1).values, ref_i.sort(1).values)
+    # the values are float32 dot products, not the bfloat16 ones (those are off by ~1e-2 here)
+    assert torch.allclose(v.view(-1, k).sort(1).values, ref_v.sort(1).values, atol=1e-5, rtol=0)
+    assert n_bad < len(xc) // 4  # most rows are certified from their 2k candidates
+
+
+def test_bf16_rows_that_cannot_be_certified_are_recomputed_in_float32():
+    from revelio_svc.sae.trainer import select_topk_bf16
+
+    xc, W, b = _enc_problem(seed=3)
+    k = 8
+    # with only k candidates the k-th exact value never clears the rounding margin: every row falls back
+    rows, cols, v, n_bad = select_topk_bf16(xc, W, b, k, candidates=k)
+    assert n_bad == len(xc)
+    ref_v, ref_i = torch.addmm(b, xc, W.t()).topk(k, dim=1)
+    assert torch.equal(cols.view(-1, k).sort(1).values, ref_i.sort(1).values)
+    assert torch.equal(v.view(-1, k).sort(1).values, ref_v.sort(1).values)
+
+
+@pytest.mark.parametrize("dead", [0, 200])
+def test_step_with_bf16_selection_matches_the_float32_step(dead):
+    torch.manual_seed(0)
+    x = torch.randn(128, 40) @ torch.randn(40, 40)
+    grads = {}
+    for bf16 in (False, True):
+        sae = TopKSAE(TopKSAEConfig(d_in=40, n_latents=640, k=8, normalize="scalar"), seed=0)
+        sae.init_from_data(x)
+        eng = SparseStep(sae, 1e-3, k_aux=16, dead_window=10, bf16_select=bf16)
+        eng.since_fired[:dead] = 10  # these latents count as dead: AuxK reads their exact pre-activations
+        loss, aux, _, _ = eng.compute_grads(sae.normalize(x))
+        assert eng._use_bf16(len(x)) is bf16
+        assert (aux > 0) is (dead > 0)
+        grads[bf16] = (loss, aux, {n: p.grad.clone() for n, p in sae.named_parameters()})
+    assert grads[True][0] == pytest.approx(grads[False][0], rel=1e-5)
+    assert grads[True][1] == pytest.approx(grads[False][1], rel=1e-5)
+    for name, g in grads[False][2].items():
+        assert torch.allclose(grads[True][2][name], g, atol=1e-6, rtol=1e-4), name
+
+
+def test_bf16_selection_is_automatic_only_for_large_topk_products_on_bf16_cpus(monkeypatch):
+    from revelio_svc.sae import trainer
+    from revelio_svc.sae.batchtopk import BatchTopKSAE, BatchTopKSAEConfig
+
+    sae, _ = _sae()
+    eng = SparseStep(sae, 1e-3)
+    assert not eng._use_bf16(96)  # 96 × 48 × 12 multiply-adds: float32
+    monkeypatch.setattr(trainer, "BF16_SELECT_MIN_MACS", 0)
+    monkeypatch.setattr(trainer, "_FAST_BF16", True)
+    assert eng._use_bf16(96)
+    monkeypatch.setattr(trainer, "_FAST_BF16", False)  # no bfloat16 units: never
+    assert not eng._use_bf16(96)
+    monkeypatch.setattr(trainer, "_FAST_BF16", True)
+    batch = BatchTopKSAE(BatchTopKSAEConfig(d_in=12, n_latents=48, k=4), seed=0)
+    assert not SparseStep(batch, 1e-3)._use_bf16(96)  # the batch-level selection stays float32

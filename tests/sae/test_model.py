@@ -308,3 +308,17 @@ def test_image_latents_pool_token_codes(variant):
     many = image_latents_pooled(sae, tokens.numpy(), ("max", "mean", "top3"), batch=2)
     for p in ("max", "mean", "top3"):
         assert np.allclose(many[p], image_latents(sae, tokens.numpy(), p), atol=1e-6)
+
+
+def test_sparse_top_q_pooling_equals_the_dense_form():
+    from revelio_svc.sae.latents import pool_positions, top_q_sparse
+
+    g = torch.Generator().manual_seed(6)
+    b, P, m, L = 5, 40, 6, 64
+    idx = torch.stack([torch.randperm(L, generator=g)[:m] for _ in range(b * P)]).view(b, P, m)
+    vals = torch.rand(b, P, m, generator=g).mul(3).round().div(3)  # ties and zeros (ReLU'd codes)
+    dense = torch.zeros(b, P, L).scatter_add_(2, idx, vals)
+    for q in (1, 3, 8, 50):  # 50 > positions: zeros fill up, the sum is still divided by q
+        ref = pool_positions(dense, f"top{q}")
+        got = top_q_sparse(vals.view(b, -1), idx.view(b, -1), L, q)
+        assert torch.allclose(got, ref, atol=1e-6), q
