@@ -86,7 +86,7 @@ def _run(code: str, args: list[str], env: dict[str, str], cwd: Path | None = Non
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def build(work: Path, n_images: int) -> tuple[str, Path]:
+def build(work: Path, n_images: int, latent_pooling: str = "max") -> tuple[str, Path]:
     """Train and register a small classifier on the default backbone; returns (tracking uri, test image)."""
     import mlflow
     import numpy as np
@@ -103,8 +103,9 @@ def build(work: Path, n_images: int) -> tuple[str, Path]:
         "extract.pooling=[mean, tokens]", "extract.token_hook_points=[up_blocks.1]", "extract.token_timesteps=[10]",
         "extract.batch_size=64", f"extract.shard_size={n_images}", "sae.steps=30", "sae.batch_size=1024",
         "sae.eval_every=1000", "sae.checkpoint_every=100000", "probe.shots=[all]", "probe.seeds=1",
-        # max pooling and a dense probe: what the baseline revision can read, so both load the same model
-        "sae.latent_pooling=max", "probe.latents_per_class=0",
+        # max pooling and a dense probe by default: what the baseline revision can read, so both load the
+        # same model (--latent-pooling top8 builds the default model's pooling, which only this code reads)
+        f"sae.latent_pooling={latent_pooling}", "probe.latents_per_class=0",
         "probe.controls=false", f"output_dir={work / 'out'}"])
     store_uri = extract(cfg, progress=False).store_uri
     cfg = replace(cfg, **{"sae.store": store_uri, "probe.store": store_uri})
@@ -181,6 +182,7 @@ def measure_atlas(work: Path, trees: dict[str, Path], env: dict[str, str]) -> di
     out = {}
     for name, tree in trees.items():
         cache = work / f"demo-cache-{len(out)}"
+        shutil.rmtree(cache, ignore_errors=True)  # a reused --work keeps the last run's cache: start cold
         out[name] = _run(ATLAS, [str(work / "classifier"), str(cache)], {**env, "PYTHONPATH": str(tree)})
         out[name]["loadavg"] = round(os.getloadavg()[0], 2)
     return out
@@ -205,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-rev", default=None, help="git revision whose revelio_svc is the baseline")
     ap.add_argument("--atlas", action="store_true", help="also time the demo's atlas (2000 points)")
     ap.add_argument("--no-unet", action="store_true", help="skip the UNet-alone comparison")
+    ap.add_argument("--latent-pooling", default="max",
+                    help="the classifier's sae.latent_pooling (max: the baseline can read it; top8: the default's)")
     ap.add_argument("--work", type=Path, default=None,
                     help="keep the built classifier here (and reuse one built there by an earlier run)")
     args = ap.parse_args(argv)
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             uri, img = f"sqlite:///{work / 'mlflow.db'}", work / "image.npy"
             print(f"reusing the classifier registered in {work}")
         else:
-            uri, img = build(work, args.images)
+            uri, img = build(work, args.images, args.latent_pooling)
             print(f"built and registered the classifier in {time.perf_counter() - t:.1f} s")
         trees = {"this": ROOT}
         if args.baseline_rev:
