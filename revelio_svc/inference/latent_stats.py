@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,22 +278,30 @@ def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: in
     rows, ctrl = [], []
     lock = lock if lock is not None else contextlib.nullcontext()
     stored = stored_tokens(clf, idx)
-    for s in range(0, len(idx), batch):
-        part = idx[s:s + batch]
-        if stored is not None:
-            tok = stored(part)
-        else:
-            images = [ds.image(int(i)) for i in part]
-            with lock:
-                _, tok, _ = clf.tokens(images, [ids[int(i)] for i in part])
-        feats = clf._sae_input(tok)
-        if control is None:  # BatchTopK calibrates its threshold on the first batch's vectors
-            control = matched_random(clf.sae, seed + 1, calibration=feats.reshape(-1, feats.shape[-1]))
-        rows.append(sp.csr_matrix(clf.latents_from_tokens(tok)))
-        ctrl.append(sp.csr_matrix(np.asarray(image_latents(control, feats, pooling), np.float32)))
-        dissector.add(tok, part)
-        if progress is not None:
-            progress(min(s + batch, len(idx)), len(idx))
+
+    def control_rows(feats):
+        return sp.csr_matrix(np.asarray(image_latents(control, feats, pooling), np.float32))
+
+    # the control's encode is as large as the SAE's and independent of it: a second thread runs it beside the
+    # SAE's encode and the dissection (torch releases the GIL), so a 2-core machine draws the atlas sooner
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="control-encode") as pool:
+        for s in range(0, len(idx), batch):
+            part = idx[s:s + batch]
+            if stored is not None:
+                tok = stored(part)
+            else:
+                images = [ds.image(int(i)) for i in part]
+                with lock:
+                    _, tok, _ = clf.tokens(images, [ids[int(i)] for i in part])
+            feats = clf._sae_input(tok)
+            if control is None:  # BatchTopK calibrates its threshold on the first batch's vectors
+                control = matched_random(clf.sae, seed + 1, calibration=feats.reshape(-1, feats.shape[-1]))
+            pending = pool.submit(control_rows, feats)
+            rows.append(sp.csr_matrix(clf.latents_from_tokens(tok)))
+            dissector.add(tok, part)
+            ctrl.append(pending.result())
+            if progress is not None:
+                progress(min(s + batch, len(idx)), len(idx))
     L = clf.n_latents
     Z = sp.vstack(rows).tocsr().astype(np.float32) if rows else sp.csr_matrix((0, L), dtype=np.float32)
     C = sp.vstack(ctrl).tocsr().astype(np.float32) if ctrl else sp.csr_matrix((0, L), dtype=np.float32)
