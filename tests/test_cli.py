@@ -45,6 +45,31 @@ def test_mlproject_is_derived_from_the_command_table():
     assert set(ENTRY_POINTS.values()) <= set(COMMANDS)
 
 
+@pytest.mark.parametrize("overrides", ["", "sae.k=32", "sae.k=32 sae.normalize=scalar",
+                                       "extract.timesteps=[10, 50] probe.concept=colour"])
+def test_mlflow_hands_every_override_to_the_entry_point(overrides, monkeypatch):
+    # MLflow shell-quotes each parameter value itself: a template that quotes it again splits a value with
+    # spaces into stray arguments (`make run SET="a=1 b=2"` failed that way)
+    import shlex
+    from pathlib import Path
+
+    from mlflow.projects._project_spec import load_project
+
+    import mlproject.entry as entry
+
+    root = Path(__file__).resolve().parents[1]
+    ep = load_project(str(root)).get_entry_point("main")
+    argv = shlex.split(ep.compute_command({"config": "c.yaml", "overrides": overrides}, None))
+    assert argv[:4] == ["python", "-m", "mlproject.entry", "run"]
+    seen = []
+    monkeypatch.setattr(entry, "revelio_main", lambda args: seen.append(args) or 0)
+    assert entry.main(argv[3:]) == 0
+    expected = ["run", "--config", "c.yaml"]
+    for item in shlex.split(overrides):
+        expected += ["--set", item]
+    assert seen == [expected]
+
+
 def test_every_config_field_is_a_command_line_option(capsys):
     import dataclasses
 

@@ -27,7 +27,7 @@ def render() -> str:
                   "    parameters:",
                   f"      config: {{type: string, default: {DEFAULT_CONFIG}}}",
                   "      overrides: {type: string, default: \"\"}",
-                  f"    command: \"python -m mlproject.entry {command} --config {{config}} --overrides '{{overrides}}'\""]
+                  f"    command: \"python -m mlproject.entry {command} --config {{config}} --overrides {{overrides}}\""]
     return "\n".join(lines) + "\n"
 
 
