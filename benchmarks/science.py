@@ -78,11 +78,11 @@ def logged_metrics(sae_dir: str) -> dict[str, float] | None:
 def explanation_section(sae, feats: np.ndarray, labels: np.ndarray, test: np.ndarray, C: float, concept: str) -> None:
     """Explanation precision against every dictionary control, and how well the image codes carry the concept."""
     from revelio_svc.inference.atlas import layout_report
-    from revelio_svc.inference.precision import explanation_report, headline
-    from revelio_svc.interpret.purity import direction_activations
-    from revelio_svc.sae.latents import image_latents_pooled
+    from revelio_svc.inference.precision import headline, report_sets, unit_sets
 
-    h = headline(explanation_report(sae, feats, labels, test, C=C))
+    pooling = sae.config.latent_pooling
+    sets = unit_sets(sae, feats, test, (pooling,))[pooling]  # each dictionary encoded once for both figures
+    h = headline(report_sets(sets, labels, test, C=C))
     strongest = max(h["explanation_precision_random"], h["explanation_precision_channels"])
     ratio = h["explanation_precision"] / strongest if strongest > 0 else float("nan")
     print(f"\nexplanation precision ({concept}; correct test images, top-3 contributing units' top-8 train images, "
@@ -93,11 +93,7 @@ def explanation_section(sae, feats: np.ndarray, labels: np.ndarray, test: np.nda
     met = h["explanation_precision"] >= TARGETS["precision"]
     print(f"  target >= {TARGETS['precision']}: {'met' if met else 'NOT met'}; {ratio:.2f}x the strongest control "
           f"(>= {TARGETS['precision_ratio']}x: {'met' if ratio >= TARGETS['precision_ratio'] else 'NOT met'})")
-    pooling = sae.config.latent_pooling
-    Z = image_latents_pooled(sae, feats, (pooling,))[pooling]
-    Z = Z.toarray() if hasattr(Z, "toarray") else np.asarray(Z)
-    ch = direction_activations(feats, None, pooling if feats.ndim == 4 else "max")
-    k_sae, k_ch = (layout_report(A, None, labels)["knn_codes"] for A in (Z, ch))
+    k_sae, k_ch = (layout_report(A, None, labels)["knn_codes"] for A in (sets["sae"], sets["channels"]))
     print(f"\natlas: leave-one-out kNN accuracy of {concept} in the image codes: SAE {k_sae:.3f}, raw channels "
           f"{k_ch:.3f} (target >= {TARGETS['atlas_knn']}: {'met' if k_sae >= TARGETS['atlas_knn'] else 'NOT met'})")
 

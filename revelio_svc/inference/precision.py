@@ -89,7 +89,8 @@ def unit_sets(sae, feats: np.ndarray, is_test: np.ndarray, poolings: Sequence[st
                 "channels": direction_activations(feats, None, p if feats.ndim == 4 else "max")} for p in poolings}
 
 
-def _report(sets: dict[str, Any], labels, test, probe, kw) -> dict[str, dict[str, float]]:
+def report_sets(sets: dict[str, Any], labels, test, probe=None, **kw) -> dict[str, dict[str, float]]:
+    """{method: unit_precision(...)} over one pooling's `unit_sets` entry (the dictionaries already encoded)."""
     out = {"sae": unit_precision(sp.csr_matrix(sets["sae"]), labels, test, probe=probe, **kw)}
     runs = [unit_precision(sp.csr_matrix(a), labels, test, **kw) for a in sets["random"]]
     out["random"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
@@ -110,8 +111,8 @@ def explanation_report(sae, feats: np.ndarray, labels: np.ndarray, is_test: np.n
     pooling = pooling or sae.config.latent_pooling
     test = np.asarray(is_test, bool)
     sets = unit_sets(sae, feats, test, (pooling,), seeds)[pooling]
-    return _report(sets, labels, test, probe, {"C": C, "modes": modes, "latents_per_class": latents_per_class,
-                                               "penalty": penalty})
+    return report_sets(sets, labels, test, probe, C=C, modes=modes, latents_per_class=latents_per_class,
+                       penalty=penalty)
 
 
 def headline(report: dict[str, dict[str, float]], mode: str = "contrastive") -> dict[str, float]:
@@ -138,8 +139,7 @@ def pooling_comparison(sae, feats: np.ndarray, labels: np.ndarray, is_test: np.n
     rows = []
     for p in poolings:
         for m in latents_per_class:
-            rep = _report(sets[p], labels, test, None, {"C": C, "modes": modes, "latents_per_class": int(m),
-                                                        "penalty": penalty})
+            rep = report_sets(sets[p], labels, test, C=C, modes=modes, latents_per_class=int(m), penalty=penalty)
             rows.extend({"pooling": p, "latents_per_class": int(m), "method": k, **rep[k]} for k in METHODS)
     return rows
 

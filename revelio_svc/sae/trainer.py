@@ -148,6 +148,7 @@ def scatter_rows(cols: torch.Tensor, weights: torch.Tensor, src: torch.Tensor, r
 # --------------------------------------------------------------------------- TopK selection in bfloat16
 BF16_SELECT_MIN_MACS = 1 << 30  # below this encoder product (batch × latents × d_in) float32 is fast enough
 _BF16_UNIT = 2.0 ** -8  # unit round-off of bfloat16 (8 significant bits)
+_FAST_BF16: bool | None = None  # fast_bf16_matmul's answer, asked once per process
 
 
 def fast_bf16_matmul() -> bool:
@@ -163,8 +164,6 @@ def fast_bf16_matmul() -> bool:
             _FAST_BF16 = False
     return _FAST_BF16
 
-
-_FAST_BF16: bool | None = None
 
 
 def bf16_width(d: int) -> int:
@@ -194,8 +193,11 @@ def max_row_norm4(W: torch.Tensor, chunk: int = 2048) -> float:
     return math.sqrt(best)
 
 
-def select_topk_bf16(xc: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, *, w_bf16: torch.Tensor | None = None,
-                     candidates: int = 0, rows_cache: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+RowsCache = Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def select_topk_bf16(xc: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int, *,
+                     w_bf16: torch.Tensor | None = None, candidates: int = 0, rows_cache: RowsCache | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """TopK of the pre-activations p = xc Wᵀ + b per row, in COO form (rows, cols, float32 values), plus the
     number of rows that had to be recomputed in float32.

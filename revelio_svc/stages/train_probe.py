@@ -325,7 +325,7 @@ def _sparsity(cfg: Config, main: ProbeInputs, labels: np.ndarray, is_test: np.nd
 def _latents_per_class(setting: int, sparsity: Mapping[str, float], penalty: str = "l2") -> int:
     """probe.latents_per_class as a number: -1 (auto) becomes the fewest latents per class within
     SPARSITY_TOLERANCE of the dense probe on the validation split, or 0 (every latent) when none is."""
-    if setting >= 0 or penalty == "l1":  # an L1 probe is sparse by itself
+    if setting >= 0 or penalty == "l1":  # an L1 probe is sparse by itself (and its config refuses m > 0)
         return max(int(setting), 0)
     chosen = sparsity.get("sparsity.chosen_latents_per_class", float("nan"))
     return int(chosen) if np.isfinite(chosen) else 0
@@ -357,7 +357,7 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
              f"({main.hook_point}, t={main.timestep})")
     sparsity: dict[str, float] = {}
     extra: list[Artifact] = []
-    if pc.kind == "linear" and main.sae is not None:
+    if pc.kind == "linear" and main.sae is not None and pc.penalty == "l2":  # the top-m curve chooses m; L1 needs none
         sparsity, extra = _sparsity(cfg, main, labels, is_test, out / "report", title)
     m = _latents_per_class(pc.latents_per_class, sparsity, pc.penalty)
     if pc.kind == "linear":

@@ -64,6 +64,16 @@ def assert_same_codes(a, b, x, tol: float = 1e-4):
         assert (a(x) - b(x)).abs().max() <= tol * max(1.0, float(x.abs().max()))
 
 
+def assert_matches_reference(sae, x, z_ref, rec_ref, support: bool = True):
+    """The imported SAE encodes and reconstructs `x` as the published code does (same active latents)."""
+    with torch.no_grad():
+        z = sae.encode(x)
+        if support:
+            assert torch.equal(z != 0, z_ref != 0)
+        assert (z - z_ref).abs().max() < 1e-4
+        assert (sae(x) - rec_ref).abs().max() < 1e-4
+
+
 # --------------------------------------------------------------------------- folding
 @pytest.mark.parametrize("variant", ["topk", "batchtopk"])
 @pytest.mark.parametrize("normalize", ["none", "standard", "scalar", "whiten"])
@@ -141,10 +151,7 @@ def test_unbox_import_matches_the_published_encoder(tmp_path):
     assert sae.config.hook_point == "down_blocks.2.attentions.1:update"
     x = rand(100, D, seed=8)
     z_ref, rec_ref = reference_unbox(sd, x, K)
-    with torch.no_grad():
-        assert torch.equal(sae.encode(x) != 0, z_ref != 0)
-        assert (sae.encode(x) - z_ref).abs().max() < 1e-4
-        assert (sae(x) - rec_ref).abs().max() < 1e-4
+    assert_matches_reference(sae, x, z_ref, rec_ref)
     origin = json.loads((tmp_path / "ours" / ORIGIN_FILE).read_text())
     assert origin["capture"] == "update" and origin["kept_aside"] == {"mean": [N], "std": [N]}
     assert (tmp_path / "ours" / EXTRA_STATS_FILE).is_file()
@@ -178,9 +185,7 @@ def test_saeuron_import_matches_the_published_encoder(tmp_path):
     assert sae.config.hook_point == "up_blocks.1.attentions.1" and sae.config.variant == "topk"
     x = rand(100, D, seed=15)
     z_ref, rec_ref = reference_sparsify(t, x, K)
-    with torch.no_grad():
-        assert torch.equal(sae.encode(x) != 0, z_ref != 0)
-        assert (sae.encode(x) - z_ref).abs().max() < 1e-4 and (sae(x) - rec_ref).abs().max() < 1e-4
+    assert_matches_reference(sae, x, z_ref, rec_ref)
     assert json.loads((tmp_path / "ours" / ORIGIN_FILE).read_text())["trained_with"] == "batch_topk"
 
 
@@ -225,15 +230,12 @@ def test_saelens_and_sparsify_layouts_written_by_those_tools_import_with_their_c
     assert sae.config.hook_point == "up_blocks.0" and sae.config.backbone == "tiny-unet"
     x = rand(80, D, seed=31)
     z_ref, rec_ref = reference_saelens(t, x, K)
-    with torch.no_grad():
-        assert torch.equal(sae.encode(x) != 0, z_ref != 0)
-        assert (sae.encode(x) - z_ref).abs().max() < 1e-4 and (sae(x) - rec_ref).abs().max() < 1e-4
+    assert_matches_reference(sae, x, z_ref, rec_ref)
     t = write_sparsify_style(tmp_path / "sp" / "mid_block", D, N, K, saeuron=False)
     sae = import_layout(tmp_path / "sp", "sparsify", tmp_path / "b")
     z_ref, rec_ref = reference_sparsify(t, x, K)
     assert sae.config.hook_point == "mid_block"
-    with torch.no_grad():
-        assert (sae.encode(x) - z_ref).abs().max() < 1e-4 and (sae(x) - rec_ref).abs().max() < 1e-4
+    assert_matches_reference(sae, x, z_ref, rec_ref, support=False)
 
 
 def test_backbone_licences_in_the_card():
