@@ -1,7 +1,10 @@
 """Where runs go: the tracking URI (the way MLflow resolves it), the experiment, and a fast check of a server."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from pathlib import Path
 
 import mlflow
 import requests
@@ -44,6 +47,26 @@ def check_server(uri: str | None = None, timeout: float = 3.0) -> str:
     return uri
 
 
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Hold an exclusive file lock beside a local SQLite store while it may be created or migrated.
+
+    Two processes opening a fresh `sqlite:///` store at once both run MLflow's schema migration and one of
+    them fails half-way (a stray `_alembic_tmp_*` table, an alembic row "not found"); they would also both
+    create the experiment. Other stores (servers, PostgreSQL) serialise this themselves: no lock."""
+    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
+        yield
+        return
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def setup(cfg: TrackingConfig, experiment: bool = True) -> str:
     """Point MLflow at the configured store (and experiment); returns the tracking URI."""
     ctx = distributed.context()
@@ -61,15 +84,13 @@ def setup(cfg: TrackingConfig, experiment: bool = True) -> str:
     mlflow.set_tracking_uri(uri)
     if cfg.registry_uri:
         mlflow.set_registry_uri(cfg.registry_uri)
-    if experiment:
+    if experiment or uri.startswith("sqlite:"):
         try:
-            exp = mlflow.get_experiment_by_name(cfg.experiment)
-            if exp is None:
-                mlflow.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location or None,
-                                         tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-            elif EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an earlier version or by hand
-                mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-            mlflow.set_experiment(cfg.experiment)
+            with store_lock(uri):  # the first touch of a fresh SQLite store creates its schema
+                if experiment:
+                    _ensure_experiment(cfg)
+                else:
+                    mlflow.MlflowClient().search_experiments(max_results=1)
         except Exception as e:  # noqa: BLE001 - SQLAlchemy, HTTP and MLflow errors all mean "not reachable" here
             raise TrackingUnavailableError(
                 f"the MLflow tracking store at {uri} did not answer ({type(e).__name__}: {str(e)[:200]}). "
@@ -79,6 +100,17 @@ def setup(cfg: TrackingConfig, experiment: bool = True) -> str:
     if cfg.system_metrics:
         mlflow.enable_system_metrics_logging()
     return uri
+
+
+def _ensure_experiment(cfg: TrackingConfig) -> None:
+    """Create the experiment (tagged as model training) if missing, tag an untagged one, make it current."""
+    exp = mlflow.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        mlflow.create_experiment(cfg.experiment, artifact_location=cfg.artifact_location or None,
+                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    elif EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # made by an earlier version or by hand
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    mlflow.set_experiment(cfg.experiment)
 
 
 def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
