@@ -131,6 +131,10 @@ class PretrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     warmup_steps: int = 200
+    # after the warm-up: "constant" keeps lr; "cosine" anneals it to min_lr at the last step (a lower
+    # learning rate late in training gave sharper samples: model card)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.99  # 0 = no EMA
@@ -153,6 +157,9 @@ class PretrainConfig:
         _check(self.steps > 0, "pretrain.steps", "must be > 0")
         _check(self.batch_size > 0, "pretrain.batch_size", "must be > 0")
         _check(self.lr > 0, "pretrain.lr", "must be > 0")
+        _check(self.lr_schedule in ("constant", "cosine"), "pretrain.lr_schedule",
+               f"must be constant or cosine, got {self.lr_schedule!r}")
+        _check(0 <= self.min_lr <= self.lr, "pretrain.min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr}")
         _check(0 <= self.ema_decay < 1, "pretrain.ema_decay", "must be in [0, 1)")
         _check(self.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
 

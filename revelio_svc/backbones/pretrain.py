@@ -147,9 +147,6 @@ def pretrain(cfg: Config, on_metrics: MetricsCallback | None = None, progress: b
         step, losses = int(state["step"]), list(state["losses"])
         print(f"resuming pretrain from step {step}")
 
-    def lr_at(s: int) -> float:
-        return pc.lr * min(1.0, (s + 1) / max(pc.warmup_steps, 1))
-
     n_params = sum(p.numel() for p in model.parameters())
     samples = out / "samples"
     model.train()
@@ -162,7 +159,7 @@ def pretrain(cfg: Config, on_metrics: MetricsCallback | None = None, progress: b
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr_at(pc, step)
         loss = F.mse_loss(model(xt, t).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -204,6 +201,16 @@ def pretrain(cfg: Config, on_metrics: MetricsCallback | None = None, progress: b
                           final_loss=card["final_loss_last50"])
 
 
+def lr_at(pc, step: int) -> float:
+    """The learning rate of `step` (0-based): linear warm-up to pc.lr, then constant or cosine to pc.min_lr."""
+    warm = pc.lr * min(1.0, (step + 1) / max(pc.warmup_steps, 1))
+    if pc.lr_schedule == "constant" or step < pc.warmup_steps:
+        return warm
+    span = max(pc.steps - 1 - pc.warmup_steps, 1)
+    frac = min(1.0, (step - pc.warmup_steps) / span)
+    return pc.min_lr + 0.5 * (pc.lr - pc.min_lr) * (1.0 + math.cos(math.pi * frac))
+
+
 def _load_init(model, ref: str) -> None:
     """Copy the weights of an existing backbone (same architecture) into `model`."""
     path = resolve_local(ref)
@@ -219,4 +226,7 @@ def _load_init(model, ref: str) -> None:
 def _arch(pc) -> str:
     return json.dumps({"c": list(pc.block_out_channels), "l": pc.layers_per_block, "g": pc.norm_num_groups,
                        "a": pc.attention_mid_block, "b": pc.batch_size, "lr": pc.lr, "seed": pc.seed,
-                       "w": pc.warmup_steps, "ema": pc.ema_decay, "init": pc.init_from}, sort_keys=True)
+                       "w": pc.warmup_steps, "ema": pc.ema_decay, "init": pc.init_from,
+                       # only a non-default schedule enters: checkpoints of earlier constant-lr runs still resume
+                       **({"sched": [pc.lr_schedule, pc.min_lr, pc.steps]} if pc.lr_schedule != "constant" else {})},
+                      sort_keys=True)

@@ -12,7 +12,7 @@ from revelio_svc.backbones import (
     noise_seed,
     seeded_noise,
 )
-from revelio_svc.backbones.pretrain import pretrain
+from revelio_svc.backbones.pretrain import lr_at, pretrain
 from revelio_svc.config import BackboneConfig, load_config
 
 
@@ -63,11 +63,14 @@ def test_hub_id_fails_fast_offline():
     assert "nonexistent-org/nonexistent-unet" in msg and "local directory" in msg and "download" in msg
 
 
+def _overrides(out, steps):
+    return ["pretrain.block_out_channels=[8, 16]", "pretrain.norm_num_groups=8", "pretrain.batch_size=4",
+            f"pretrain.steps={steps}", "pretrain.checkpoint_every=2", "pretrain.sample_every=0",
+            "pretrain.warmup_steps=2", "data.image_size=16", f"pretrain.output={out}", "pretrain.save_dtype=float32"]
+
+
 def _tiny_pretrain(tmp_path, steps, out):
-    return load_config(None, [
-        "pretrain.block_out_channels=[8, 16]", "pretrain.norm_num_groups=8", "pretrain.batch_size=4",
-        f"pretrain.steps={steps}", "pretrain.checkpoint_every=2", "pretrain.sample_every=0",
-        "pretrain.warmup_steps=2", "data.image_size=16", f"pretrain.output={out}", "pretrain.save_dtype=float32"])
+    return load_config(None, _overrides(out, steps))
 
 
 def test_pretrain_resume_equals_uninterrupted(tmp_path):
@@ -82,6 +85,54 @@ def test_pretrain_resume_equals_uninterrupted(tmp_path):
     # the saved directory is a loadable backbone
     ad = load_backbone(BackboneConfig(id=str(straight)))
     assert "mid_block" in ad.hook_points()
+
+
+def test_lr_schedule_warms_up_then_stays_or_anneals(tmp_path):
+    const = load_config(None, ["pretrain.lr=0.001", "pretrain.warmup_steps=10", "pretrain.steps=110"]).pretrain
+    cos = load_config(None, ["pretrain.lr=0.001", "pretrain.warmup_steps=10", "pretrain.steps=110",
+                             "pretrain.lr_schedule=cosine", "pretrain.min_lr=0.0001"]).pretrain
+    for pc in (const, cos):  # the same linear warm-up
+        assert lr_at(pc, 0) == pytest.approx(1e-4) and lr_at(pc, 9) == pytest.approx(1e-3)
+    assert [lr_at(const, s) for s in (10, 60, 109)] == pytest.approx([1e-3] * 3)
+    assert lr_at(cos, 10) == pytest.approx(1e-3)
+    assert lr_at(cos, 59) == pytest.approx(0.5 * (1e-3 + 1e-4), rel=2e-2)  # about half-way down
+    assert lr_at(cos, 109) == pytest.approx(1e-4)  # min_lr at the last step
+    lrs = [lr_at(cos, s) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_lr_schedule_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="pretrain.lr_schedule"):
+        load_config(None, ["pretrain.lr_schedule=step"])
+    with pytest.raises(ValueError, match="pretrain.min_lr"):
+        load_config(None, ["pretrain.lr=0.001", "pretrain.min_lr=0.01"])
+
+
+def test_cosine_run_resumes_and_other_schedules_are_not_taken_for_it(tmp_path, monkeypatch):
+    import revelio_svc.backbones.pretrain as pt
+
+    cos = ["pretrain.lr_schedule=cosine", "pretrain.min_lr=0.0"]
+    straight = pretrain(load_config(None, [*_overrides(tmp_path / "a", 4), *cos])).backbone_dir
+    save = pt.save_backbone
+
+    def killed_after_first_checkpoint(*a, **kw):
+        save(*a, **kw)
+        raise KeyboardInterrupt  # the process dies right after the step-2 checkpoint
+
+    monkeypatch.setattr(pt, "save_backbone", killed_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(load_config(None, [*_overrides(tmp_path / "b", 4), *cos]))
+    monkeypatch.setattr(pt, "save_backbone", save)
+    resumed = pretrain(load_config(None, [*_overrides(tmp_path / "b", 4), *cos])).backbone_dir
+    wa = load_file(straight / "diffusion_pytorch_model.safetensors")
+    wb = load_file(resumed / "diffusion_pytorch_model.safetensors")
+    for k in wa:  # the resumed steps annealed exactly as the uninterrupted run's
+        torch.testing.assert_close(wa[k], wb[k], msg=k)
+    # the same folder under another schedule length or a constant lr is another run: refused
+    with pytest.raises(RuntimeError, match="different pretrain config"):
+        pretrain(load_config(None, [*_overrides(tmp_path / "b", 6), *cos]))
+    with pytest.raises(RuntimeError, match="different pretrain config"):
+        pretrain(_tiny_pretrain(tmp_path, 6, tmp_path / "b"))
 
 
 def test_pretrain_refuses_other_architecture_checkpoint(tmp_path):
