@@ -37,6 +37,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from ..interpret.knn import ATLAS_POOLING
 from . import views
 from .api_types import Explanation, ModelInfo
 from .service import (
@@ -354,6 +355,8 @@ class DemoUI:
                 if view == "images" else f"{len(xy):,} latents")
         md = (views.legend_markdown(legend, title) if legend is not None else f"**Colour**: {title}")
         md += f"  \n{what}, every one drawn; embedding ({svc.atlas_method}) computed once per model and cached."
+        if view == "images" and svc.dataset_latents().Z_atlas is not None:
+            md += f" Images are placed by their latents {ATLAS_POOLING}-pooled over positions."
         out = {"view": view, "colour_by": colour_by, "n_points": int(len(xy)), "method": svc.atlas_method}
         if view == "images" and colour_by in svc.concepts():
             knn = svc.atlas_knn(colour_by)

@@ -541,7 +541,7 @@ class DemoService:
                 f = self._cache_file(f"atlas-{view}-{method}", self.model_key)
                 xy = load_file(str(f))["xy"] if f is not None and f.is_file() else None
                 if xy is None:
-                    xy = (atlas_mod.image_atlas(dl.Z, method) if view == "images"
+                    xy = (atlas_mod.image_atlas(dl.atlas_codes, method) if view == "images"
                           else atlas_mod.latent_atlas(self.clf.sae, method))
                     if f is not None:
                         f.parent.mkdir(parents=True, exist_ok=True)
@@ -556,7 +556,7 @@ class DemoService:
             raise InputError(f"no labels for {concept!r}; choose one of {', '.join(self.concepts())}")
         if concept not in self._knn:  # idempotent: two requests at once compute the same numbers
             dl = self.dataset_latents()
-            self._knn[concept] = atlas_mod.layout_report(dl.Z, self.atlas("images"), dl.labels[concept][1])
+            self._knn[concept] = atlas_mod.layout_report(dl.atlas_codes, self.atlas("images"), dl.labels[concept][1])
         return self._knn[concept]
 
     def colour_options(self, view: str) -> list[str]:

@@ -42,11 +42,12 @@ from ..config import to_dict
 from ..data.shapes import PARTS
 from ..interpret.controls import matched_random
 from ..interpret.dissection import concept_masks, dissect
+from ..interpret.knn import ATLAS_POOLING
 from ..interpret.purity import chance_purity, majority
 from ..sae.latents import image_latents
 
 FORMAT = "revelio-dataset-latents"
-VERSION = 1
+VERSION = 2  # 2: the atlas codes (Z_atlas) beside the classifier's; a version-1 cache is computed again
 PURITY_TOP_N = 20  # images per unit for label purity (as interpret.purity's default)
 N_DISSECT = 256  # images whose latent maps are dissected (maps of every latent are held at once) …
 MAP_BUDGET = 32 * 2**20  # … at most this many map values (128 MB of float32): fewer images for large SAEs
@@ -83,6 +84,8 @@ class DatasetLatents:
     dissection_iou: np.ndarray | None = None  # (n_latents, n_concepts) IoU with concept masks
     dissection_concepts: list[str] = field(default_factory=list)
     dissection_note: str = ""  # how it was computed, or why it is not there
+    # the same latents pooled the way the atlas places images (interpret.knn.ATLAS_POOLING); None: the same as Z
+    Z_atlas: sp.csr_matrix | None = None
     _csc: sp.csc_matrix | None = field(default=None, repr=False)
 
     @property
@@ -92,6 +95,11 @@ class DatasetLatents:
     @property
     def n_latents(self) -> int:
         return int(self.Z.shape[1])
+
+    @property
+    def atlas_codes(self) -> sp.csr_matrix:
+        """The image codes the atlas maps and scores (`Z_atlas`, else `Z`)."""
+        return self.Z if self.Z_atlas is None else self.Z_atlas
 
     @property
     def csc(self) -> sp.csc_matrix:
@@ -127,6 +135,10 @@ class DatasetLatents:
             arrays[f"label.{name}"] = np.asarray(lab, np.int64)
         if self.dissection_iou is not None:
             arrays["dissection_iou"] = np.ascontiguousarray(self.dissection_iou, np.float32)
+        if self.Z_atlas is not None:
+            za = self.Z_atlas.tocsr()
+            arrays.update({"za_data": za.data.astype(np.float32), "za_indices": za.indices.astype(np.int64),
+                           "za_indptr": za.indptr.astype(np.int64)})
         meta = {"format": FORMAT, "version": str(VERSION), "shape": json.dumps(list(z.shape)),
                 "control_shape": json.dumps(list(c.shape)),
                 "label_names": json.dumps({n: names for n, (names, _) in self.labels.items()}),
@@ -151,9 +163,11 @@ class DatasetLatents:
         control = sp.csr_matrix((a["c_data"], a["c_indices"], a["c_indptr"]),
                                 shape=tuple(json.loads(meta["control_shape"])))
         labels = {c: (list(n), a[f"label.{c}"]) for c, n in names.items()}
+        za = (sp.csr_matrix((a["za_data"], a["za_indices"], a["za_indptr"]), shape=shape) if "za_data" in a
+              else None)
         return cls(Z, a["indices"], labels, control, meta.get("control_name", ""), meta.get("key", ""),
                    int(meta.get("n_dataset", "0")), a.get("dissection_iou"),
-                   json.loads(meta.get("dissection_concepts", "[]")), meta.get("dissection_note", ""))
+                   json.loads(meta.get("dissection_concepts", "[]")), meta.get("dissection_note", ""), za)
 
 
 def sample_indices(n_dataset: int, n_max: int, seed: int = 0) -> np.ndarray:
@@ -275,7 +289,7 @@ def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: in
     pooling = clf.sae.config.to_dict().get("latent_pooling", "max")
     control = None
     dissector = _Dissector(clf, ds, n_dissect)
-    rows, ctrl = [], []
+    rows, ctrl, atlas_rows = [], [], []
     lock = lock if lock is not None else contextlib.nullcontext()
     stored = stored_tokens(clf, idx)
 
@@ -297,7 +311,9 @@ def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: in
             if control is None:  # BatchTopK calibrates its threshold on the first batch's vectors
                 control = matched_random(clf.sae, seed + 1, calibration=feats.reshape(-1, feats.shape[-1]))
             pending = pool.submit(control_rows, feats)
-            rows.append(sp.csr_matrix(clf.latents_from_tokens(tok)))
+            z = clf.latents_from_tokens_multi(tok, (pooling, ATLAS_POOLING))
+            rows.append(sp.csr_matrix(z[pooling]))
+            atlas_rows.append(sp.csr_matrix(z[ATLAS_POOLING]))
             dissector.add(tok, part)
             ctrl.append(pending.result())
             if progress is not None:
@@ -306,8 +322,11 @@ def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: in
     Z = sp.vstack(rows).tocsr().astype(np.float32) if rows else sp.csr_matrix((0, L), dtype=np.float32)
     C = sp.vstack(ctrl).tocsr().astype(np.float32) if ctrl else sp.csr_matrix((0, L), dtype=np.float32)
     labels = {c.name: (list(c.classes), np.asarray(ds.labels(c.name))[idx]) for c in ds.concepts}
+    tokens_in = clf.sae.config.to_dict().get("input") == "tokens"
+    ZA = (sp.vstack(atlas_rows).tocsr().astype(np.float32) if atlas_rows and tokens_in and pooling != ATLAS_POOLING
+          else None)  # a pooled SAE has one code per image: nothing to pool
     iou, concepts, note = dissector.result()
-    return DatasetLatents(Z, idx, labels, C, CONTROL_NAME, model_key(clf, n_max), len(ds), iou, concepts, note)
+    return DatasetLatents(Z, idx, labels, C, CONTROL_NAME, model_key(clf, n_max), len(ds), iou, concepts, note, ZA)
 
 
 # --------------------------------------------------------------------------- all latents at once

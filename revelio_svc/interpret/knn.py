@@ -9,6 +9,10 @@ import numpy as np
 import scipy.sparse as sp
 
 KNN_K = 5
+# How the atlas pools a token SAE's latents over positions (the classifier keeps its own pooling). Max pooling
+# places images by their strongest local parts; on the default model those codes carry shape better than the
+# classifier's top-8 pooling (leave-one-out 5-NN accuracy 0.829 against 0.729, docs/findings.md).
+ATLAS_POOLING = "max"
 
 
 def unit_rows(X):

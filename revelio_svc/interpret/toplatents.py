@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..jsonmeta import json_default
-from .knn import knn_accuracy
+from .knn import ATLAS_POOLING, knn_accuracy
 from .purity import (
     compare_purity,
     direction_activations,
@@ -205,7 +205,7 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
     the classes' parts to it. `controls`: score the SAE against its matched controls (report.py).
     """
     from ..sae.data import feature_set_for
-    from ..sae.latents import image_latents, latent_maps
+    from ..sae.latents import image_latents_multi, latent_maps
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,15 +220,23 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
     dirs = random_directions(sae.d_in, n_random, seed)
     pooling = c.latent_pooling
 
+    # the atlas pools a token SAE's latents its own way (ATLAS_POOLING); its kNN figures read those codes
+    atlas_pool = ATLAS_POOLING if c.input == "tokens" else pooling
     parts: dict[str, list[np.ndarray]] = {"sae": [], "random": [], "channels": []}
+    atlas_parts: dict[str, list[np.ndarray]] = {"sae": [], "channels": []}
     for i, feats in fset.iter_shards():
         feats = np.asarray(feats, np.float32)
         if not np.isfinite(feats).all():
             raise ValueError(f"shard {i} of {fset.key} ({store.uri}) holds NaN/inf features; re-extract it")
-        parts["sae"].append(image_latents(sae, feats, pooling))
+        z = image_latents_multi(sae, feats, (pooling, atlas_pool))
+        parts["sae"].append(z[pooling])
         parts["random"].append(direction_activations(feats, dirs, pooling))
         parts["channels"].append(direction_activations(feats, None, pooling))
+        atlas_parts["sae"].append(z[atlas_pool])
+        atlas_parts["channels"].append(parts["channels"][-1] if atlas_pool == pooling
+                                       else direction_activations(feats, None, atlas_pool))
     acts = {k: np.concatenate(v) if v else np.zeros((0, 1), np.float32) for k, v in parts.items()}
+    atlas_acts = {k: np.concatenate(v) if v else np.zeros((0, 1), np.float32) for k, v in atlas_parts.items()}
     sae_acts = acts["sae"]
 
     primary = primary_concept if primary_concept in labels else (concepts[0] if concepts else None)
@@ -260,11 +268,11 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
     if primary is not None:
         metrics["label_purity"] = pur_summary[primary]["sae"]["mean"]
 
-    # how well an atlas of the images would carry each concept: leave-one-out kNN in the latent codes (cosine,
-    # the atlas' geometry), beside the same in the raw channels
+    # how well an atlas of the images would carry each concept: leave-one-out kNN in the codes the atlas places
+    # images by (cosine, the atlas' geometry), beside the same in the raw channels pooled alike
     for k, lab in labels.items():
-        metrics[f"atlas_knn.{k}"] = knn_accuracy(sae_acts, lab, metric="cosine")
-        metrics[f"atlas_knn_channels.{k}"] = knn_accuracy(acts["channels"], lab, metric="cosine")
+        metrics[f"atlas_knn.{k}"] = knn_accuracy(atlas_acts["sae"], lab, metric="cosine")
+        metrics[f"atlas_knn_channels.{k}"] = knn_accuracy(atlas_acts["channels"], lab, metric="cosine")
 
     artifacts: list[str] = []
     table = latent_table(sae_acts, labels, store.label_names, top_n, index)

@@ -69,38 +69,52 @@ def image_latents(sae: SparseAutoencoder, feats, pooling: str | None = None, bat
     positions with `pooling` (`max` | `mean` | `top<q>`; default: the SAE's `latent_pooling`). `batch`: images per
     chunk (default: about 16k vectors per chunk).
     """
-    _check_feats(sae, feats)
     pooling = pooling or sae.config.latent_pooling
-    q = pooling_q(pooling)
+    return image_latents_multi(sae, feats, (pooling,), batch)[pooling]
+
+
+@torch.no_grad()
+def image_latents_multi(sae: SparseAutoencoder, feats, poolings, batch: int | None = None) -> dict[str, np.ndarray]:
+    """`image_latents` for several poolings from one sparse encoding: {pooling: (n, n_latents)}."""
+    _check_feats(sae, feats)
+    poolings = tuple(dict.fromkeys(poolings))
+    qs = {p: pooling_q(p) for p in poolings}
     n = feats.shape[0]
     per_image = int(np.prod(feats.shape[1:-1])) if len(feats.shape) == 4 else 1
     batch = batch or max(1, _TARGET_VECTORS // per_image)
-    sparse_q = q is not None and getattr(sae.config, "relu", False) is True  # no negative codes: sparse top-q
-    if q is not None and per_image > 1 and not sparse_q:  # top-q needs each latent's dense code over positions
-        batch = max(1, min(batch, _DENSE_BUDGET // (per_image * sae.n_latents)))
-    out = np.zeros((n, sae.n_latents), np.float32)
+    sparse_q = getattr(sae.config, "relu", False) is True  # no negative codes: top-q from the sparse codes
+    if any(q is not None for q in qs.values()) and per_image > 1 and not sparse_q:
+        batch = max(1, min(batch, _DENSE_BUDGET // (per_image * sae.n_latents)))  # top-q needs the dense block
+    out = {p: np.zeros((n, sae.n_latents), np.float32) for p in poolings}
     for s in range(0, n, batch):
         x = _as_tensor(feats[s:s + batch])
         b = x.shape[0]
         vals, idx = sae.encode_sparse(x.reshape(-1, sae.d_in))
-        z = torch.zeros(b, sae.n_latents)
         if per_image == 1:
-            z.scatter_add_(1, idx, vals)
-        else:
-            vals = vals.reshape(b, -1)
-            idx = idx.reshape(b, -1)
-            if pooling == "max":
-                z.scatter_reduce_(1, idx, vals, reduce="amax", include_self=True)
-            elif pooling == "mean":
-                z.scatter_add_(1, idx, vals).div_(per_image)
-            elif sparse_q:
-                z = top_q_sparse(vals, idx, sae.n_latents, q)
-            else:
-                dense = torch.zeros(b, per_image, sae.n_latents).scatter_add_(
-                    2, idx.reshape(b, per_image, -1), vals.reshape(b, per_image, -1))
-                z = pool_positions(dense, pooling)
-        out[s:s + b] = z.numpy()
+            z = torch.zeros(b, sae.n_latents).scatter_add_(1, idx, vals).numpy()
+            for p in poolings:
+                out[p][s:s + b] = z
+            continue
+        vals = vals.reshape(b, -1)
+        idx = idx.reshape(b, -1)
+        for p in poolings:
+            out[p][s:s + b] = _pool_sparse(vals, idx, b, per_image, sae.n_latents, p, qs[p], sparse_q).numpy()
     return out
+
+
+def _pool_sparse(vals: torch.Tensor, idx: torch.Tensor, b: int, per_image: int, n_latents: int, pooling: str,
+                 q: int | None, sparse_q: bool) -> torch.Tensor:
+    """(b, n_latents) pooled over positions from image-wise sparse codes vals/idx (b, positions × k)."""
+    z = torch.zeros(b, n_latents)
+    if pooling == "max":
+        return z.scatter_reduce_(1, idx, vals, reduce="amax", include_self=True)
+    if pooling == "mean":
+        return z.scatter_add_(1, idx, vals).div_(per_image)
+    if sparse_q:
+        return top_q_sparse(vals, idx, n_latents, q)
+    dense = torch.zeros(b, per_image, n_latents).scatter_add_(
+        2, idx.reshape(b, per_image, -1), vals.reshape(b, per_image, -1))
+    return pool_positions(dense, pooling)
 
 
 @torch.no_grad()

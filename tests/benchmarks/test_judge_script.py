@@ -45,7 +45,13 @@ def test_science_explanation_section_prints_the_sae_beside_its_controls(capsys):
     h = headline(explanation_report(sae, feats, y, test, C=1.0))
     assert f"SAE {h['explanation_precision']:.3f}" in out
     assert f"matched random dictionary {h['explanation_precision_random']:.3f}" in out
-    assert "atlas: leave-one-out kNN accuracy of shape in the image codes: SAE" in out
+    assert "atlas: leave-one-out kNN accuracy of shape in the image codes it places images by" in out
+    from revelio_svc.inference.atlas import layout_report
+    from revelio_svc.sae.latents import image_latents
+
+    k = layout_report(image_latents(sae, feats, "max"), None, y)["knn_codes"]  # the atlas' max-pooled codes
+    assert f"(max pooling): SAE {k:.3f}" in out
+    assert ("with the classifier's" in out) == (sae.config.latent_pooling != "max")
 
 
 def test_science_probe_section_reads_the_probe_table_and_names_the_losing_shots(tmp_path, capsys):

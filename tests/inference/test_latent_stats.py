@@ -22,6 +22,7 @@ from revelio_svc.inference.latent_stats import (
     model_key,
     useful_latent,
 )
+from revelio_svc.interpret.knn import ATLAS_POOLING
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,28 @@ def test_dataset_latents_match_the_classifier_and_round_trip(dl, tiny_clf, tmp_p
     assert back.key == model_key(tiny_clf, 0) and back.control_name == dl.control_name
     assert (back.control != dl.control).nnz == 0 and np.array_equal(back.dissection_iou, dl.dissection_iou)
     assert back.dissection_concepts == dl.dissection_concepts and back.dissection_note == dl.dissection_note
+    # the atlas' codes: the same latents max-pooled over positions (the classifier's are top-8)
+    assert tiny_clf.sae.config.latent_pooling == "top8" and ATLAS_POOLING == "max"
+    assert np.allclose(dl.atlas_codes[:5].toarray(), image_latents(tiny_clf.sae, tok, "max"), atol=1e-5)
+    assert (dl.atlas_codes != dl.Z).nnz > 0
+    assert (back.Z_atlas != dl.Z_atlas).nnz == 0
+
+
+def test_a_version_1_cache_is_not_read(dl, tmp_path):
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    f = dl.save(tmp_path / "dl.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(f), "np") as h:
+        meta = dict(h.metadata())
+    meta["version"] = "1"
+    save_file(load_file(str(f)), str(f), metadata=meta)
+    with pytest.raises(ValueError, match="v2"):
+        DatasetLatents.load(f)
+    assert json.loads(meta["shape"]) == list(dl.Z.shape)
 
 
 def test_latent_record_has_every_field_and_agrees_with_the_data(dl, tiny_clf):
