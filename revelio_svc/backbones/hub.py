@@ -1,6 +1,7 @@
 """Resolve a model reference (built-in name, local directory or hub id) with errors that say what to do."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -33,6 +34,42 @@ def resolve_local(ref: str) -> Path | None:
     if ref.startswith(("/", ".", "~")) or os.sep in ref.strip("/").replace("/", "", 1):
         raise ModelUnavailableError(f"backbone directory {ref!r} does not exist")
     return None
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def weights_fingerprint(ref: str) -> str | None:
+    """A digest of the weight files of a built-in backbone or a local directory; None for a hub id (its
+    revision pins it) or a reference that does not resolve here.
+
+    Stores and SAEs are cached under an identity computed from the config; without this, replacing the weights
+    behind the same `backbone.id` (a new release's built-in backbone, a retrained local model) would serve
+    features of the old weights. Built-in weights are hashed by content; a local directory, which may hold
+    gigabytes, by each weight file's name, size and modification time."""
+    try:
+        path = resolve_local(ref)
+    except ModelUnavailableError:
+        return None
+    if path is None:
+        return None
+    builtin = ref.startswith("builtin:")
+    files = sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    stats = tuple((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    key = (str(path.resolve()), builtin, stats)
+    if key not in _FINGERPRINTS:
+        h = hashlib.sha256()
+        for p, (name, size, mtime) in zip(files, stats):
+            h.update(f"{name}|{size}".encode())
+            if builtin:
+                with open(p, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(block)
+            else:
+                h.update(str(mtime).encode())
+        _FINGERPRINTS[key] = h.hexdigest()[:16]
+    return _FINGERPRINTS[key]
 
 
 def unavailable(model_id: str, err: Exception) -> ModelUnavailableError:

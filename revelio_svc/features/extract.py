@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..backbones import BackboneAdapter, backbone_describe, load_backbone
+from ..backbones.hub import weights_fingerprint
 from ..backbones.memory import OOMBackoff
 from ..config import Config
 from ..contracts import StageResult
@@ -43,7 +44,7 @@ def store_config(cfg: Config, ds: ImageDataset) -> dict[str, Any]:
     """
     ec = cfg.extract
     return {
-        "backbone": backbone_describe(cfg.backbone),
+        "backbone": _backbone_key(cfg.backbone),
         "prompt_mode": cfg.backbone.prompt_mode,
         "prompt": (cfg.backbone.generic_prompt if cfg.backbone.prompt_mode == "generic" else
                    cfg.backbone.class_template if cfg.backbone.prompt_mode == "class" else ""),
@@ -59,6 +60,17 @@ def store_config(cfg: Config, ds: ImageDataset) -> dict[str, Any]:
         "noise_seed": ec.noise_seed,
         "shard_size": ec.shard_size,
     }
+
+
+def _backbone_key(bc) -> dict[str, Any]:
+    """The backbone as the features depend on it: its config, and for pretrained local weights (built-in or a
+    directory) a fingerprint of those weights, so new weights behind the same id make a new store."""
+    out = backbone_describe(bc)
+    if bc.init == "pretrained":
+        fp = weights_fingerprint(bc.id)
+        if fp is not None:
+            out["weights"] = fp
+    return out
 
 
 def default_store_uri(cfg: Config, chash: str) -> str:
