@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ms = tuple(dict.fromkeys(args.latents_per_class or (0, cfg.probe.latents_per_class)))
     penalty = args.penalty or cfg.probe.penalty
     C = cfg.probe.C if args.C is None else args.C
-    if penalty == "l1":
-        ms = (0,)  # an L1 probe is sparse by itself
+    if penalty == "l1" and not args.latents_per_class:
+        ms = (0,)  # an L1 probe is sparse by itself (asked-for top-m probes, m > 0, are fitted as before)
     rows = pooling_comparison(sae, feats, labels, test, poolings, C=C, latents_per_class=ms, penalty=penalty,
                               seeds=tuple(range(1, args.seeds + 1)))
     print(f"SAE {sae_dir} ({sc.hook_point} t={sc.timestep}, {sc.input}, {sae.n_latents} latents, k={sc.k}); "

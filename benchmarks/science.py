@@ -9,7 +9,7 @@ Reads what `make run` wrote (the feature store and the SAE of `mlproject/configs
   share > 0.6 (and de-duplicated), 16-sparse probe accuracy, dissection detectors;
 - fvu and dead latents;
 - explanation precision (issue #21): the SAE against its matched random dictionary and the raw channels, each
-  with a probe of the same C on the train rows, contrastive attribution, with the targets;
+  with a probe of the same kind (penalty, C) on the train rows, contrastive attribution, with the targets;
 - the atlas (issue #21): leave-one-out kNN accuracy of the concept in the SAE's image codes against the raw
   channels pooled the same way;
 - the probe table of the `train_probe` run for this config (when `make run` wrote it): the probe on SAE latents
@@ -75,8 +75,10 @@ def logged_metrics(sae_dir: str) -> dict[str, float] | None:
     return dict(runs[0].data.metrics) if runs else None
 
 
-def explanation_section(sae, feats: np.ndarray, labels: np.ndarray, test: np.ndarray, C: float, concept: str) -> None:
-    """Explanation precision against every dictionary control, and how well the image codes carry the concept."""
+def explanation_section(sae, feats: np.ndarray, labels: np.ndarray, test: np.ndarray, C: float, concept: str,
+                        penalty: str = "l2") -> None:
+    """Explanation precision against every dictionary control (probes of the config's kind: penalty and C), and
+    how well the image codes carry the concept."""
     from revelio_svc.inference.atlas import layout_report
     from revelio_svc.interpret.knn import ATLAS_POOLING
     from revelio_svc.inference.precision import headline, report_sets, unit_sets
@@ -85,12 +87,12 @@ def explanation_section(sae, feats: np.ndarray, labels: np.ndarray, test: np.nda
     atlas_pool = ATLAS_POOLING if feats.ndim == 4 else pooling
     both = unit_sets(sae, feats, test, tuple(dict.fromkeys((pooling, atlas_pool))))  # each dictionary encoded once
     sets = both[pooling]
-    h = headline(report_sets(sets, labels, test, C=C))
+    h = headline(report_sets(sets, labels, test, C=C, penalty=penalty))
     strongest = max(h["explanation_precision_random"], h["explanation_precision_channels"])
     ratio = h["explanation_precision"] / strongest if strongest > 0 else float("nan")
     print(f"\nexplanation precision ({concept}; correct test images, top-3 contributing units' top-8 train images, "
-          f"contrastive attribution):\n  SAE {h['explanation_precision']:.3f} (plain logit share "
-          f"{h['explanation_precision_logit']:.3f}), matched random dictionary "
+          f"contrastive attribution, {penalty.upper()} probes at C={C:g}):\n  SAE {h['explanation_precision']:.3f} "
+          f"(plain logit share {h['explanation_precision_logit']:.3f}), matched random dictionary "
           f"{h['explanation_precision_random']:.3f}, raw channels {h['explanation_precision_channels']:.3f}, "
           f"chance {h['explanation_precision_chance']:.3f}")
     met = h["explanation_precision"] >= TARGETS["precision"]
@@ -203,7 +205,7 @@ def main() -> None:
     print(f"  fvu {done['fvu']:.3f} (<= {TARGETS['fvu']}), dead {done['dead_frac']:.3f} (<= {TARGETS['dead']})")
 
     feats = fset.load()
-    explanation_section(sae, feats, store.labels(concept), store.is_test(), cfg.probe.C, concept)
+    explanation_section(sae, feats, store.labels(concept), store.is_test(), cfg.probe.C, concept, cfg.probe.penalty)
     probe_section(cfg, store, sae_dir)
     judge_section(cfg, store.uri, sae_dir, args.samples, args.steering_seeds)
 

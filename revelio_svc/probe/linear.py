@@ -179,10 +179,21 @@ def make_solver(C: float, max_iter: int, seed: int = 0, penalty: str = "l2") -> 
     return _solver_class()(C=C, max_iter=max_iter, solver="lbfgs", random_state=seed)
 
 
+def l1_C(C: float, n_rows: int, n_ref: int | None) -> float:
+    """An L1 probe's C for a fit on `n_rows` rows when C is stated for `n_ref` rows (None: as given).
+
+    scikit-learn minimises ||w||_1 + C·Σ_i loss_i: the data term grows with the rows and the penalty does not,
+    so a C that suits the full training set zeroes every weight of a one-image-per-class fit (accuracy at
+    chance). Scaling C by n_ref / n_rows keeps the penalty per row the same. An L2 probe keeps C as given (its
+    few-shot fits are sensible at any size)."""
+    return float(C) * (n_ref / n_rows) if n_ref and n_rows else float(C)
+
+
 def fit_linear_probe(X: Matrix, y: np.ndarray, *, C: float = 1.0, max_iter: int = 1000, seed: int = 0,
-                     meta: dict[str, Any] | None = None, penalty: str = "l2") -> LinearProbe:
+                     meta: dict[str, Any] | None = None, penalty: str = "l2", n_ref: int | None = None) -> LinearProbe:
     """Fit on training rows only. Dense → centred and scaled; scipy.sparse → scaled only, kept sparse.
-    penalty "l1" zeroes most weights (each class then rests on few inputs); C is its inverse strength."""
+    penalty "l1" zeroes most weights (each class then rests on few inputs); C is its inverse strength, stated
+    for `n_ref` rows when given (`l1_C`)."""
     y = np.asarray(y, np.int64)
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]} labels")
@@ -203,7 +214,8 @@ def fit_linear_probe(X: Matrix, y: np.ndarray, *, C: float = 1.0, max_iter: int 
 
     mean, scale = fit_scaler(X)
     Xs = apply_scaler(X, mean, scale)
-    solver = make_solver(C, max_iter, seed, penalty)
+    C_fit = l1_C(C, len(y), n_ref) if penalty == "l1" else float(C)
+    solver = make_solver(C_fit, max_iter, seed, penalty)
     # On small problems BLAS threads cost more than they save (3× slower measured on a busy 2-core machine);
     # large ones keep the library's default.
     small = X.shape[0] * X.shape[1] < SMALL_PROBLEM
@@ -219,7 +231,8 @@ def fit_linear_probe(X: Matrix, y: np.ndarray, *, C: float = 1.0, max_iter: int 
         coef = np.vstack([-coef[0] / 2, coef[0] / 2])
         intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
     n_iter = int(np.max(solver.n_iter_))
-    info = {"C": float(C), "penalty": penalty, "max_iter": int(max_iter), "sparse_input": bool(sparse),
+    info = {"C": float(C), **({"C_fit": C_fit} if C_fit != float(C) else {}), "penalty": penalty,
+            "max_iter": int(max_iter), "sparse_input": bool(sparse),
             "n_train": len(y), "n_iter": n_iter, "converged": n_iter < max_iter, **(meta or {})}
     # C-contiguous float64 like the arrays safetensors loads back: a different memory layout sends the
     # matmul down another BLAS path and the loaded probe would differ in the last bit

@@ -145,14 +145,15 @@ def control_inputs(cfg: Config, store: FeatureStore, main: ProbeInputs, is_test:
 
 
 # --------------------------------------------------------------------------- the stage
-def probe_fitter(cfg: Config, n_classes: int, meta: dict[str, Any]):
+def probe_fitter(cfg: Config, n_classes: int, meta: dict[str, Any], n_train: int | None = None):
+    """fit(X, y, seed) for every shot count; `n_train` (the store's train rows) is what probe.C is stated for."""
     pc = cfg.probe
     if pc.kind == "linear" and pc.latents_per_class > 0:
         return lambda X, y, seed: fit_sparse_probe(X, y, pc.latents_per_class, C=pc.C, max_iter=pc.max_iter,
                                                    seed=seed, meta=meta)
     if pc.kind == "linear":
         return lambda X, y, seed: fit_linear_probe(X, y, C=pc.C, max_iter=pc.max_iter, seed=seed, meta=meta,
-                                                   penalty=pc.penalty)
+                                                   penalty=pc.penalty, n_ref=n_train)
     depth = int(getattr(pc, "depth", DEFAULT_DEPTH))
     return lambda X, y, seed: train_diffc(X, y, n_classes, width=pc.width, depth=depth, epochs=pc.epochs, lr=pc.lr,
                                           weight_decay=pc.weight_decay, dropout=pc.dropout,
@@ -253,11 +254,13 @@ def _run_protocol(cfg: Config, store: FeatureStore, main: ProbeInputs, meta: dic
     n_classes, is_test = len(meta["class_names"]), store.is_test()
     shots = list(pc.shots) + ([] if "all" in pc.shots else ["all"])  # the saved probe is always the k=all one
     deterministic = pc.kind == "linear"
-    results = {"model": run_few_shot(probe_fitter(cfg, n_classes, meta), main.X, labels, is_test, shots, pc.seeds,
-                                     n_classes, deterministic, keep=[("all", 0)], index=store.index())}
+    n_train = int((~np.asarray(is_test, bool)).sum())
+    fit = probe_fitter(cfg, n_classes, meta, n_train)
+    results = {"model": run_few_shot(fit, main.X, labels, is_test, shots, pc.seeds, n_classes, deterministic,
+                                     keep=[("all", 0)], index=store.index())}
     if pc.controls:
         for name, Xc in control_inputs(cfg, store, main, is_test, progress).items():
-            fit = probe_fitter(cfg, n_classes, {**meta, "input": name, "sae": None})
+            fit = probe_fitter(cfg, n_classes, {**meta, "input": name, "sae": None}, n_train)
             results[name] = run_few_shot(fit, Xc, labels, is_test, list(pc.shots), pc.seeds, n_classes,
                                          deterministic, index=store.index())
     if ("all", 0) not in results["model"].models:

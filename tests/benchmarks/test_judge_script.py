@@ -43,8 +43,12 @@ def test_science_explanation_section_prints_the_sae_beside_its_controls(capsys):
     _load("science").explanation_section(sae, feats, y, test, 1.0, "shape")
     out = capsys.readouterr().out
     h = headline(explanation_report(sae, feats, y, test, C=1.0))
-    assert f"SAE {h['explanation_precision']:.3f}" in out
+    assert f"SAE {h['explanation_precision']:.3f}" in out and "L2 probes at C=1" in out
     assert f"matched random dictionary {h['explanation_precision_random']:.3f}" in out
+    _load("science").explanation_section(sae, feats, y, test, 0.5, "shape", "l1")  # the config's probe kind
+    out_l1 = capsys.readouterr().out
+    h1 = headline(explanation_report(sae, feats, y, test, C=0.5, penalty="l1"))
+    assert f"SAE {h1['explanation_precision']:.3f}" in out_l1 and "L1 probes at C=0.5" in out_l1
     assert "atlas: leave-one-out kNN accuracy of shape in the image codes it places images by" in out
     from revelio_svc.inference.atlas import layout_report
     from revelio_svc.sae.latents import image_latents

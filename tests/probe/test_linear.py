@@ -201,6 +201,22 @@ def test_l1_probe_rests_each_class_on_few_latents():
     assert [int(np.argmax(l1.coef[c])) for c in range(3)] == [0, 10, 20]
 
 
+def test_an_l1_few_shot_fit_keeps_the_penalty_per_row():
+    Z, y = sparse_latents(n=400, width=64)
+    one_shot = np.concatenate([np.flatnonzero(y[:300] == c)[:1] for c in range(3)])  # one row per class
+    # C stated for all 300 train rows: unscaled on 3 rows, the penalty wins and every weight is zero
+    flat = fit_linear_probe(Z[one_shot], y[one_shot], C=0.5, penalty="l1")
+    assert not np.abs(flat.coef).any()
+    scaled = fit_linear_probe(Z[one_shot], y[one_shot], C=0.5, penalty="l1", n_ref=300)
+    assert scaled.meta["C"] == 0.5 and scaled.meta["C_fit"] == pytest.approx(0.5 * 300 / 3)
+    assert np.abs(scaled.coef).any() and accuracy(y[300:], scaled.predict(Z[300:])) > 1 / 3 + 0.2
+    # with every row C is as stated, and an L2 probe never rescales
+    full = fit_linear_probe(Z[:300], y[:300], C=0.5, penalty="l1", n_ref=300)
+    assert "C_fit" not in full.meta
+    assert np.array_equal(fit_linear_probe(Z[one_shot], y[one_shot], C=0.5, n_ref=300).coef,
+                          fit_linear_probe(Z[one_shot], y[one_shot], C=0.5).coef)
+
+
 def test_unknown_penalty_is_refused():
     X, y = planted(n=60)
     with pytest.raises(ValueError, match="penalty must be one of l2, l1"):

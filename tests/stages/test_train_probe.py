@@ -174,7 +174,7 @@ def test_sparse_probe_option_and_the_latents_per_class_curve(extracted, tmp_path
                             hook_point="up_blocks.1", timestep=10), seed=7).save(sae_dir)
     cfg = replace(cfg, **{"output_dir": str(tmp_path / "o"), "probe.input": "sae", "probe.sae": str(sae_dir),
                           "probe.store": uri, "probe.seeds": 1, "probe.controls": False,
-                          "probe.latents_per_class": 3})
+                          "probe.penalty": "l2", "probe.latents_per_class": 3})
     out = stage.train_probe_stage(cfg)
     probe = read_probe(out.probe_dir)
     assert ((np.asarray(probe.coef) != 0).sum(1) <= 3).all()  # every class reads at most 3 latents
@@ -199,3 +199,15 @@ def test_sparse_probe_option_and_the_latents_per_class_curve(extracted, tmp_path
     assert used == (curve["chosen"] if curve["chosen"] is not None else 0)
     nz = (np.asarray(read_probe(auto.probe_dir).coef) != 0).sum(1)
     assert (nz <= used).all() if used else True
+
+
+def test_the_probe_fitter_states_C_for_every_train_row():
+    from revelio_svc.config import load_config
+
+    cfg = load_config(None, ["probe.penalty=l1", "probe.C=0.5"])
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 2)
+    X = sp.csr_matrix(np.eye(3)[y] * (1 + rng.random((6, 3))))
+    few = stage.probe_fitter(cfg, 3, {}, n_train=300)(X, y, 0)  # 6 of 300 train rows: C × 50
+    assert few.meta["C"] == 0.5 and few.meta["C_fit"] == pytest.approx(25.0) and np.abs(few.coef).any()
+    assert "C_fit" not in stage.probe_fitter(cfg, 3, {})(X, y, 0).meta  # no n_train: C as given
