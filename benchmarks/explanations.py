@@ -6,7 +6,7 @@ token latents (max, mean, top-8 mean; `--pooling` to choose) prints and plots, p
 - explanation precision on correctly classified test images (`revelio_svc/inference/precision.py`): the share
   of the top-3 contributing units' top-8 train images that carry the predicted label, with contrastive
   attribution (share of the margin over the runner-up) and with the plain logit share;
-- the linear probe's test accuracy (C = probe.C, fitted on the train rows), dense and sparse (each class
+- the linear probe's test accuracy (C = probe.C_l1 or probe.C, fitted on the train rows), dense and sparse (each class
   reading at most m units, `--latents-per-class`);
 - density: the units' mean firing rate over the images, and the share of live units firing on > 50 %.
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latents-per-class", type=int, action="append", default=None,
                     help="sparse probes to compare (0 = dense; repeatable; default 0 and probe.latents_per_class)")
     ap.add_argument("--penalty", choices=("l2", "l1"), default=None, help="probe penalty (default: probe.penalty)")
-    ap.add_argument("--C", type=float, default=None, help="probe C (default: probe.C)")
+    ap.add_argument("--C", type=float, default=None, help="probe C (default: probe.C_l1 for L1, probe.C for L2)")
     ap.add_argument("--seeds", type=int, default=3, help="random-dictionary seeds")
     ap.add_argument("--sae", default="", help="SAE directory (default: the one train-sae writes for the config)")
     ap.add_argument("--out", default=".")
@@ -90,13 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     ms = tuple(dict.fromkeys(args.latents_per_class or (0, cfg.probe.latents_per_class)))
     penalty = args.penalty or cfg.probe.penalty
-    C = cfg.probe.C if args.C is None else args.C
+    C = (cfg.probe.C_l1 if penalty == "l1" else cfg.probe.C) if args.C is None else args.C
     if penalty == "l1" and not args.latents_per_class:
         ms = (0,)  # an L1 probe is sparse by itself (asked-for top-m probes, m > 0, are fitted as before)
     rows = pooling_comparison(sae, feats, labels, test, poolings, C=C, latents_per_class=ms, penalty=penalty,
                               seeds=tuple(range(1, args.seeds + 1)))
     print(f"SAE {sae_dir} ({sc.hook_point} t={sc.timestep}, {sc.input}, {sae.n_latents} latents, k={sc.k}); "
-          f"{int(test.sum())} test rows, concept {cfg.probe.concept}; probe {penalty}, C={C}; "
+          f"{int(test.sum())} test rows, concept {cfg.probe.concept}; probe {penalty}, C={C}"
+          f"{' (rows with m latents per class: top-m of an L2 probe)' if any(m > 0 for m in ms) else ''}; "
           f"{time.perf_counter() - t0:.0f} s\n")
     print(table(rows))
     print(f"\nchance (base rate of the predicted labels): {rows[0]['chance']:.3f}")

@@ -205,7 +205,7 @@ def main() -> None:
     print(f"  fvu {done['fvu']:.3f} (<= {TARGETS['fvu']}), dead {done['dead_frac']:.3f} (<= {TARGETS['dead']})")
 
     feats = fset.load()
-    explanation_section(sae, feats, store.labels(concept), store.is_test(), cfg.probe.C, concept, cfg.probe.penalty)
+    explanation_section(sae, feats, store.labels(concept), store.is_test(), cfg.probe.fit_C, concept, cfg.probe.penalty)
     probe_section(cfg, store, sae_dir)
     judge_section(cfg, store.uri, sae_dir, args.samples, args.steering_seeds)
 

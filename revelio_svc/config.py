@@ -216,9 +216,10 @@ class ProbeConfig:
     timestep: int = 10
     pooling: Literal["mean", "max"] = "mean"
     concept: str = "shape"  # which label to predict (datasets with one label: "label")
-    # inverse regularisation strength of the linear probe, stated for a fit on every train row (an L1 fit on
-    # fewer rows, a few-shot one, scales it by the ratio of rows: probe.linear.fit_linear_probe)
-    C: float = 0.5
+    C: float = 1.0  # inverse regularisation strength of an L2 linear probe (and of the L2 probes other stages fit)
+    # the same for an L1 probe, stated for a fit on every train row (a few-shot L1 fit scales it by the ratio of
+    # rows: probe.linear.l1_C)
+    C_l1: float = 0.5
     # linear: "l1" makes each class rest on few latents by itself (then latents_per_class must be 0 or -1).
     # Chosen on a validation split of the train rows of the default store (test rows unread): L1 at C = 0.5 kept
     # accuracy within 1 point of L2 at C = 1 (0.946 vs 0.953), used 109 of 1024 latents per class and raised
@@ -242,8 +243,14 @@ class ProbeConfig:
     store: str = ""  # "" = the store `extract` writes for this config
     sae: str = ""  # SAE directory or registry URI for input=sae; "" = the SAE `train-sae` writes for this config
 
+    @property
+    def fit_C(self) -> float:
+        """The C of the probe this config fits: C_l1 for an L1 probe, C for an L2 one."""
+        return self.C_l1 if self.penalty == "l1" else self.C
+
     def __post_init__(self) -> None:
         _check(self.C > 0, "probe.C", "must be > 0")
+        _check(self.C_l1 > 0, "probe.C_l1", "must be > 0")
         for s in self.shots:
             _check(s == "all" or (s.isdigit() and int(s) > 0), "probe.shots",
                    f"each must be a positive integer or 'all', got {s!r}")

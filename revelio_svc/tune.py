@@ -103,6 +103,8 @@ def search_space(cfg: Config) -> dict[str, Any]:
     base = "diffc" if tc.target == "probe" and cfg.probe.kind == "diffc" else tc.target
     section = "sae" if tc.target == "sae" else "probe"
     space = dict(DEFAULT_SPACES[base])
+    if base == "probe" and cfg.probe.penalty == "l1":  # an L1 probe reads its own C
+        space = {"probe.C_l1": space.pop("probe.C"), **space}
     for k, v in (tc.search_space or {}).items():
         key = k if "." in k else f"{section}.{k}"
         head, _, name = key.partition(".")

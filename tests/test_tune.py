@@ -160,3 +160,13 @@ def test_a_tuning_study_never_reads_a_test_row(fresh_mlflow, trained, tmp_path, 
     for r in runs:
         assert np.isfinite(r.data.metrics["value"]) and np.isfinite(r.data.metrics["fvu"])
         assert [m.step for m in client.get_metric_history(r.info.run_id, "intermediate.gap.score")] == [20, 40]
+
+
+def test_the_probe_search_space_tunes_the_C_of_the_probe_it_fits():
+    from revelio_svc.config import load_config
+    from revelio_svc.tune import search_space
+
+    l1 = search_space(load_config(None, ["tune.target=probe", "probe.penalty=l1"]))
+    l2 = search_space(load_config(None, ["tune.target=probe", "probe.penalty=l2", "probe.latents_per_class=0"]))
+    assert "probe.C_l1" in l1 and "probe.C" not in l1
+    assert "probe.C" in l2 and "probe.C_l1" not in l2

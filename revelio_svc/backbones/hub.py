@@ -37,37 +37,46 @@ def resolve_local(ref: str) -> Path | None:
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+FULL_HASH_BYTES = 64 * 2**20  # files up to this size are hashed whole; larger ones by size and both ends
+_SAMPLE = 2**20
 _FINGERPRINTS: dict[tuple, str] = {}
 
 
+def _file_digest(p: Path, size: int) -> bytes:
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        if size <= FULL_HASH_BYTES:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        else:  # gigabytes of weights: the header and the last block change with any retraining
+            h.update(fh.read(_SAMPLE))
+            fh.seek(size - _SAMPLE)
+            h.update(fh.read(_SAMPLE))
+    return h.digest()
+
+
 def weights_fingerprint(ref: str) -> str | None:
-    """A digest of the weight files of a built-in backbone or a local directory; None for a hub id (its
-    revision pins it) or a reference that does not resolve here.
+    """A digest of the weight and config files of a built-in backbone or a local directory; None for a hub id
+    (its `backbone.revision` names the version) or a reference that does not resolve here.
 
     Stores and SAEs are cached under an identity computed from the config; without this, replacing the weights
     behind the same `backbone.id` (a new release's built-in backbone, a retrained local model) would serve
-    features of the old weights. Built-in weights are hashed by content; a local directory, which may hold
-    gigabytes, by each weight file's name, size and modification time."""
+    features of the old weights. Files are hashed by content (large weight files by size and both ends), not by
+    modification time, so copies of one model on several machines name the same store."""
     try:
         path = resolve_local(ref)
     except ModelUnavailableError:
         return None
     if path is None:
         return None
-    builtin = ref.startswith("builtin:")
-    files = sorted(p for p in path.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    files = sorted(p for p in path.rglob("*") if p.suffix in (*WEIGHT_SUFFIXES, ".json") and p.is_file())
     stats = tuple((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    key = (str(path.resolve()), builtin, stats)
+    key = (str(path.resolve()), stats)  # unchanged files are not read again in this process
     if key not in _FINGERPRINTS:
         h = hashlib.sha256()
-        for p, (name, size, mtime) in zip(files, stats):
-            h.update(f"{name}|{size}".encode())
-            if builtin:
-                with open(p, "rb") as fh:
-                    for block in iter(lambda: fh.read(1 << 20), b""):
-                        h.update(block)
-            else:
-                h.update(str(mtime).encode())
+        for p, (name, size, _) in zip(files, stats):
+            h.update(f"{name}|{size}|".encode())
+            h.update(_file_digest(p, size))
         _FINGERPRINTS[key] = h.hexdigest()[:16]
     return _FINGERPRINTS[key]
 

@@ -146,13 +146,13 @@ def control_inputs(cfg: Config, store: FeatureStore, main: ProbeInputs, is_test:
 
 # --------------------------------------------------------------------------- the stage
 def probe_fitter(cfg: Config, n_classes: int, meta: dict[str, Any], n_train: int | None = None):
-    """fit(X, y, seed) for every shot count; `n_train` (the store's train rows) is what probe.C is stated for."""
+    """fit(X, y, seed) for every shot count; `n_train` (the store's train rows) is what probe.C_l1 is stated for."""
     pc = cfg.probe
     if pc.kind == "linear" and pc.latents_per_class > 0:
         return lambda X, y, seed: fit_sparse_probe(X, y, pc.latents_per_class, C=pc.C, max_iter=pc.max_iter,
                                                    seed=seed, meta=meta)
     if pc.kind == "linear":
-        return lambda X, y, seed: fit_linear_probe(X, y, C=pc.C, max_iter=pc.max_iter, seed=seed, meta=meta,
+        return lambda X, y, seed: fit_linear_probe(X, y, C=pc.fit_C, max_iter=pc.max_iter, seed=seed, meta=meta,
                                                    penalty=pc.penalty, n_ref=n_train)
     depth = int(getattr(pc, "depth", DEFAULT_DEPTH))
     return lambda X, y, seed: train_diffc(X, y, n_classes, width=pc.width, depth=depth, epochs=pc.epochs, lr=pc.lr,

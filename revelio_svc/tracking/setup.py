@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import os
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import requests
@@ -47,19 +48,38 @@ def check_server(uri: str | None = None, timeout: float = 3.0) -> str:
     return uri
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:` URI (relative: `sqlite:///x.db`, absolute: `sqlite:////x.db`); None for
+    other stores and for an in-memory database."""
+    if not uri.startswith("sqlite:"):
+        return None
+    path = unquote(urlparse(uri).path)
+    if path in ("", "/", "/:memory:"):
+        return None
+    if uri.startswith("sqlite:////"):  # absolute
+        return Path("/" + path.lstrip("/"))
+    return Path(path[1:] if uri.startswith("sqlite:///") else path)
+
+
 @contextlib.contextmanager
 def store_lock(uri: str):
     """Hold an exclusive file lock beside a local SQLite store while it may be created or migrated.
 
     Two processes opening a fresh `sqlite:///` store at once both run MLflow's schema migration and one of
     them fails half-way (a stray `_alembic_tmp_*` table, an alembic row "not found"); they would also both
-    create the experiment. Other stores (servers, PostgreSQL) serialise this themselves: no lock."""
-    if not uri.startswith("sqlite:///") or uri == "sqlite:///:memory:":
+    create the experiment. Other stores (servers, PostgreSQL) serialise this themselves: no lock. Where the
+    lock file cannot be written (a read-only folder holding an existing store) the store is opened unlocked."""
+    db = sqlite_file(uri)
+    if db is None:
         yield
         return
-    db = Path(uri[len("sqlite:///"):])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "a+") as fh:
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(f"{db}.lock", "a+")
+    except OSError:
+        yield
+        return
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

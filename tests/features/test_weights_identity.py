@@ -37,6 +37,18 @@ def test_new_weights_behind_the_same_directory_make_a_new_store(tmp_path):
     assert store_identity(cfg) != before_id
 
 
+def test_copies_of_one_model_name_the_same_store_and_a_config_change_a_new_one(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(BUILTIN_DIR / "shapes-unet", a)
+    shutil.copytree(BUILTIN_DIR / "shapes-unet", b)
+    for f in b.rglob("*"):  # another machine's copy: other modification times
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 5 * 10**9))
+    assert weights_fingerprint(str(a)) == weights_fingerprint(str(b))
+    sched = b / "scheduler_config.json"
+    sched.write_text(sched.read_text().replace('"num_train_timesteps": 1000', '"num_train_timesteps": 500'))
+    assert weights_fingerprint(str(a)) != weights_fingerprint(str(b))
+
+
 def test_hub_ids_and_random_init_carry_no_weights_key():
     assert weights_fingerprint("some-org/some-model") is None
     cfg = _cfg("builtin:shapes-unet", init="random")

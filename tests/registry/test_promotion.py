@@ -58,7 +58,7 @@ def aliases(name: str) -> dict[str, str]:
 @pytest.mark.slow
 def test_champions_move_together_and_only_on_evidence(fresh_mlflow, tiny_unet_dir, tmp_path):
     # 200 images: 50 held out, enough for a paired test to tell a real gain from noise
-    base = ["data.n_images=200", "probe.C=0.0001"]  # a nearly constant probe: close to chance
+    base = ["data.n_images=200", "probe.penalty=l2", "probe.C=0.0001"]  # a nearly constant probe: close to chance
     weak = run(tiny_config(tiny_unet_dir, tmp_path / "o", *base), progress=False)
     assert all(r.champion for r in weak.registrations.values())
 
@@ -72,7 +72,8 @@ def test_champions_move_together_and_only_on_evidence(fresh_mlflow, tiny_unet_di
         assert tags["set"] == "revelio-sae/2,revelio-probe/2,revelio-classifier/2"
 
     # a real probe: clearly better on the same 50 images, and the whole set moves
-    clear = run(tiny_config(tiny_unet_dir, tmp_path / "o", "data.n_images=200", "sae.seed=1"), progress=False)
+    clear = run(tiny_config(tiny_unet_dir, tmp_path / "o", "data.n_images=200", "probe.penalty=l2", "sae.seed=1"),
+                progress=False)
     assert all(r.champion for r in clear.registrations.values())
     for name in NAMES:
         assert aliases(name) == {"champion": "3", "challenger": "3"}

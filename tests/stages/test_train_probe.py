@@ -40,7 +40,7 @@ def test_linear_probe_stage_logs_probe_controls_and_report(extracted, mlflow_db)
 
     probe = read_probe(out.probe_dir)
     assert probe.meta["concept"] == "colour" and probe.meta["hook_point"] == "up_blocks.1"
-    assert probe.meta["timestep"] == 10 and probe.meta["C"] == cfg.probe.C and probe.meta["sae"] is None
+    assert probe.meta["timestep"] == 10 and probe.meta["C"] == cfg.probe.fit_C and probe.meta["sae"] is None
     store = open_store(uri)
     X = store.feature_set("up_blocks.1", 10, "mean").load()
     is_test = store.is_test()

@@ -26,3 +26,26 @@ def test_processes_opening_a_fresh_sqlite_store_at_once_all_succeed(tmp_path):
         assert out.strip().endswith("ok")
     exps = mlflow.MlflowClient(tracking_uri=uri).search_experiments(filter_string="name = 'shared'")
     assert len(exps) == 1
+
+
+def test_the_lock_file_sits_beside_the_database_and_a_read_only_folder_opens_unlocked(tmp_path):
+    import os
+
+    from revelio_svc.tracking.setup import sqlite_file, store_lock
+
+    assert sqlite_file("sqlite:///mlflow.db").as_posix() == "mlflow.db"
+    assert sqlite_file(f"sqlite:///{tmp_path}/x%20y.db") == tmp_path / "x y.db"
+    assert sqlite_file("sqlite:///:memory:") is None and sqlite_file("http://host:5000") is None
+    with store_lock(f"sqlite:///{tmp_path / 'a.db'}"):
+        assert (tmp_path / "a.db.lock").is_file()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    try:
+        if os.access(ro, os.W_OK):  # running as a user who can write anyway (root): nothing to check
+            return
+        with store_lock(f"sqlite:///{ro / 'b.db'}"):
+            pass
+        assert not (ro / "b.db.lock").exists()
+    finally:
+        os.chmod(ro, 0o700)
