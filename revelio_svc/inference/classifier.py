@@ -54,7 +54,7 @@ from ..interpret.explanation import contributions as split_prediction
 from ..jsonmeta import read_versioned_json
 from ..probe import read_probe
 from ..sae import SparseAutoencoder, read_sae
-from ..sae.latents import image_latents, image_latents_multi, latent_maps
+from ..sae.latents import image_latents, image_latents_pooled, latent_maps
 
 FORMAT = "revelio-classifier"
 VERSION = 1
@@ -410,8 +410,8 @@ class Classifier:
         return _image_latents(self.sae, self._sae_input(tokens), self.sae.config.to_dict().get("latent_pooling", "max"))
 
     def latents_from_tokens_multi(self, tokens: np.ndarray, poolings: Sequence[str]) -> dict[str, np.ndarray]:
-        """{pooling: image-level latents (n, n_latents)} from one encoding (`sae.latents.image_latents_multi`)."""
-        z = image_latents_multi(self.sae, self._sae_input(tokens), poolings)
+        """{pooling: image-level latents (n, n_latents)} from one encoding (`sae.latents.image_latents_pooled`)."""
+        z = image_latents_pooled(self.sae, self._sae_input(tokens), poolings)
         return {p: np.asarray(v, np.float32) for p, v in z.items()}
 
     def latents(self, images: Sequence[Any], ids: Sequence[str] | None = None) -> np.ndarray:

@@ -289,6 +289,9 @@ def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: in
     pooling = clf.sae.config.to_dict().get("latent_pooling", "max")
     control = None
     dissector = _Dissector(clf, ds, n_dissect)
+    # the atlas' own pooling, when it differs (a pooled SAE has one code per image: nothing to pool)
+    tokens_in = clf.sae.config.to_dict().get("input") == "tokens"
+    atlas_pool = ATLAS_POOLING if tokens_in and pooling != ATLAS_POOLING else None
     rows, ctrl, atlas_rows = [], [], []
     lock = lock if lock is not None else contextlib.nullcontext()
     stored = stored_tokens(clf, idx)
@@ -311,9 +314,10 @@ def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: in
             if control is None:  # BatchTopK calibrates its threshold on the first batch's vectors
                 control = matched_random(clf.sae, seed + 1, calibration=feats.reshape(-1, feats.shape[-1]))
             pending = pool.submit(control_rows, feats)
-            z = clf.latents_from_tokens_multi(tok, (pooling, ATLAS_POOLING))
+            z = clf.latents_from_tokens_multi(tok, (pooling, atlas_pool) if atlas_pool else (pooling,))
             rows.append(sp.csr_matrix(z[pooling]))
-            atlas_rows.append(sp.csr_matrix(z[ATLAS_POOLING]))
+            if atlas_pool:
+                atlas_rows.append(sp.csr_matrix(z[atlas_pool]))
             dissector.add(tok, part)
             ctrl.append(pending.result())
             if progress is not None:
@@ -322,9 +326,7 @@ def compute_dataset_latents(clf, n_max: int = 2000, *, batch: int = 64, seed: in
     Z = sp.vstack(rows).tocsr().astype(np.float32) if rows else sp.csr_matrix((0, L), dtype=np.float32)
     C = sp.vstack(ctrl).tocsr().astype(np.float32) if ctrl else sp.csr_matrix((0, L), dtype=np.float32)
     labels = {c.name: (list(c.classes), np.asarray(ds.labels(c.name))[idx]) for c in ds.concepts}
-    tokens_in = clf.sae.config.to_dict().get("input") == "tokens"
-    ZA = (sp.vstack(atlas_rows).tocsr().astype(np.float32) if atlas_rows and tokens_in and pooling != ATLAS_POOLING
-          else None)  # a pooled SAE has one code per image: nothing to pool
+    ZA = sp.vstack(atlas_rows).tocsr().astype(np.float32) if atlas_rows else None
     iou, concepts, note = dissector.result()
     return DatasetLatents(Z, idx, labels, C, CONTROL_NAME, model_key(clf, n_max), len(ds), iou, concepts, note, ZA)
 

@@ -205,7 +205,7 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
     the classes' parts to it. `controls`: score the SAE against its matched controls (report.py).
     """
     from ..sae.data import feature_set_for
-    from ..sae.latents import image_latents_multi, latent_maps
+    from ..sae.latents import image_latents_pooled, latent_maps
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ def interpret_sae(sae, store, out_dir: str | Path, *, image_fn: Callable[[int], 
         feats = np.asarray(feats, np.float32)
         if not np.isfinite(feats).all():
             raise ValueError(f"shard {i} of {fset.key} ({store.uri}) holds NaN/inf features; re-extract it")
-        z = image_latents_multi(sae, feats, (pooling, atlas_pool))
+        z = image_latents_pooled(sae, feats, (pooling, atlas_pool))
         parts["sae"].append(z[pooling])
         parts["random"].append(direction_activations(feats, dirs, pooling))
         parts["channels"].append(direction_activations(feats, None, pooling))

@@ -38,6 +38,7 @@ import yaml
 
 from ..identity import digest
 from ..inference.classifier import META as CLS_META
+from ..sqlite_uri import sqlite_file
 from .errors import AliasNotFoundError, MissingArtifactsError, ModelNotFoundError
 from .refs import ModelRef, parse_uri
 from .trust import verify_code
@@ -81,17 +82,10 @@ def _default_tracking_uri() -> str | None:
     return "sqlite:///" + posixpath.abspath(pathname2url(os.path.abspath("mlflow.db")))
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    if not uri.startswith("sqlite:"):
-        return None
-    path = unquote(urlparse(uri).path)
-    return Path(path[1:] if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") else path)
-
-
 def registry_client() -> mlflow.MlflowClient:
     """A client of the registry at `target_uri()`, after checking that the store is there (fast, no side effect)."""
     uri = target_uri()
-    db = _sqlite_path(uri)
+    db = sqlite_file(uri)
     if db is not None and not db.resolve().is_file():
         raise ModelNotFoundError(
             f"no MLflow tracking store at {db.resolve()} (tracking URI {uri}, "
@@ -215,7 +209,7 @@ def store_location(uri: str | None = None) -> str:
     """Where the tracking store `uri` (default: `target_uri()`) really is: the absolute path of a SQLite
     database or file store, else the server URL. A relative URI means a different store in every folder."""
     uri = uri or target_uri()
-    db = _sqlite_path(uri)
+    db = sqlite_file(uri)
     if db is not None:
         return f"sqlite:{db.expanduser().resolve()}"
     parsed = urlparse(uri)
@@ -243,7 +237,7 @@ def _sqlite_version(ref: ModelRef) -> SimpleNamespace | None:
     """The READY version `ref` names in a SQLite store, read with the standard library (read-only: it can
     neither create nor change the file); None whenever anything is unusual (another store, a missing name
     or alias, a schema this does not know), and the MLflow client then answers, with its proper errors."""
-    db = _sqlite_path(target_uri())
+    db = sqlite_file(target_uri())
     if db is None or not db.is_file():
         return None
     try:

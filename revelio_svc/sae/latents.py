@@ -70,11 +70,11 @@ def image_latents(sae: SparseAutoencoder, feats, pooling: str | None = None, bat
     chunk (default: about 16k vectors per chunk).
     """
     pooling = pooling or sae.config.latent_pooling
-    return image_latents_multi(sae, feats, (pooling,), batch)[pooling]
+    return image_latents_pooled(sae, feats, (pooling,), batch)[pooling]
 
 
 @torch.no_grad()
-def image_latents_multi(sae: SparseAutoencoder, feats, poolings, batch: int | None = None) -> dict[str, np.ndarray]:
+def image_latents_pooled(sae: SparseAutoencoder, feats, poolings, batch: int | None = None) -> dict[str, np.ndarray]:
     """`image_latents` for several poolings from one sparse encoding: {pooling: (n, n_latents)}."""
     _check_feats(sae, feats)
     poolings = tuple(dict.fromkeys(poolings))
@@ -115,29 +115,6 @@ def _pool_sparse(vals: torch.Tensor, idx: torch.Tensor, b: int, per_image: int, 
     dense = torch.zeros(b, per_image, n_latents).scatter_add_(
         2, idx.reshape(b, per_image, -1), vals.reshape(b, per_image, -1))
     return pool_positions(dense, pooling)
-
-
-@torch.no_grad()
-def image_latents_pooled(sae: SparseAutoencoder, feats, poolings, batch: int | None = None) -> dict[str, np.ndarray]:
-    """`image_latents` for several poolings of token features at the cost of one encoding: {pooling: (n, L)}."""
-    _check_feats(sae, feats)
-    for p in poolings:
-        pooling_q(p)
-    if len(feats.shape) == 2:
-        z = image_latents(sae, feats, batch=batch)
-        return {p: z for p in poolings}
-    n, per_image = feats.shape[0], int(np.prod(feats.shape[1:-1]))
-    batch = batch or max(1, min(_TARGET_VECTORS // per_image, _DENSE_BUDGET // (per_image * sae.n_latents)))
-    out = {p: np.zeros((n, sae.n_latents), np.float32) for p in poolings}
-    for s in range(0, n, batch):
-        x = _as_tensor(feats[s:s + batch])
-        b = x.shape[0]
-        vals, idx = sae.encode_sparse(x.reshape(-1, sae.d_in))
-        dense = torch.zeros(b, per_image, sae.n_latents).scatter_add_(
-            2, idx.reshape(b, per_image, -1), vals.reshape(b, per_image, -1))
-        for p in poolings:
-            out[p][s:s + b] = pool_positions(dense, p).numpy()
-    return out
 
 
 @torch.no_grad()

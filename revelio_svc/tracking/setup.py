@@ -4,14 +4,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import mlflow
 import requests
 
 from .. import distributed
 from ..config import TrackingConfig
+from ..sqlite_uri import sqlite_file
 
 # the project's documented default when neither the config nor MLFLOW_TRACKING_URI names a store
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -46,19 +45,6 @@ def check_server(uri: str | None = None, timeout: float = 3.0) -> str:
                 "Start it or point MLFLOW_TRACKING_URI at a running one; to use a model without a server, "
                 "`revelio registry pull` it where the server is reachable and load the pulled directory.") from e
     return uri
-
-
-def sqlite_file(uri: str) -> Path | None:
-    """The database file of a `sqlite:` URI (relative: `sqlite:///x.db`, absolute: `sqlite:////x.db`); None for
-    other stores and for an in-memory database."""
-    if not uri.startswith("sqlite:"):
-        return None
-    path = unquote(urlparse(uri).path)
-    if path in ("", "/", "/:memory:"):
-        return None
-    if uri.startswith("sqlite:////"):  # absolute
-        return Path("/" + path.lstrip("/"))
-    return Path(path[1:] if uri.startswith("sqlite:///") else path)
 
 
 @contextlib.contextmanager

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from tests.benchmarks.helpers import ROOT
 from tests.benchmarks.helpers import load_bench as _load
 
 

@@ -31,7 +31,8 @@ def test_processes_opening_a_fresh_sqlite_store_at_once_all_succeed(tmp_path):
 def test_the_lock_file_sits_beside_the_database_and_a_read_only_folder_opens_unlocked(tmp_path):
     import os
 
-    from revelio_svc.tracking.setup import sqlite_file, store_lock
+    from revelio_svc.sqlite_uri import sqlite_file
+    from revelio_svc.tracking.setup import store_lock
 
     assert sqlite_file("sqlite:///mlflow.db").as_posix() == "mlflow.db"
     assert sqlite_file(f"sqlite:///{tmp_path}/x%20y.db") == tmp_path / "x y.db"
