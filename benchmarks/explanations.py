@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--penalty", choices=("l2", "l1"), default=None, help="probe penalty (default: probe.penalty)")
     ap.add_argument("--C", type=float, default=None, help="probe C (default: probe.C_l1 for L1, probe.C for L2)")
     ap.add_argument("--seeds", type=int, default=3, help="random-dictionary seeds")
+    ap.add_argument("--rank-pooling", default=None,
+                    help="rank each unit's top images by this pooling instead of the one its probe reads")
     ap.add_argument("--sae", default="", help="SAE directory (default: the one train-sae writes for the config)")
     ap.add_argument("--out", default=".")
     args = ap.parse_args(argv)
@@ -93,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     if penalty == "l1" and not args.latents_per_class:
         ms = (0,)  # an L1 probe is sparse by itself (asked-for top-m probes, m > 0, are fitted as before)
     rows = pooling_comparison(sae, feats, labels, test, poolings, C=C, latents_per_class=ms, penalty=penalty,
-                              seeds=tuple(range(1, args.seeds + 1)))
+                              seeds=tuple(range(1, args.seeds + 1)), rank_pooling=args.rank_pooling)
     print(f"SAE {sae_dir} ({sc.hook_point} t={sc.timestep}, {sc.input}, {sae.n_latents} latents, k={sc.k}); "
           f"{int(test.sum())} test rows, concept {cfg.probe.concept}; probe {penalty}, C={C}"
-          f"{' (rows with m latents per class: top-m of an L2 probe)' if any(m > 0 for m in ms) else ''}; "
+          f"{' (rows with m latents per class: top-m of an L2 probe)' if any(m > 0 for m in ms) else ''}"
+          f"{f'; top images ranked by {args.rank_pooling} pooling' if args.rank_pooling else ''}; "
           f"{time.perf_counter() - t0:.0f} s\n")
     print(table(rows))
     print(f"\nchance (base rate of the predicted labels): {rows[0]['chance']:.3f}")

@@ -8,7 +8,8 @@
         DDIM samples of a backbone, judged: the share with confidence >= 0.9 and the class histogram
     python benchmarks/judge.py steering [--config mlproject/configs/default.yaml] [--set k=v ...] [--seeds 16]
         per class, its most specific SAE latent (on train rows) steered at r x its strongest activation vs a random
-        direction of the same norm: flip rates (revelio_svc/inference/steering_eval.py)
+        direction of the same norm: flip rates (revelio_svc/inference/steering_eval.py); with --exemplar M, each
+        class's M most specific latents placed where an exemplar image has them, vs random directions placed alike
 
 Each command prints a JSON line last. Use one thread (`OMP_NUM_THREADS=1`) on a shared machine.
 """
@@ -105,13 +106,28 @@ def _steering(args) -> dict:
     cfg = load_config(args.config, args.overrides)
     store_uri = cfg.sae.store or store_uri_for(cfg)
     sae_dir = Path(args.sae) if args.sae else sae_output_dir(cfg, store_uri)
-    ev = steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, judge=load_judge(args.judge),
-                               strengths=tuple(args.strengths), seeds=tuple(range(args.seeds)), steps=args.steps,
-                               t_min=args.t_min, t_max=args.t_max,
-                               progress=lambda s: print(s, file=sys.stderr, flush=True))
+    kw = dict(strengths=tuple(args.strengths), seeds=tuple(range(args.seeds)), steps=args.steps, t_min=args.t_min,
+              t_max=args.t_max, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.exemplar:
+        ev = _exemplar_steering(cfg, sae_dir, store_uri, load_judge(args.judge), args.exemplar, kw)
+        unit = f"the {args.exemplar} most specific latents placed as in an exemplar, r x its own activations"
+    else:
+        ev = steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, judge=load_judge(args.judge), **kw)
+        unit = "r x the latent's strongest train activation"
     print(f"steering flips (judge top probability >= {ev.min_conf}; {len(ev.seeds)} seeds, DDIM {ev.steps} steps, "
-          f"strengths r x the latent's strongest train activation):\n{ev.table()}")
+          f"strengths {unit}):\n{ev.table()}")
     return ev.to_dict()
+
+
+def _exemplar_steering(cfg, sae_dir, store_uri, judge, per_class: int, kw: dict):
+    from revelio_svc.backbones import load_backbone
+    from revelio_svc.features.store import open_store
+    from revelio_svc.inference.steering_eval import exemplar_steering, judge_fn_of
+    from revelio_svc.interpret.judge import CLASSES
+    from revelio_svc.sae import read_sae
+
+    return exemplar_steering(load_backbone(cfg.backbone), read_sae(sae_dir), open_store(store_uri), "shape",
+                             judge_fn_of(judge), CLASSES, per_class=per_class, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0])
     st.add_argument("--t-min", type=int, default=0, help="steer only at timesteps >= this")
     st.add_argument("--t-max", type=int, default=999, help="steer only at timesteps <= this")
+    st.add_argument("--exemplar", type=int, default=0, metavar="M",
+                    help="steer with each class's M most specific latents placed as in an exemplar image "
+                         "(inference.steering_eval.exemplar_steering) instead of one latent everywhere")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     res = {"train": _train, "accuracy": _accuracy, "samples": _samples, "steering": _steering}[args.cmd](args)

@@ -127,7 +127,7 @@ def probe_section(cfg, store, sae_dir) -> None:
     wide = keep.pivot_table(index="shots", columns="input", values="accuracy_mean", sort=False)
     print(f"\nprobe on SAE latents vs its controls (test accuracy, mean over seeds; {table}):")
     print(wide.to_string(float_format=lambda v: f"{v:.3f}"))
-    model = df[df["role"] == "model"].fillna({"loses_to": ""})
+    model = df[df["role"] == "model"].astype({"loses_to": object}).fillna({"loses_to": ""})
     losing = [f"{r.shots} ({r.loses_to})" for r in model.itertuples() if r.loses_to]
     print(f"  shots where it loses to a control: {', '.join(losing) if losing else 'none'}")
 

@@ -46,12 +46,13 @@ def density_stats(acts) -> dict[str, float]:
 
 def unit_precision(acts, labels: np.ndarray, is_test: np.ndarray, *, probe=None, C: float = 1.0,
                    max_iter: int = 1000, latents_per_class: int = 0, penalty: str = "l2",
-                   modes: Sequence[str] = ATTRIBUTIONS) -> dict[str, float]:
+                   modes: Sequence[str] = ATTRIBUTIONS, rank_acts=None) -> dict[str, float]:
     """Probe accuracy, density and explanation precision (per attribution mode) of one unit matrix (N, U).
 
     `probe`: a LinearProbe already fitted on these units' train rows; None fits one on the train rows (C; with
     `latents_per_class` > 0 the sparse probe of `probe.sparse`, each class reading at most that many units;
-    `penalty` "l1": an L1 probe)."""
+    `penalty` "l1": an L1 probe). `rank_acts` (N, U): the same units pooled another way, to rank their top
+    images by instead of `acts` (the probe still reads `acts`)."""
     labels = np.asarray(labels, np.int64)
     test = np.asarray(is_test, bool)
     acts = sp.csr_matrix(acts, dtype=np.float64) if sp.issparse(acts) else np.asarray(acts, np.float64)
@@ -64,7 +65,8 @@ def unit_precision(acts, labels: np.ndarray, is_test: np.ndarray, *, probe=None,
                              "units_per_class": float(np.mean((np.abs(probe.coef) > 0).sum(1))),
                              **density_stats(acts)}
     for mode in modes:
-        r = explanation_precision(xs, probe.coef, probe.intercept, probe.classes, acts, labels,
+        r = explanation_precision(xs, probe.coef, probe.intercept, probe.classes,
+                                  acts if rank_acts is None else rank_acts, labels,
                                   np.flatnonzero(test), image_rows=np.flatnonzero(~test), mode=mode)
         out[f"precision.{mode}"] = r["precision"]
         out["chance"] = r["chance"]
@@ -89,14 +91,23 @@ def unit_sets(sae, feats: np.ndarray, is_test: np.ndarray, poolings: Sequence[st
                 "channels": direction_activations(feats, None, p if feats.ndim == 4 else "max")} for p in poolings}
 
 
-def report_sets(sets: dict[str, Any], labels, test, probe=None, **kw) -> dict[str, dict[str, float]]:
-    """{method: unit_precision(...)} over one pooling's `unit_sets` entry (the dictionaries already encoded)."""
-    out = {"sae": unit_precision(sp.csr_matrix(sets["sae"]), labels, test, probe=probe, **kw)}
-    runs = [unit_precision(sp.csr_matrix(a), labels, test, **kw) for a in sets["random"]]
+def report_sets(sets: dict[str, Any], labels, test, probe=None, rank: dict[str, Any] | None = None,
+                **kw) -> dict[str, dict[str, float]]:
+    """{method: unit_precision(...)} over one pooling's `unit_sets` entry (the dictionaries already encoded);
+    `rank`: another pooling's entry, which ranks each unit's top images."""
+    def ranked(m, i=None):
+        if rank is None:
+            return None
+        a = rank[m] if i is None else rank[m][i]
+        return a.toarray() if sp.issparse(a) else a
+
+    out = {"sae": unit_precision(sp.csr_matrix(sets["sae"]), labels, test, probe=probe, rank_acts=ranked("sae"), **kw)}
+    runs = [unit_precision(sp.csr_matrix(a), labels, test, rank_acts=ranked("random", i), **kw)
+            for i, a in enumerate(sets["random"])]
     out["random"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     out["random"].update({f"{k}_sd": float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else float("nan")
                           for k in runs[0] if k.startswith("precision.")})
-    out["channels"] = unit_precision(sets["channels"], labels, test, **kw)
+    out["channels"] = unit_precision(sets["channels"], labels, test, rank_acts=ranked("channels"), **kw)
     return out
 
 
@@ -131,15 +142,18 @@ def headline(report: dict[str, dict[str, float]], mode: str = "contrastive") -> 
 def pooling_comparison(sae, feats: np.ndarray, labels: np.ndarray, is_test: np.ndarray,
                        poolings: Sequence[str] = POOLINGS, *, C: float = 1.0, seeds: Sequence[int] = CONTROL_SEEDS,
                        latents_per_class: Sequence[int] = (0,), penalty: str = "l2",
-                       modes: Sequence[str] = ATTRIBUTIONS) -> list[dict[str, Any]]:
+                       modes: Sequence[str] = ATTRIBUTIONS, rank_pooling: str | None = None) -> list[dict[str, Any]]:
     """One row per (pooling, probe sparsity, method) with accuracy, density, dense_share and precision per
-    attribution mode (`latents_per_class` 0 = the dense probe)."""
+    attribution mode (`latents_per_class` 0 = the dense probe). `rank_pooling`: rank every unit's top images by
+    this pooling instead of the one its probe reads."""
     test = np.asarray(is_test, bool)
-    sets = unit_sets(sae, feats, test, poolings, seeds)
+    sets = unit_sets(sae, feats, test, tuple(dict.fromkeys((*poolings, *([rank_pooling] if rank_pooling else [])))),
+                     seeds)
     rows = []
     for p in poolings:
         for m in latents_per_class:
-            rep = report_sets(sets[p], labels, test, C=C, modes=modes, latents_per_class=int(m), penalty=penalty)
+            rep = report_sets(sets[p], labels, test, C=C, modes=modes, latents_per_class=int(m), penalty=penalty,
+                              rank=sets[rank_pooling] if rank_pooling else None)
             rows.extend({"pooling": p, "latents_per_class": int(m), "method": k, **rep[k]} for k in METHODS)
     return rows
 

@@ -120,8 +120,13 @@ class LatentIntervention:
         self.sae = sae
         self.spec = spec
         self.alphas = alphas.float()  # (B,) over the whole batch; α of an element of an ablation = 1
-        # `direction` replaces the latent's decoder direction in "add" mode (a control: a random direction)
-        self.direction = decoder_direction(sae, spec.latent) if direction is None else direction.float().reshape(-1)
+        # `direction` replaces the latent's decoder direction in "add" mode: (d_in,) at every position (a
+        # control: a random direction), or (positions, d_in), a field placing latents where an exemplar has them
+        if direction is None:
+            self.direction = decoder_direction(sae, spec.latent)
+        else:
+            d = direction.float()
+            self.direction = d if d.dim() == 2 else d.reshape(-1)
         self.t: int | None = None
         self.offset = 0  # where the current chunk starts in the batch
         self.calls = 0
@@ -150,9 +155,12 @@ class LatentIntervention:
     @torch.no_grad()
     def apply(self, h: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
         tok, back = _as_tokens(h)
-        if tok.shape[-1] != self.direction.numel():
+        if tok.shape[-1] != self.direction.shape[-1]:
             raise ValueError(f"the hook point gives {tok.shape[-1]} channels but the SAE reads "
-                             f"{self.direction.numel()}: steer at the SAE's own hook point")
+                             f"{self.direction.shape[-1]}: steer at the SAE's own hook point")
+        if self.direction.dim() == 2 and self.direction.shape[0] != tok.shape[1]:
+            raise ValueError(f"the steering field has {self.direction.shape[0]} positions but the hook point gives "
+                             f"{tok.shape[1]}")
         self.calls += 1
         d = self.direction.to(tok.device, torch.float32)
         a = self.alphas.to(tok.device)[self.offset:self.offset + tok.shape[0]]
@@ -293,8 +301,9 @@ def steer(adapter, sae, hook_point: str, spec: SteeringSpec, seeds: Sequence[int
     The baseline does not depend on the latent: with a `cache` dict (the caller keeps it) it is sampled once
     per (adapter, seeds, sampler, steps), and every variant branches from the baseline's state at the first
     steered timestep, so steps before the range are not repeated. `progress(done, total)` is called after
-    every denoising step. `direction` (raw feature units, (d_in,)) is added instead of the latent's decoder
-    direction in "add" mode: the control of `inference.steering_eval`.
+    every denoising step. `direction` (raw feature units, (d_in,), or (positions, d_in) for a field that differs
+    per position) is added instead of the latent's decoder direction in "add" mode: the control of
+    `inference.steering_eval`, or an exemplar's latents in place (`exemplar_field`).
     """
     t0 = time.perf_counter()
     seeds = [int(s) for s in seeds]

@@ -258,6 +258,89 @@ def steering_eval_for_store(adapter, sae, store, concept: str, judge_fn: Callabl
     return measure_steering(adapter, sae, sae.config.hook_point, latents, scales, judge_fn, class_names, **kw)
 
 
+def exemplar_field(sae, tokens: np.ndarray, latents: Sequence[int],
+                   directions: torch.Tensor | None = None) -> torch.Tensor:
+    """Latents `latents` placed as an exemplar has them: Σ_j z_j(p) · d_j at every position p, (positions, d_in).
+
+    tokens: the exemplar's features at the SAE's hook point, (H, W, d_in) or (positions, d_in); z_j(p) its code
+    there. `directions` (len(latents), d_in) replaces the decoder directions d_j (the control: random directions
+    of the same norms, placed by the same codes)."""
+    x = torch.as_tensor(np.asarray(tokens, np.float32)).reshape(-1, sae.d_in)
+    js = [int(j) for j in latents]
+    if not js:
+        raise ValueError("give at least one latent")
+    if directions is None:
+        directions = torch.stack([decoder_direction(sae, j) for j in js])
+    if tuple(directions.shape) != (len(js), sae.d_in):
+        raise ValueError(f"directions must be ({len(js)}, {sae.d_in}), got {tuple(directions.shape)}")
+    with torch.no_grad():
+        vals, idx = sae.encode_sparse(x)
+        z = torch.zeros(x.shape[0], sae.n_latents).scatter_(1, idx, vals.float())[:, js]
+    return z @ directions.float()
+
+
+def exemplar_steering(adapter, sae, store, concept: str, judge_fn: Callable[[np.ndarray], np.ndarray],
+                      class_names: Sequence[str], *, per_class: int = 16,
+                      strengths: Sequence[float] = DEFAULT_STRENGTHS, seeds: Sequence[int] = tuple(range(8)),
+                      steps: int = 20, sampler: str = "ddim", t_min: int = 0, t_max: int = 999,
+                      min_conf: float = MIN_CONF, random_seed: int = 0,
+                      progress: Callable[[str], None] | None = None) -> SteeringEval:
+    """Steering with a class's `per_class` most specific latents placed where an exemplar has them.
+
+    Per class c: the latents of `class_specific_latents` (train rows), the train image of c on which they fire
+    most (their summed image-level activation) as the exemplar, and `exemplar_field` of its token features
+    (the SAE's feature set) added at r × 1 for r in `strengths` (r = 1: the exemplar's own activations). The
+    control places random directions of the same norms by the same codes. Flip rates as `measure_steering`;
+    `ClassSteering.latent` is the first latent, `scale` 1. Token SAEs only."""
+    from ..sae.data import feature_set_for
+    from .steering import SteeringSpec, steer
+
+    c = sae.config
+    if c.input != "tokens":
+        raise ValueError("exemplar steering places latents over positions: the SAE must read tokens")
+    t0 = time.perf_counter()
+    Z, y = train_latents(sae, store, concept)
+    chosen = class_specific_latents(Z, y, len(class_names), per_class=per_class)
+    fset = feature_set_for(store, c.hook_point, c.timestep, c.input, c.pooling or "mean")
+    train_rows = np.flatnonzero(~np.asarray(store.is_test(), bool))
+    rel = tuple(float(r) for r in strengths)
+    seeds = [int(s) for s in seeds]
+    cache: dict = {}
+    out = []
+    for k, js in enumerate(chosen):
+        rows = np.flatnonzero(y == k)
+        if not len(rows):
+            continue
+        ex = int(train_rows[rows[np.argmax(Z[rows][:, js].sum(1))]])
+        tokens = _store_row(fset, ex)
+        d = torch.stack([decoder_direction(sae, j) for j in js])
+        rnd = torch.stack([random_direction(d[i], random_seed * 1000 + 10 * k + i) for i in range(len(js))])
+        spec = SteeringSpec(int(js[0]), "add", rel, t_min, t_max)
+        stats, verdicts = [], {}
+        for name, dirs in (("latent", d), ("random", rnd)):
+            r = steer(adapter, sae, c.hook_point, spec, seeds, steps=steps, sampler=sampler, cache=cache,
+                      direction=exemplar_field(sae, tokens, js, dirs))
+            probs = judge_variants(judge_fn, r.images)
+            stats.append(flip_stats(probs, k, rel, min_conf))
+            for v, vv in enumerate(variant_verdicts(probs, class_names, min_conf)):
+                verdicts["baseline" if v == 0 else f"{name} r={rel[v - 1]:g}"] = vv["verdicts"]
+        out.append(ClassSteering(str(class_names[k]), k, int(js[0]), 1.0, stats[0], stats[1], verdicts))
+        if progress is not None:
+            progress(f"exemplar steering {class_names[k]}: {len(js)} latents flip {stats[0].flip_rate:.2f}, "
+                     f"random {stats[1].flip_rate:.2f} ({time.perf_counter() - t0:.0f} s)")
+    return SteeringEval(out, rel, seeds, int(steps), time.perf_counter() - t0, min_conf)
+
+
+def _store_row(fset, row: int) -> np.ndarray:
+    """Row `row` (store order) of a feature set, reading shards until it is found."""
+    start = 0
+    for _, a in fset.iter_shards():
+        if row < start + len(a):
+            return np.asarray(a[row - start], np.float32)
+        start += len(a)
+    raise IndexError(f"row {row} is past the {start} rows of {fset.key}")
+
+
 def judge_fn_of(judge) -> Callable[[np.ndarray], np.ndarray]:
     """images → probabilities through a loaded `interpret.judge.ShapeJudge`."""
     from ..interpret.judge import judge_probs

@@ -10,6 +10,7 @@ from revelio_svc.config import BackboneConfig
 from revelio_svc.inference.steering import SteeringSpec, steer
 from revelio_svc.inference.steering_eval import (
     class_specific_latents,
+    exemplar_field,
     flip_stats,
     measure_steering,
     random_direction,
@@ -124,3 +125,48 @@ def test_steer_refuses_a_direction_with_ablation(unet):
     sae = build_sae(TopKSAEConfig(d_in=c, n_latents=4, k=2, normalize="none", hook_point=hp, timestep=10), seed=0)
     with pytest.raises(ValueError, match="added"):
         steer(unet, sae, hp, SteeringSpec(0, "ablate"), [0], steps=2, direction=torch.zeros(c))
+
+
+def test_exemplar_field_places_each_latent_where_the_exemplar_has_it():
+    """A 2×2 exemplar whose top-left token fires latent 0 only and bottom-right latent 1 only: the field is
+    z·d_0 at the first position, z·d_1 at the last, zero where neither fires; random directions are placed
+    by the same codes."""
+    sae = build_sae(TopKSAEConfig(d_in=4, n_latents=4, k=1, normalize="none", hook_point="h", timestep=10), seed=0)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(4))
+        sae.b_enc.zero_()
+        sae.b_pre.zero_()
+        sae.W_dec.copy_(torch.eye(4) * 2)
+    tokens = np.zeros((2, 2, 4), np.float32)
+    tokens[0, 0, 0] = 3.0
+    tokens[1, 1, 1] = 5.0
+    field = exemplar_field(sae, tokens, [0, 1])
+    assert field.shape == (4, 4)
+    assert torch.allclose(field[0], torch.tensor([6.0, 0, 0, 0])) and torch.allclose(field[3], torch.tensor([0, 10.0, 0, 0]))
+    assert float(field[1].abs().sum()) == 0 and float(field[2].abs().sum()) == 0
+    rnd = torch.randn(2, 4)
+    moved = exemplar_field(sae, tokens, [0, 1], rnd)
+    assert torch.allclose(moved[0], 3 * rnd[0]) and torch.allclose(moved[3], 5 * rnd[1])
+    with pytest.raises(ValueError, match="directions"):
+        exemplar_field(sae, tokens, [0, 1], torch.randn(3, 4))
+    with pytest.raises(ValueError, match="at least one"):
+        exemplar_field(sae, tokens, [])
+
+
+def test_a_field_steers_only_where_it_is_nonzero_and_must_match_the_positions(unet):
+    """A per-position field added at one position changes the samples; a zero field changes nothing; a field
+    with the wrong number of positions is refused with both counts named."""
+    hp = "up_blocks.0"
+    c = int(unet.model.get_submodule(hp).resnets[-1].conv2.out_channels)
+    sae = build_sae(TopKSAEConfig(d_in=c, n_latents=4, k=2, normalize="none", hook_point=hp, timestep=10), seed=0)
+    spec = SteeringSpec(0, "add", (4.0,))
+    cache: dict = {}
+    n_pos = 16 * 16  # the tiny UNet's up_blocks.0 output
+    zero = steer(unet, sae, hp, spec, [0], steps=3, cache=cache, direction=torch.zeros(n_pos, c))
+    assert np.array_equal(zero.images[0], zero.images[1])
+    field = torch.zeros(n_pos, c)
+    field[5] = 3.0
+    moved = steer(unet, sae, hp, spec, [0], steps=3, cache=cache, direction=field)
+    assert not np.array_equal(moved.images[0], moved.images[1])
+    with pytest.raises(ValueError, match="positions"):
+        steer(unet, sae, hp, spec, [0], steps=3, cache=cache, direction=torch.zeros(7, c))
