@@ -15,6 +15,9 @@ Targets (issue #21): precision >= 0.80 and >= 2x the matched random dictionary.
 Run: `python benchmarks/explanations.py [--config FILE] [--set key=value ...] [--out DIR]`
 (writes `pooling_precision.png` and `pooling_precision.json` to --out, default the current folder);
 `--penalty l1 --C 0.5` scores L1 probes (each class resting on few units) for every dictionary.
+`--validation`: never read a test row: the probes are fitted on 80 % of the train rows (class-stratified,
+seeded), explain the other 20 %, and the top images come from the 80 % (what a choice of recipe may read).
+`--rank-pooling P`: rank every unit's top images by pooling P instead of the one its probe reads.
 """
 from __future__ import annotations
 
@@ -26,17 +29,20 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from revelio_svc.config import load_config  # noqa: E402
 from revelio_svc.features.extract import store_uri_for  # noqa: E402
 from revelio_svc.features.store import open_store  # noqa: E402
 from revelio_svc.inference.precision import POOLINGS, pooling_comparison, pooling_figure  # noqa: E402
+from revelio_svc.probe.sparse import validation_split  # noqa: E402
 from revelio_svc.sae import read_sae  # noqa: E402
 from revelio_svc.sae.data import feature_set_for  # noqa: E402
 from revelio_svc.sae.trainer import sae_output_dir  # noqa: E402
 
 TARGET_PRECISION, TARGET_RATIO = 0.80, 2.0
+VALIDATION_FRACTION = 0.2
 
 
 def table(rows: list[dict]) -> str:
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--penalty", choices=("l2", "l1"), default=None, help="probe penalty (default: probe.penalty)")
     ap.add_argument("--C", type=float, default=None, help="probe C (default: probe.C_l1 for L1, probe.C for L2)")
     ap.add_argument("--seeds", type=int, default=3, help="random-dictionary seeds")
+    ap.add_argument("--validation", action="store_true",
+                    help="score on a validation split of the train rows; the test rows are never read")
     ap.add_argument("--rank-pooling", default=None,
                     help="rank each unit's top images by this pooling instead of the one its probe reads")
     ap.add_argument("--sae", default="", help="SAE directory (default: the one train-sae writes for the config)")
@@ -87,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
     sc = sae.config
     feats = feature_set_for(store, sc.hook_point, sc.timestep, sc.input, sc.pooling or "mean").load()
     labels, test = store.labels(cfg.probe.concept), store.is_test()
+    if args.validation:  # the train rows only: 80 % fit and give top images, 20 % are explained
+        keep = ~np.asarray(test, bool)
+        feats, labels = feats[keep], np.asarray(labels)[keep]
+        test = validation_split(labels, VALIDATION_FRACTION, 0)
     poolings = tuple(args.pooling or (POOLINGS if sc.input == "tokens" else (sc.latent_pooling,)))
     t0 = time.perf_counter()
     ms = tuple(dict.fromkeys(args.latents_per_class or (0, cfg.probe.latents_per_class)))
@@ -99,15 +111,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"SAE {sae_dir} ({sc.hook_point} t={sc.timestep}, {sc.input}, {sae.n_latents} latents, k={sc.k}); "
           f"{int(test.sum())} test rows, concept {cfg.probe.concept}; probe {penalty}, C={C}"
           f"{' (rows with m latents per class: top-m of an L2 probe)' if any(m > 0 for m in ms) else ''}"
-          f"{f'; top images ranked by {args.rank_pooling} pooling' if args.rank_pooling else ''}; "
+          f"{f'; top images ranked by {args.rank_pooling} pooling' if args.rank_pooling else ''}"
+          f"{'; VALIDATION rows of the train split (test rows unread)' if args.validation else ''}; "
           f"{time.perf_counter() - t0:.0f} s\n")
     print(table(rows))
     print(f"\nchance (base rate of the predicted labels): {rows[0]['chance']:.3f}")
     print("\n".join(["", "targets (contrastive attribution):", *("  " + v for v in verdicts(rows))]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "pooling_precision.json").write_text(json.dumps({"sae": str(sae_dir), "rows": rows}, indent=2))
-    fig = pooling_figure(rows, f"explanation precision by latent pooling ({cfg.probe.concept})")
+    (out / "pooling_precision.json").write_text(json.dumps(
+        {"sae": str(sae_dir), "rows": rows, "rank_pooling": args.rank_pooling, "validation": args.validation,
+         "penalty": penalty, "C": C}, indent=2))
+    extra = "".join([f", top images by {args.rank_pooling}" if args.rank_pooling else "",
+                     ", validation rows" if args.validation else ""])
+    fig = pooling_figure(rows, f"explanation precision by latent pooling ({cfg.probe.concept}{extra})")
     fig.savefig(out / "pooling_precision.png", dpi=110)
     print(f"\nwrote {out / 'pooling_precision.png'} and {out / 'pooling_precision.json'}")
     return 0

@@ -122,11 +122,13 @@ def _steering(args) -> dict:
 def _exemplar_steering(cfg, sae_dir, store_uri, judge, per_class: int, kw: dict):
     from revelio_svc.backbones import load_backbone
     from revelio_svc.features.store import open_store
-    from revelio_svc.inference.steering_eval import exemplar_steering, judge_fn_of
+    from revelio_svc.inference.steering_eval import check_judged_store, exemplar_steering, judge_fn_of
     from revelio_svc.interpret.judge import CLASSES
     from revelio_svc.sae import read_sae
 
-    return exemplar_steering(load_backbone(cfg.backbone), read_sae(sae_dir), open_store(store_uri), "shape",
+    store = open_store(store_uri)
+    check_judged_store(store, "shape")
+    return exemplar_steering(load_backbone(cfg.backbone), read_sae(sae_dir), store, "shape",
                              judge_fn_of(judge), CLASSES, per_class=per_class, **kw)
 
 

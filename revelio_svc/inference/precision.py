@@ -147,6 +147,8 @@ def pooling_comparison(sae, feats: np.ndarray, labels: np.ndarray, is_test: np.n
     attribution mode (`latents_per_class` 0 = the dense probe). `rank_pooling`: rank every unit's top images by
     this pooling instead of the one its probe reads."""
     test = np.asarray(is_test, bool)
+    if rank_pooling and feats.ndim != 4:
+        raise ValueError("rank_pooling needs token features (N, H, W, C): pooled vectors have one pooling only")
     sets = unit_sets(sae, feats, test, tuple(dict.fromkeys((*poolings, *([rank_pooling] if rank_pooling else [])))),
                      seeds)
     rows = []

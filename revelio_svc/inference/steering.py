@@ -126,7 +126,11 @@ class LatentIntervention:
             self.direction = decoder_direction(sae, spec.latent)
         else:
             d = direction.float()
-            self.direction = d if d.dim() == 2 else d.reshape(-1)
+            if d.dim() > 3:
+                raise ValueError(f"a steering direction is (d_in,), (positions, d_in) or (H, W, d_in); got "
+                                 f"{tuple(d.shape)}")
+            # one vector in any layout is added everywhere; a field keeps one row per position
+            self.direction = d.reshape(-1) if d.numel() == d.shape[-1] else d.reshape(-1, d.shape[-1])
         self.t: int | None = None
         self.offset = 0  # where the current chunk starts in the batch
         self.calls = 0

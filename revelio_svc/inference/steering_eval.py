@@ -275,7 +275,8 @@ def exemplar_field(sae, tokens: np.ndarray, latents: Sequence[int],
         raise ValueError(f"directions must be ({len(js)}, {sae.d_in}), got {tuple(directions.shape)}")
     with torch.no_grad():
         vals, idx = sae.encode_sparse(x)
-        z = torch.zeros(x.shape[0], sae.n_latents).scatter_(1, idx, vals.float())[:, js]
+        # scatter_add: BatchTopK pads unused slots with (index 0, value 0), which must not overwrite latent 0
+        z = torch.zeros(x.shape[0], sae.n_latents).scatter_add_(1, idx, vals.float())[:, js]
     return z @ directions.float()
 
 
@@ -290,8 +291,10 @@ def exemplar_steering(adapter, sae, store, concept: str, judge_fn: Callable[[np.
     Per class c: the latents of `class_specific_latents` (train rows), the train image of c on which they fire
     most (their summed image-level activation) as the exemplar, and `exemplar_field` of its token features
     (the SAE's feature set) added at r × 1 for r in `strengths` (r = 1: the exemplar's own activations). The
-    control places random directions of the same norms by the same codes. Flip rates as `measure_steering`;
-    `ClassSteering.latent` is the first latent, `scale` 1. Token SAEs only."""
+    control places random directions of the same norms by the same codes, and is then rescaled at every position
+    to the latent field's norm there (latents firing together have correlated directions; random ones do not, so
+    their sum would be shorter). Flip rates as `measure_steering`; `ClassSteering.latent` is the first latent,
+    `scale` 1. Token SAEs only; every class needs train rows on which its latents fire."""
     from ..sae.data import feature_set_for
     from .steering import SteeringSpec, steer
 
@@ -310,16 +313,23 @@ def exemplar_steering(adapter, sae, store, concept: str, judge_fn: Callable[[np.
     for k, js in enumerate(chosen):
         rows = np.flatnonzero(y == k)
         if not len(rows):
-            continue
-        ex = int(train_rows[rows[np.argmax(Z[rows][:, js].sum(1))]])
-        tokens = _store_row(fset, ex)
+            raise ValueError(f"class {class_names[k]!r} has no train rows in the store: no exemplar to place its "
+                             "latents by")
+        mass = np.asarray(Z[rows][:, js]).sum(1)
+        if not mass.max() > 0:
+            raise ValueError(f"none of the latents chosen for class {class_names[k]!r} ({js}) fires on its train rows")
+        tokens = _store_row(fset, int(train_rows[rows[int(np.argmax(mass))]]))
         d = torch.stack([decoder_direction(sae, j) for j in js])
-        rnd = torch.stack([random_direction(d[i], random_seed * 1000 + 10 * k + i) for i in range(len(js))])
+        rnd = torch.stack([random_direction(d[i], (random_seed * len(class_names) + k) * len(js) + i)
+                           for i in range(len(js))])
+        field = exemplar_field(sae, tokens, js, d)
+        control = exemplar_field(sae, tokens, js, rnd)
+        control = control * (field.norm(dim=1, keepdim=True) / control.norm(dim=1, keepdim=True).clamp_min(1e-12))
         spec = SteeringSpec(int(js[0]), "add", rel, t_min, t_max)
         stats, verdicts = [], {}
-        for name, dirs in (("latent", d), ("random", rnd)):
+        for name, f in (("latent", field), ("random", control)):
             r = steer(adapter, sae, c.hook_point, spec, seeds, steps=steps, sampler=sampler, cache=cache,
-                      direction=exemplar_field(sae, tokens, js, dirs))
+                      direction=f)
             probs = judge_variants(judge_fn, r.images)
             stats.append(flip_stats(probs, k, rel, min_conf))
             for v, vv in enumerate(variant_verdicts(probs, class_names, min_conf)):
@@ -341,6 +351,18 @@ def _store_row(fset, row: int) -> np.ndarray:
     raise IndexError(f"row {row} is past the {start} rows of {fset.key}")
 
 
+def check_judged_store(store, concept: str) -> None:
+    """Steering is judged by the shape judge: the store's `concept` must be shape with the judge's classes in the
+    judge's order (class k of the store is scored as the judge's class k)."""
+    from ..interpret.judge import CLASSES
+
+    if concept not in store.label_names or list(store.label_names[concept]) != list(CLASSES):
+        raise ValueError(f"steering is judged by the shape judge: the store needs the concept 'shape' with the "
+                         f"classes {', '.join(CLASSES)} in that order; it has "
+                         + (f"{concept}: {', '.join(store.label_names[concept])}" if concept in store.label_names
+                            else f"{', '.join(store.label_names) or 'no labels'}"))
+
+
 def judge_fn_of(judge) -> Callable[[np.ndarray], np.ndarray]:
     """images → probabilities through a loaded `interpret.judge.ShapeJudge`."""
     from ..interpret.judge import judge_probs
@@ -358,9 +380,7 @@ def steering_eval_for_sae(backbone_cfg, sae_dir, store_uri: str, concept: str = 
     from ..sae import read_sae
 
     store = open_store(store_uri)
-    if concept not in store.label_names or list(store.label_names[concept]) != list(CLASSES):
-        raise ValueError(f"steering is judged by the shape judge: the store needs the concept 'shape' with the "
-                         f"classes {', '.join(CLASSES)}; it has {', '.join(store.label_names) or 'no labels'}")
+    check_judged_store(store, concept)
     sae = read_sae(sae_dir)
     adapter = load_backbone(backbone_cfg)
     judge = judge if judge is not None else load_judge()

@@ -107,5 +107,14 @@ def test_top_images_can_be_ranked_by_another_pooling_than_the_probe_reads():
     assert same["precision.contrastive"] == base["precision.contrastive"] == 1.0
     assert moved["accuracy"] == base["accuracy"]
     assert moved["precision.contrastive"] < 0.6
-    rows = pooling_comparison(sae, feats, y, test, ("mean",), seeds=(1,), latents_per_class=(1,), rank_pooling="max")
-    assert {r["pooling"] for r in rows} == {"mean"} and len(rows) == len(METHODS)
+    kw2 = dict(seeds=(1,), latents_per_class=(1,))
+    ranked = pooling_comparison(sae, feats, y, test, ("mean",), rank_pooling="max", **kw2)
+    plain = pooling_comparison(sae, feats, y, test, ("mean",), **kw2)
+    assert {r["pooling"] for r in ranked} == {"mean"} and len(ranked) == len(METHODS)
+    # the probes still read mean-pooled units (same accuracy as without ranking); the images shown are ranked
+    # by max pooling, which moves some dictionary's precision
+    for r, p in zip(ranked, plain):
+        assert r["accuracy"] == p["accuracy"]
+    assert any(r["precision.contrastive"] != p["precision.contrastive"] for r, p in zip(ranked, plain))
+    with pytest.raises(ValueError, match="token features"):
+        pooling_comparison(sae, feats.reshape(len(feats), -1, D).mean(1), y, test, ("max",), rank_pooling="max", **kw2)

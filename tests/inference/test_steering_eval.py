@@ -128,9 +128,9 @@ def test_steer_refuses_a_direction_with_ablation(unet):
 
 
 def test_exemplar_field_places_each_latent_where_the_exemplar_has_it():
-    """A 2×2 exemplar whose top-left token fires latent 0 only and bottom-right latent 1 only: the field is
-    z·d_0 at the first position, z·d_1 at the last, zero where neither fires; random directions are placed
-    by the same codes."""
+    """A 2×2 exemplar whose top-left token fires latent 0 only and top-right latent 1 only: the field is z·d_0
+    at the first position, z·d_1 at the second (row-major, as the hook point's tokens), zero where neither
+    fires; random directions are placed by the same codes."""
     sae = build_sae(TopKSAEConfig(d_in=4, n_latents=4, k=1, normalize="none", hook_point="h", timestep=10), seed=0)
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(4))
@@ -139,14 +139,14 @@ def test_exemplar_field_places_each_latent_where_the_exemplar_has_it():
         sae.W_dec.copy_(torch.eye(4) * 2)
     tokens = np.zeros((2, 2, 4), np.float32)
     tokens[0, 0, 0] = 3.0
-    tokens[1, 1, 1] = 5.0
+    tokens[0, 1, 1] = 5.0
     field = exemplar_field(sae, tokens, [0, 1])
     assert field.shape == (4, 4)
-    assert torch.allclose(field[0], torch.tensor([6.0, 0, 0, 0])) and torch.allclose(field[3], torch.tensor([0, 10.0, 0, 0]))
-    assert float(field[1].abs().sum()) == 0 and float(field[2].abs().sum()) == 0
+    assert torch.allclose(field[0], torch.tensor([6.0, 0, 0, 0])) and torch.allclose(field[1], torch.tensor([0, 10.0, 0, 0]))
+    assert float(field[2].abs().sum()) == 0 and float(field[3].abs().sum()) == 0
     rnd = torch.randn(2, 4)
     moved = exemplar_field(sae, tokens, [0, 1], rnd)
-    assert torch.allclose(moved[0], 3 * rnd[0]) and torch.allclose(moved[3], 5 * rnd[1])
+    assert torch.allclose(moved[0], 3 * rnd[0]) and torch.allclose(moved[1], 5 * rnd[1])
     with pytest.raises(ValueError, match="directions"):
         exemplar_field(sae, tokens, [0, 1], torch.randn(3, 4))
     with pytest.raises(ValueError, match="at least one"):
@@ -170,3 +170,21 @@ def test_a_field_steers_only_where_it_is_nonzero_and_must_match_the_positions(un
     assert not np.array_equal(moved.images[0], moved.images[1])
     with pytest.raises(ValueError, match="positions"):
         steer(unet, sae, hp, spec, [0], steps=3, cache=cache, direction=torch.zeros(7, c))
+
+
+def test_an_intervention_adds_a_field_at_its_own_positions_only():
+    """A field with one nonzero position changes that token of the hook output and no other; an (H, W, d_in)
+    field is read row-major like the tokens; a 4-D direction is refused."""
+    from revelio_svc.inference.steering import LatentIntervention
+
+    sae = build_sae(TopKSAEConfig(d_in=3, n_latents=4, k=1, normalize="none", hook_point="h", timestep=10), seed=0)
+    field = torch.zeros(2, 2, 3)
+    field[0, 1] = torch.tensor([1.0, 2.0, 3.0])
+    hook = LatentIntervention(sae, SteeringSpec(0, "add", (2.0,)), torch.tensor([2.0]), field)
+    h = torch.zeros(1, 3, 2, 2)  # (B, C, H, W)
+    out = hook.apply(h)
+    assert torch.allclose(out[0, :, 0, 1], torch.tensor([2.0, 4.0, 6.0]))
+    out[0, :, 0, 1] = 0
+    assert float(out.abs().sum()) == 0
+    with pytest.raises(ValueError, match="steering direction"):
+        LatentIntervention(sae, SteeringSpec(0, "add", (1.0,)), torch.tensor([1.0]), torch.zeros(1, 2, 2, 3))
