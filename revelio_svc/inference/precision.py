@@ -96,10 +96,7 @@ def report_sets(sets: dict[str, Any], labels, test, probe=None, rank: dict[str, 
     """{method: unit_precision(...)} over one pooling's `unit_sets` entry (the dictionaries already encoded);
     `rank`: another pooling's entry, which ranks each unit's top images."""
     def ranked(m, i=None):
-        if rank is None:
-            return None
-        a = rank[m] if i is None else rank[m][i]
-        return a.toarray() if sp.issparse(a) else a
+        return None if rank is None else (rank[m] if i is None else rank[m][i])
 
     out = {"sae": unit_precision(sp.csr_matrix(sets["sae"]), labels, test, probe=probe, rank_acts=ranked("sae"), **kw)}
     runs = [unit_precision(sp.csr_matrix(a), labels, test, rank_acts=ranked("random", i), **kw)

@@ -201,6 +201,19 @@ def _r(s: float | None) -> str:
     return "–" if s is None else f"{s:g}"
 
 
+def _judge_pair(latent_run, random_run, target: int, judge_fn: Callable[[np.ndarray], np.ndarray],
+                class_names: Sequence[str], strengths: tuple[float, ...], min_conf: float
+                ) -> tuple[list[FlipStats], dict[str, list[str]]]:
+    """Flip stats of a steering run and its random control, and the judge's verdict per seed of every variant."""
+    stats, verdicts = [], {}
+    for name, r in (("latent", latent_run), ("random", random_run)):
+        probs = judge_variants(judge_fn, r.images)
+        stats.append(flip_stats(probs, target, strengths, min_conf))
+        for v, vv in enumerate(variant_verdicts(probs, class_names, min_conf)):
+            verdicts["baseline" if v == 0 else f"{name} r={strengths[v - 1]:g}"] = vv["verdicts"]
+    return stats, verdicts
+
+
 def measure_steering(adapter, sae, hook_point: str, latents: Mapping[int, int], scales: Mapping[int, float],
                      judge_fn: Callable[[np.ndarray], np.ndarray], class_names: Sequence[str], *,
                      strengths: Sequence[float] = DEFAULT_STRENGTHS, seeds: Sequence[int] = tuple(range(8)),
@@ -222,13 +235,7 @@ def measure_steering(adapter, sae, hook_point: str, latents: Mapping[int, int], 
         res = steer(adapter, sae, hook_point, spec, seeds, steps=steps, sampler=sampler, cache=cache)
         ctl = steer(adapter, sae, hook_point, spec, seeds, steps=steps, sampler=sampler, cache=cache,
                     direction=random_direction(d, random_seed * 1000 + int(c)))
-        stats = []
-        verdicts: dict[str, list[str]] = {}
-        for name, r in (("latent", res), ("random", ctl)):
-            probs = judge_variants(judge_fn, r.images)
-            stats.append(flip_stats(probs, int(c), rel, min_conf))
-            for v, vv in enumerate(variant_verdicts(probs, class_names, min_conf)):
-                verdicts["baseline" if v == 0 else f"{name} r={rel[v - 1]:g}"] = vv["verdicts"]
+        stats, verdicts = _judge_pair(res, ctl, int(c), judge_fn, class_names, rel, min_conf)
         out.append(ClassSteering(str(class_names[int(c)]), int(c), int(j), scale, stats[0], stats[1], verdicts))
         if progress is not None:
             progress(f"steering {class_names[int(c)]}: latent {j} flips {stats[0].flip_rate:.2f}, "
@@ -274,9 +281,7 @@ def exemplar_field(sae, tokens: np.ndarray, latents: Sequence[int],
     if tuple(directions.shape) != (len(js), sae.d_in):
         raise ValueError(f"directions must be ({len(js)}, {sae.d_in}), got {tuple(directions.shape)}")
     with torch.no_grad():
-        vals, idx = sae.encode_sparse(x)
-        # scatter_add: BatchTopK pads unused slots with (index 0, value 0), which must not overwrite latent 0
-        z = torch.zeros(x.shape[0], sae.n_latents).scatter_add_(1, idx, vals.float())[:, js]
+        z = sae.encode(x)[:, js].float()
     return z @ directions.float()
 
 
@@ -326,14 +331,9 @@ def exemplar_steering(adapter, sae, store, concept: str, judge_fn: Callable[[np.
         control = exemplar_field(sae, tokens, js, rnd)
         control = control * (field.norm(dim=1, keepdim=True) / control.norm(dim=1, keepdim=True).clamp_min(1e-12))
         spec = SteeringSpec(int(js[0]), "add", rel, t_min, t_max)
-        stats, verdicts = [], {}
-        for name, f in (("latent", field), ("random", control)):
-            r = steer(adapter, sae, c.hook_point, spec, seeds, steps=steps, sampler=sampler, cache=cache,
-                      direction=f)
-            probs = judge_variants(judge_fn, r.images)
-            stats.append(flip_stats(probs, k, rel, min_conf))
-            for v, vv in enumerate(variant_verdicts(probs, class_names, min_conf)):
-                verdicts["baseline" if v == 0 else f"{name} r={rel[v - 1]:g}"] = vv["verdicts"]
+        res, ctl = (steer(adapter, sae, c.hook_point, spec, seeds, steps=steps, sampler=sampler, cache=cache,
+                          direction=f) for f in (field, control))
+        stats, verdicts = _judge_pair(res, ctl, k, judge_fn, class_names, rel, min_conf)
         out.append(ClassSteering(str(class_names[k]), k, int(js[0]), 1.0, stats[0], stats[1], verdicts))
         if progress is not None:
             progress(f"exemplar steering {class_names[k]}: {len(js)} latents flip {stats[0].flip_rate:.2f}, "
