@@ -108,28 +108,13 @@ def _steering(args) -> dict:
     sae_dir = Path(args.sae) if args.sae else sae_output_dir(cfg, store_uri)
     kw = dict(strengths=tuple(args.strengths), seeds=tuple(range(args.seeds)), steps=args.steps, t_min=args.t_min,
               t_max=args.t_max, progress=lambda s: print(s, file=sys.stderr, flush=True))
-    if args.exemplar:
-        ev = _exemplar_steering(cfg, sae_dir, store_uri, load_judge(args.judge), args.exemplar, kw)
-        unit = f"the {args.exemplar} most specific latents placed as in an exemplar, r x its own activations"
-    else:
-        ev = steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, judge=load_judge(args.judge), **kw)
-        unit = "r x the latent's strongest train activation"
+    ev = steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, judge=load_judge(args.judge),
+                               exemplar=args.exemplar or 0, **kw)
+    unit = (f"the {args.exemplar} most specific latents placed as in an exemplar, r x its own activations"
+            if args.exemplar else "r x the latent's strongest train activation")
     print(f"steering flips (judge top probability >= {ev.min_conf}; {len(ev.seeds)} seeds, DDIM {ev.steps} steps, "
           f"strengths {unit}):\n{ev.table()}")
     return ev.to_dict()
-
-
-def _exemplar_steering(cfg, sae_dir, store_uri, judge, per_class: int, kw: dict):
-    from revelio_svc.backbones import load_backbone
-    from revelio_svc.features.store import open_store
-    from revelio_svc.inference.steering_eval import check_judged_store, exemplar_steering, judge_fn_of
-    from revelio_svc.interpret.judge import CLASSES
-    from revelio_svc.sae import read_sae
-
-    store = open_store(store_uri)
-    check_judged_store(store, "shape")
-    return exemplar_steering(load_backbone(cfg.backbone), read_sae(sae_dir), store, "shape",
-                             judge_fn_of(judge), CLASSES, per_class=per_class, **kw)
 
 
 def main(argv: list[str] | None = None) -> int:

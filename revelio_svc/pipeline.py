@@ -39,7 +39,13 @@ from .features.extract import extract, store_identity
 from .features.store import StoreError, open_store
 from .identity import digest
 from .inference import Classifier
-from .inference.steering_eval import PIPELINE_BUDGET, steering_eval_for_sae
+from .inference.steering_eval import (
+    EXEMPLAR_BUDGET,
+    EXEMPLAR_PREFIX,
+    PIPELINE_BUDGET,
+    PREFIX,
+    steering_eval_for_sae,
+)
 from .registry import Registration, register_set
 from .registry.faithfulness import faithfulness_for_classifier
 from .sae.io import sae_identity
@@ -290,11 +296,13 @@ def _steering(cfg: Config, sae_dir: Path, store_uri: str) -> dict[str, float]:
     pixels of those shapes; sampling a latent model on the CPU would not be small), and never a reason to fail."""
     if cfg.data.source != "shapes" or cfg.backbone.kind != "unet2d":
         return {}
-    try:
-        return steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, **PIPELINE_BUDGET).metrics()
-    except Exception as e:  # noqa: BLE001 - e.g. a backbone that cannot sample here
-        print(f"note: no steering metrics ({type(e).__name__}: {e})")
-        return {}
+    out: dict[str, float] = {}
+    for budget, prefix in ((PIPELINE_BUDGET, PREFIX), (EXEMPLAR_BUDGET, EXEMPLAR_PREFIX)):
+        try:
+            out.update(steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, **budget).metrics(prefix))
+        except Exception as e:  # noqa: BLE001 - e.g. a backbone that cannot sample here
+            print(f"note: no {prefix.rstrip('.')} metrics ({type(e).__name__}: {e})")
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)

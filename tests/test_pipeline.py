@@ -102,6 +102,9 @@ def test_mlflow_run_registers_the_three_models_in_one_parent_run(project_run, ti
     # and so are the steering flip rates of the SAE's class latents against random directions (shapes: judged)
     assert 0 <= clf_run.data.metrics["steering.flip_rate"] <= 1
     assert 0 <= clf_run.data.metrics["steering.flip_rate_random"] <= 1
+    # and those of each class's most specific latents placed as an exemplar has them, beside their control
+    assert 0 <= clf_run.data.metrics["steering_exemplar.flip_rate"] <= 1
+    assert 0 <= clf_run.data.metrics["steering_exemplar.flip_rate_random"] <= 1
 
 
 def test_a_second_process_loads_every_model_by_alias(project_run, tiny_unet_dir):

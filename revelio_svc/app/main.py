@@ -130,6 +130,7 @@ API_EXAMPLES: dict[str, str] = {
     "latent": 'client.predict(3, api_name="/latent")',
     "latent_search": 'client.predict("shape", "star", api_name="/latent_search")',
     "steer": 'client.predict(3, "add", "1, 2, 4", "4", "ddim", 20, 0, 999, api_name="/steer")',
+    "steer_class": 'client.predict("star", "4, 8, 16", 16, "4", "ddim", 20, 0, 999, api_name="/steer_class")',
     "fewshot_sample": 'client.predict("shapes", "shape", 5, 0, api_name="/fewshot_sample")',
     "fewshot_upload": ('client.predict("round", [handle_file(circle)], "pointy", [handle_file(star)], '
                        '"", None, "", None, api_name="/fewshot_upload")'),
@@ -473,6 +474,40 @@ class DemoUI:
 
         st_btn.click(steer, [self.st_latent, st_mode, st_strengths, st_seeds, st_sampler, st_steps, st_tmin, st_tmax],
                      [st_img, st_md, st_json], api_name="steer", **self.model_events)
+
+        gr.Markdown("**Steer toward a class**: a class's most selective latents added where one dataset image of "
+                    "the class has them (each position gets that image's own codes × α), beside random "
+                    "directions placed by the same codes and scaled to the same norm at every position (the "
+                    "control). The seeds, sampler, steps and timestep range above apply.")
+        with gr.Row():
+            sc_class = gr.Dropdown(list(svc.clf.class_names), value=svc.clf.class_names[0],
+                                   label=f"Class ({svc.clf.concept})", elem_id="steer-class")
+            sc_strengths = gr.Textbox("4, 8, 16", label="Strengths α", elem_id="steer-class-strengths")
+            sc_m = gr.Number(value=16, precision=0, minimum=1, maximum=64, label="Latents of the class")
+            sc_btn = gr.Button("Steer toward class", elem_id="steer-class-button")
+
+        @_user_errors("Steering toward a class")
+        def steer_class(label, strengths, latents_per_class, seeds, sampler, steps, t_min, t_max,
+                        progress=gr.Progress()):
+            progress(0, desc="sampling")
+            res, ex = svc.steer_class(label, strengths, seeds, latents_per_class, sampler, steps, t_min, t_max,
+                                      progress=lambda d, t: progress(d / max(t, 1), desc=f"denoising step {d}/{t}"))
+            img, _ = views.steering_sheet(res.images, res.variants, res.seeds)
+            summ = {**res.summary(), "exemplar": ex}
+            md = (f"Class **{ex['class']}**: latents {', '.join(map(str, ex['latents']))} placed as dataset image "
+                  f"#{ex['image_index']} has them · {summ['sampler']} {summ['steps']} steps, steered at "
+                  f"{summ['steered_steps']} · {summ['seconds']:.1f} s")
+            judged = svc.judge_steering(res.images)
+            if judged is not None:
+                summ["judge"] = judged
+                md += ("\n\n**Shape judge** (`?`: top probability below 0.5, out of its distribution):\n\n"
+                       "| variant | verdict per seed | judged |\n|---|---|---|\n"
+                       + "\n".join(f"| {v} | {', '.join(j['verdicts'])} | {j['in_dist']:.0%} |"
+                                   for v, j in zip(res.variants, judged)))
+            return img, md, summ
+
+        sc_btn.click(steer_class, [sc_class, sc_strengths, sc_m, st_seeds, st_sampler, st_steps, st_tmin, st_tmax],
+                     [st_img, st_md, st_json], api_name="steer_class", **self.model_events)
 
     # ------------------------------------------------------------------ Few-shot
     def _fewshot_tab(self) -> None:

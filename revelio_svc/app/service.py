@@ -29,7 +29,13 @@ from revelio_svc.inference import latent_stats as latent_stats_mod
 from revelio_svc.inference.faithfulness import deletion_curve
 from revelio_svc.inference.latent_stats import DatasetLatents, compute_dataset_latents
 from revelio_svc.inference.steering import MODES, SAMPLERS, SteeringSpec, steer
-from revelio_svc.inference.steering_eval import judge_variants, variant_verdicts
+from revelio_svc.inference.steering_eval import (
+    class_specific_latents,
+    exemplar_fields,
+    exemplar_row,
+    judge_variants,
+    variant_verdicts,
+)
 from revelio_svc.interpret.explanation import ATTRIBUTIONS
 from revelio_svc.sae import latent_maps
 
@@ -660,6 +666,56 @@ class DemoService:
         if mode == "add":
             res.variants = ["baseline"] + [f"α = {r:g} × {unit:.2f} (its strongest activation)" for r in rel]
         return res
+
+    def steer_class(self, label: Any, strengths: Any = "4, 8, 16", seeds: Any = 4, per_class: Any = 16,
+                    sampler: str = "ddim", steps: Any = 20, t_min: Any = 0, t_max: Any = 999, progress=None):
+        """Sample the same seeds with class `label`'s `per_class` most selective latents added as one dataset
+        image (the exemplar) has them, and with random directions placed by the same codes (the control of
+        `steering_eval.exemplar_fields`), α × the exemplar's own activations. Variants: the baseline, then the
+        latents at each α, then the control at each α. Returns (the run, {class, latents, image_index})."""
+        clf = self.clf
+        if clf.sae.config.input != "tokens":
+            raise InputError("steering toward a class places latents over positions: this SAE reads pooled vectors")
+        names = list(clf.class_names)
+        if label not in names:
+            raise InputError(f"{clf.concept} has no class {label!r}; its classes: {', '.join(names)}")
+        if sampler not in SAMPLERS:
+            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        rel = _numbers(strengths, "strengths")
+        if not 1 <= len(rel) <= 4:
+            raise InputError(f"give 1 to 4 strengths, e.g. '4, 8, 16'; got {len(rel)}")
+        m = int_in(per_class, "latents per class", 1, 64)
+        seed_list = _seed_list(seeds)
+        n_steps = int_in(steps, "steps", 2, 200)
+        lo, hi = int_in(t_min, "t_min", 0, 999), int_in(t_max, "t_max", 0, 999)
+        if lo > hi:
+            raise InputError(f"the timestep range is empty: t_min={lo} > t_max={hi}")
+        dl = self.dataset_latents()
+        if clf.concept not in dl.labels:
+            raise InputError(f"the dataset sample has no labels for {clf.concept!r}: no class to steer toward")
+        dl_names, lab = dl.labels[clf.concept]
+        c = list(dl_names).index(label) if label in dl_names else -1
+        if c < 0:
+            raise InputError(f"no image of class {label!r} in the dataset sample")
+        js = class_specific_latents(dl.Z.toarray(), lab, len(dl_names), per_class=m)[c]
+        try:
+            row = exemplar_row(dl.Z, lab, c, js, label, "images in the dataset sample")
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        index = int(dl.indices[row])
+        with self.model_lock:
+            _, tokens, _ = clf.tokens([self.thumb(index)], ids=[self.dataset().ids()[index]])
+            field, control = exemplar_fields(clf.sae, tokens[0], js, seed=c * len(js))
+            spec = SteeringSpec(int(js[0]), "add", tuple(rel), lo, hi)
+            runs = [steer(clf.adapter, clf.sae, clf.hook_point, spec, seed_list, steps=n_steps, sampler=sampler,
+                          progress=progress, cache=self._baselines, direction=f) for f in (field, control)]
+        res, ctl = runs
+        res.images = np.concatenate([res.images, ctl.images[1:]])
+        res.variants = (["baseline"] + [f"{label} latents, α = {r:g}" for r in rel]
+                        + [f"random directions, α = {r:g}" for r in rel])
+        res.change = list(res.change) + list(ctl.change[1:])
+        res.seconds += ctl.seconds
+        return res, {"class": label, "latents": [int(j) for j in js], "image_index": index}
 
     def judge_steering(self, images: np.ndarray) -> list[dict[str, Any]] | None:
         """The shape judge's verdicts on each variant of a steering run (`steering_eval.variant_verdicts`);

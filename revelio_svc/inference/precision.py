@@ -25,7 +25,8 @@ import scipy.sparse as sp
 from ..interpret.controls import matched_random
 from ..interpret.explanation import ATTRIBUTIONS, explanation_precision
 from ..interpret.purity import direction_activations
-from ..probe.linear import apply_scaler, fit_linear_probe
+from ..parallel import thread_map
+from ..probe.linear import apply_scaler, fit_linear_probe, fit_warnings
 from ..probe.sparse import fit_sparse_probe
 from ..sae.latents import image_latents_pooled
 
@@ -85,8 +86,9 @@ def unit_sets(sae, feats: np.ndarray, is_test: np.ndarray, poolings: Sequence[st
     """{pooling: {"sae": acts, "random": [acts per seed], "channels": acts}}, each dictionary encoded once."""
     test = np.asarray(is_test, bool)
     calib = _calibration(feats, np.flatnonzero(~test)) if sae.config.variant == "batchtopk" else None
-    z = image_latents_pooled(sae, feats, poolings)
-    rnd = [image_latents_pooled(matched_random(sae, s, calibration=calib), feats, poolings) for s in seeds]
+    # the SAE and its random dictionaries encoded side by side (threads: the encodings leave cores idle)
+    dicts = [sae, *(matched_random(sae, s, calibration=calib) for s in seeds)]
+    z, *rnd = thread_map(lambda d: image_latents_pooled(d, feats, poolings), dicts)
     return {p: {"sae": z[p], "random": [r[p] for r in rnd],
                 "channels": direction_activations(feats, None, p if feats.ndim == 4 else "max")} for p in poolings}
 
@@ -98,13 +100,18 @@ def report_sets(sets: dict[str, Any], labels, test, probe=None, rank: dict[str, 
     def ranked(m, i=None):
         return None if rank is None else (rank[m] if i is None else rank[m][i])
 
-    out = {"sae": unit_precision(sp.csr_matrix(sets["sae"]), labels, test, probe=probe, rank_acts=ranked("sae"), **kw)}
-    runs = [unit_precision(sp.csr_matrix(a), labels, test, rank_acts=ranked("random", i), **kw)
-            for i, a in enumerate(sets["random"])]
+    # one probe fit per dictionary, side by side (the random seeds' L1 fits are most of a register stage)
+    jobs = [("sae", None, sp.csr_matrix(sets["sae"]), probe)]
+    jobs += [("random", i, sp.csr_matrix(a), None) for i, a in enumerate(sets["random"])]
+    jobs.append(("channels", None, sets["channels"], None))
+    scored = thread_map(lambda j: unit_precision(j[2], labels, test, probe=j[3], rank_acts=ranked(j[0], j[1]), **kw),
+                        jobs, quiet=fit_warnings())
+    out = {"sae": scored[0]}
+    runs = scored[1:-1]
     out["random"] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
     out["random"].update({f"{k}_sd": float(np.std([r[k] for r in runs], ddof=1)) if len(runs) > 1 else float("nan")
                           for k in runs[0] if k.startswith("precision.")})
-    out["channels"] = unit_precision(sets["channels"], labels, test, rank_acts=ranked("channels"), **kw)
+    out["channels"] = scored[-1]
     return out
 
 

@@ -37,6 +37,10 @@ PREFIX = "steering."
 # what the pipeline's register stage spends on it (make run has little time to spare): 6 classes × 2
 # directions × 2 strengths × 4 seeds × 10 DDIM steps = 960 denoiser calls per image, plus the baseline
 PIPELINE_BUDGET = {"seeds": (0, 1, 2, 3), "strengths": (1.0, 4.0), "steps": 10}
+# the same for a class's most specific latents placed as an exemplar has them (`exemplar_steering`): the setting
+# that flips most against its control (benchmarks/judge.py steering --exemplar 16: 0.44 vs 0.20 at 12 seeds)
+EXEMPLAR_PREFIX = "steering_exemplar."
+EXEMPLAR_BUDGET = {"exemplar": 16, "seeds": (0, 1, 2, 3), "strengths": (8.0, 16.0), "steps": 10}
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -163,17 +167,19 @@ class SteeringEval:
     seconds: float
     min_conf: float = MIN_CONF
 
-    def metrics(self) -> dict[str, float]:
-        """`steering.flip_rate` / `steering.flip_rate_random` (mean over classes), and per class."""
+    def metrics(self, prefix: str = PREFIX) -> dict[str, float]:
+        """`steering.flip_rate` / `steering.flip_rate_random` (mean over classes), and per class (`prefix`
+        instead of `steering.`: e.g. `EXEMPLAR_PREFIX`)."""
         if not self.classes:
             return {}
-        m = {PREFIX + "flip_rate": float(np.mean([c.latent_stats.flip_rate for c in self.classes])),
-             PREFIX + "flip_rate_random": float(np.mean([c.random_stats.flip_rate for c in self.classes])),
-             PREFIX + "baseline_in_dist": float(np.mean([c.latent_stats.baseline_in_dist for c in self.classes])),
-             PREFIX + "seconds": float(self.seconds)}
+        p = prefix
+        m = {p + "flip_rate": float(np.mean([c.latent_stats.flip_rate for c in self.classes])),
+             p + "flip_rate_random": float(np.mean([c.random_stats.flip_rate for c in self.classes])),
+             p + "baseline_in_dist": float(np.mean([c.latent_stats.baseline_in_dist for c in self.classes])),
+             p + "seconds": float(self.seconds)}
         for c in self.classes:
-            m[f"{PREFIX}flip_rate.{c.label}"] = c.latent_stats.flip_rate
-            m[f"{PREFIX}flip_rate_random.{c.label}"] = c.random_stats.flip_rate
+            m[f"{p}flip_rate.{c.label}"] = c.latent_stats.flip_rate
+            m[f"{p}flip_rate_random.{c.label}"] = c.random_stats.flip_rate
         return m
 
     def to_dict(self) -> dict[str, Any]:
@@ -285,6 +291,32 @@ def exemplar_field(sae, tokens: np.ndarray, latents: Sequence[int],
     return z @ directions.float()
 
 
+def exemplar_row(Z, y: np.ndarray, k: int, latents: Sequence[int], label: str, where: str = "rows") -> int:
+    """The row of class `k` (labels `y`) on which `latents` fire most (their summed image-level activation in
+    `Z` (n, L), dense or scipy.sparse): the exemplar whose codes place them. ValueError naming `label` when the
+    class has no rows or none of the latents fires on them."""
+    rows = np.flatnonzero(np.asarray(y) == k)
+    if not len(rows):
+        raise ValueError(f"class {label!r} has no {where}: no exemplar to place its latents by")
+    mass = np.asarray(Z[rows][:, list(latents)].sum(1)).reshape(-1)
+    if not mass.max() > 0:
+        raise ValueError(f"none of the latents chosen for class {label!r} ({list(latents)}) fires on its {where}")
+    return int(rows[int(np.argmax(mass))])
+
+
+def exemplar_fields(sae, tokens: np.ndarray, latents: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(field, control) for steering with `latents` placed as the exemplar `tokens` has them: `exemplar_field`
+    with their decoder directions, and with random directions of the same norms (seeds seed, seed + 1, …)
+    placed by the same codes, rescaled at every position to the field's norm there (latents firing together
+    have correlated directions; random ones do not, so their sum would be shorter)."""
+    js = [int(j) for j in latents]
+    d = torch.stack([decoder_direction(sae, j) for j in js])
+    rnd = torch.stack([random_direction(d[i], int(seed) + i) for i in range(len(js))])
+    field = exemplar_field(sae, tokens, js, d)
+    control = exemplar_field(sae, tokens, js, rnd)
+    return field, control * (field.norm(dim=1, keepdim=True) / control.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
 def exemplar_steering(adapter, sae, store, concept: str, judge_fn: Callable[[np.ndarray], np.ndarray],
                       class_names: Sequence[str], *, per_class: int = 16,
                       strengths: Sequence[float] = DEFAULT_STRENGTHS, seeds: Sequence[int] = tuple(range(8)),
@@ -316,20 +348,9 @@ def exemplar_steering(adapter, sae, store, concept: str, judge_fn: Callable[[np.
     cache: dict = {}
     out = []
     for k, js in enumerate(chosen):
-        rows = np.flatnonzero(y == k)
-        if not len(rows):
-            raise ValueError(f"class {class_names[k]!r} has no train rows in the store: no exemplar to place its "
-                             "latents by")
-        mass = np.asarray(Z[rows][:, js]).sum(1)
-        if not mass.max() > 0:
-            raise ValueError(f"none of the latents chosen for class {class_names[k]!r} ({js}) fires on its train rows")
-        tokens = _store_row(fset, int(train_rows[rows[int(np.argmax(mass))]]))
-        d = torch.stack([decoder_direction(sae, j) for j in js])
-        rnd = torch.stack([random_direction(d[i], (random_seed * len(class_names) + k) * len(js) + i)
-                           for i in range(len(js))])
-        field = exemplar_field(sae, tokens, js, d)
-        control = exemplar_field(sae, tokens, js, rnd)
-        control = control * (field.norm(dim=1, keepdim=True) / control.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        row = exemplar_row(Z, y, k, js, class_names[k], "train rows in the store")
+        tokens = _store_row(fset, int(train_rows[row]))
+        field, control = exemplar_fields(sae, tokens, js, (random_seed * len(class_names) + k) * len(js))
         spec = SteeringSpec(int(js[0]), "add", rel, t_min, t_max)
         res, ctl = (steer(adapter, sae, c.hook_point, spec, seeds, steps=steps, sampler=sampler, cache=cache,
                           direction=f) for f in (field, control))
@@ -371,9 +392,10 @@ def judge_fn_of(judge) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def steering_eval_for_sae(backbone_cfg, sae_dir, store_uri: str, concept: str = "shape", judge=None,
-                          **kw) -> SteeringEval:
+                          exemplar: int = 0, **kw) -> SteeringEval:
     """`steering_eval_for_store` for a saved SAE, its feature store and backbone, judged by the shape judge
-    (default: the shipped one). Only the procedural shapes have a judge: `concept` must be "shape"."""
+    (default: the shipped one); with `exemplar` > 0, `exemplar_steering` with that many latents per class
+    instead. Only the procedural shapes have a judge: `concept` must be "shape"."""
     from ..backbones import load_backbone
     from ..features.store import open_store
     from ..interpret.judge import CLASSES, load_judge
@@ -383,5 +405,7 @@ def steering_eval_for_sae(backbone_cfg, sae_dir, store_uri: str, concept: str = 
     check_judged_store(store, concept)
     sae = read_sae(sae_dir)
     adapter = load_backbone(backbone_cfg)
-    judge = judge if judge is not None else load_judge()
-    return steering_eval_for_store(adapter, sae, store, concept, judge_fn_of(judge), CLASSES, **kw)
+    judge_fn = judge_fn_of(judge if judge is not None else load_judge())
+    if exemplar > 0:
+        return exemplar_steering(adapter, sae, store, concept, judge_fn, CLASSES, per_class=int(exemplar), **kw)
+    return steering_eval_for_store(adapter, sae, store, concept, judge_fn, CLASSES, **kw)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..data.splits import stratified_sample, validation_mask
+from ..parallel import thread_map
 from ..sae import SparseAutoencoder, image_latents
 from . import dictionaries
 from .controls import control_sae, mean_sd
@@ -338,11 +339,17 @@ def score_controls(sae: SparseAutoencoder, data: ReportData, seeds: Sequence[int
     scored once, they serve every evaluation of a training run.
     """
     sample = data.sample()
+    jobs = [(name, s) for name in names for s in (seeds if name in SEEDED else (init_seed,))]
+
+    def score(job: tuple[str, int]) -> UnitScores:
+        units = control_units(sae, sample, *job)
+        return score_units(units, image_latents(units, data.feats), data)
+
+    from sklearn.exceptions import ConvergenceWarning  # the sparse probes' solver; deferred like sklearn itself
+
     out: dict[str, list[UnitScores]] = {}
-    for name in names:
-        for s in (seeds if name in SEEDED else (init_seed,)):
-            units = control_units(sae, sample, name, s)
-            out.setdefault(name, []).append(score_units(units, image_latents(units, data.feats), data))
+    for (name, _), scores in zip(jobs, thread_map(score, jobs, quiet=(ConvergenceWarning,))):
+        out.setdefault(name, []).append(scores)
     return out
 
 

@@ -157,6 +157,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def fit_warnings() -> tuple[type[Warning], ...]:
+    """What a fit says on stderr that it also records (`meta["converged"]`): for `thread_map(quiet=...)`."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    return (ConvergenceWarning,)
+
+
 def _solver_class():
     return globals().get("LogisticRegression") or __getattr__("LogisticRegression")
 

@@ -18,6 +18,7 @@ from ..features.extract import store_uri_for
 from ..features.store import FeatureSet, FeatureStore, open_store
 from ..identity import Paths, digest
 from ..jsonmeta import json_default
+from ..parallel import thread_map
 from ..probe.controls import (
     aligned_features,
     dataset_for_store,
@@ -28,7 +29,7 @@ from ..probe.controls import (
 )
 from ..probe.diffc import train_diffc
 from ..probe.fewshot import FewShotResult, run_few_shot
-from ..probe.linear import fit_linear_probe
+from ..probe.linear import fit_linear_probe, fit_warnings
 from ..probe.metrics import chance_accuracy, classification_metrics, confusion_figure
 from ..probe.sparse import fit_sparse_probe, smallest_within, sparsity_curve, sparsity_figure, validation_split
 from ..sae import SparseAutoencoder, image_latents, read_sae
@@ -255,14 +256,22 @@ def _run_protocol(cfg: Config, store: FeatureStore, main: ProbeInputs, meta: dic
     shots = list(pc.shots) + ([] if "all" in pc.shots else ["all"])  # the saved probe is always the k=all one
     deterministic = pc.kind == "linear"
     n_train = int((~np.asarray(is_test, bool)).sum())
-    fit = probe_fitter(cfg, n_classes, meta, n_train)
-    results = {"model": run_few_shot(fit, main.X, labels, is_test, shots, pc.seeds, n_classes, deterministic,
-                                     keep=[("all", 0)], index=store.index())}
-    if pc.controls:
-        for name, Xc in control_inputs(cfg, store, main, is_test, progress).items():
-            fit = probe_fitter(cfg, n_classes, {**meta, "input": name, "sae": None}, n_train)
-            results[name] = run_few_shot(fit, Xc, labels, is_test, list(pc.shots), pc.seeds, n_classes,
-                                         deterministic, index=store.index())
+    index = store.index()
+    inputs = {"model": main.X, **(control_inputs(cfg, store, main, is_test, progress) if pc.controls else {})}
+
+    def protocol(name: str) -> FewShotResult:
+        if name == "model":
+            return run_few_shot(probe_fitter(cfg, n_classes, meta, n_train), main.X, labels, is_test, shots,
+                                pc.seeds, n_classes, deterministic, keep=[("all", 0)], index=index)
+        fit = probe_fitter(cfg, n_classes, {**meta, "input": name, "sae": None}, n_train)
+        return run_few_shot(fit, inputs[name], labels, is_test, list(pc.shots), pc.seeds, n_classes,
+                            deterministic, index=index)
+
+    # linear probes (one scikit-learn fit each) run side by side; Diff-C heads seed torch's global generator,
+    # so they train one after another
+    names = list(inputs)
+    results = dict(zip(names, thread_map(protocol, names, workers=None if deterministic else 1,
+                                             quiet=fit_warnings())))
     if ("all", 0) not in results["model"].models:
         raise ValueError(f"the train split of {store.uri} holds a single class of {pc.concept!r}: nothing to probe")
     return results

@@ -259,6 +259,23 @@ def test_steering_samples_the_same_seeds_with_and_without(client, tiny_clf):
         client.predict(3, "add", "1", "4", "ddim", 6, 600, 500, api_name="/steer")
 
 
+def test_steering_toward_a_class_places_its_latents_beside_the_random_control(client, tiny_clf):
+    label = tiny_clf.class_names[1]
+    img, md, run = client.predict(label, "2, 8", 3, "0, 1", "ddim", 6, 0, 999, api_name="/steer_class")
+    assert run["variants"] == ["baseline", f"{label} latents, α = 2", f"{label} latents, α = 8",
+                               "random directions, α = 2", "random directions, α = 8"]
+    ex = run["exemplar"]
+    assert ex["class"] == label and len(set(ex["latents"])) == 3
+    ds = tiny_clf.dataset()
+    assert ds.label_names()[tiny_clf.concept][ds.labels(tiny_clf.concept)[ex["image_index"]]] == label
+    assert run["mean_abs_change"][0] == 0.0 and all(c > 0 for c in run["mean_abs_change"][1:])
+    assert [len(j["verdicts"]) for j in run["judge"]] == [2] * 5 and f"Class **{label}**" in md
+    with pytest.raises(AppError, match="dodecagon"):  # the dropdown's choices are the classifier's classes
+        client.predict("dodecagon", "4", 3, "4", "ddim", 6, 0, 999, api_name="/steer_class")
+    with pytest.raises(AppError, match="give 1 to 4 strengths"):
+        client.predict(label, "", 3, "4", "ddim", 6, 0, 999, api_name="/steer_class")
+
+
 def test_deletion_curve_of_an_upload(client, tmp_path):
     plot, md, curve = client.predict(handle_file(str(example("star"))), 8, api_name="/deletion_curve")
     assert len(curve["prob"]) == len(curve["removed"]) + 1 and 0 <= curve["auc"] <= 1
@@ -308,7 +325,7 @@ def test_model_events_share_one_concurrency_limit_and_the_app_binds_loopback(ser
     assert demo.server_name == "127.0.0.1"
     by_name = {fn.api_name: fn for fn in demo.fns.values()}
     for name in ("classify", "fewshot_sample", "fewshot_upload", "fewshot_classify", "latent", "latent_search",
-                 "atlas", "steer", "deletion_curve"):
+                 "atlas", "steer", "steer_class", "deletion_curve"):
         assert by_name[name].concurrency_limit == 2 and by_name[name].concurrency_id == "model", name
     assert demo._queue.max_size == 64
 
@@ -348,6 +365,7 @@ def test_concurrent_requests_get_the_same_answers_as_one_at_a_time(served, tiny_
     ("/steer", (None, "add", "1", "4", "ddim", 6, 0, 999), "enter a latent number"),
     ("/steer", (3, "add", "1", "0, 0", "ddim", 6, 0, 999), "distinct"),
     ("/steer", (3, "add", "1e9", "4", "ddim", 6, 0, 999), "between -1000 and 1000"),
+    ("/steer_class", ("star", "1, 2, 4, 8, 16", 4, "4", "ddim", 6, 0, 999), "give 1 to 4 strengths"),
     ("/fewshot_save", ("x",), "train a few-shot probe first"),
 ])
 def test_bad_input_to_any_endpoint_is_a_message_not_a_traceback(served, api, args, expect):

@@ -61,7 +61,7 @@ def test_json_endpoints_and_integer_sliders_are_typed(app):
     props = exp["type"]["properties"]
     assert {"label", "probs", "contributions", "model"} <= set(props)
     assert "latent" in props["contributions"]["items"]["properties"]
-    ints = {"/classify": ["top_n"], "/deletion_curve": ["n_max"], "/steer": ["steps", "t_min", "t_max"],
+    ints = {"/classify": ["top_n"], "/deletion_curve": ["n_max"], "/steer": ["steps", "t_min", "t_max"], "/steer_class": ["latents_per_class", "steps", "t_min", "t_max"],
             "/fewshot_sample": ["n_per_class", "seed"]}
     for ep, names in ints.items():
         params = {p["parameter_name"]: p for p in api[ep]["parameters"]}
@@ -103,3 +103,14 @@ def test_the_cli_demo_launches_quietly(tiny_model_dir, monkeypatch):
     monkeypatch.delenv("REVELIO_DEMO_PASSWORD", raising=False)
     assert demo(load_config(None, [f"demo.model={tiny_model_dir}"])) == 0
     assert calls[0]["quiet"] is True
+
+
+def test_steering_toward_a_class_refuses_what_it_cannot_place(svc):
+    from revelio_svc.app.service import InputError
+
+    with pytest.raises(InputError, match="has no class 'dodecagon'; its classes: "):
+        svc.steer_class("dodecagon")
+    with pytest.raises(InputError, match="latents per class must be a whole number between 1 and 64"):
+        svc.steer_class(svc.clf.class_names[0], per_class=0)
+    with pytest.raises(InputError, match="timestep range is empty"):
+        svc.steer_class(svc.clf.class_names[0], t_min=600, t_max=500)

@@ -118,3 +118,11 @@ def test_top_images_can_be_ranked_by_another_pooling_than_the_probe_reads():
     assert any(r["precision.contrastive"] != p["precision.contrastive"] for r, p in zip(ranked, plain))
     with pytest.raises(ValueError, match="token features"):
         pooling_comparison(sae, feats.reshape(len(feats), -1, D).mean(1), y, test, ("max",), rank_pooling="max", **kw2)
+
+
+def test_the_report_does_not_depend_on_how_many_fits_run_side_by_side(monkeypatch):
+    sae, feats, y, test = planted(seed=3)
+    monkeypatch.setenv("REVELIO_FIT_WORKERS", "1")
+    serial = explanation_report(sae, feats, y, test, seeds=(1, 2, 3), penalty="l1", C=0.5)
+    monkeypatch.setenv("REVELIO_FIT_WORKERS", "4")
+    assert explanation_report(sae, feats, y, test, seeds=(1, 2, 3), penalty="l1", C=0.5) == serial

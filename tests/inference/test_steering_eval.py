@@ -11,6 +11,8 @@ from revelio_svc.inference.steering import SteeringSpec, steer
 from revelio_svc.inference.steering_eval import (
     class_specific_latents,
     exemplar_field,
+    exemplar_fields,
+    exemplar_row,
     flip_stats,
     measure_steering,
     random_direction,
@@ -151,6 +153,32 @@ def test_exemplar_field_places_each_latent_where_the_exemplar_has_it():
         exemplar_field(sae, tokens, [0, 1], torch.randn(3, 4))
     with pytest.raises(ValueError, match="at least one"):
         exemplar_field(sae, tokens, [])
+
+
+def test_the_exemplar_is_the_class_row_where_the_latents_fire_most():
+    Z = np.array([[5.0, 0, 0], [0, 1, 1], [0, 2, 3], [9, 9, 9]])
+    y = np.array([0, 1, 1, 2])
+    assert exemplar_row(Z, y, 1, [1, 2], "b") == 2  # mass 5 beats 2; row 3 is another class
+    import scipy.sparse as sp
+
+    assert exemplar_row(sp.csr_matrix(Z), y, 1, [1, 2], "b") == 2
+    with pytest.raises(ValueError, match="class 'd' has no rows"):
+        exemplar_row(Z, y, 3, [0], "d")
+    with pytest.raises(ValueError, match="none of the latents chosen for class 'a'"):
+        exemplar_row(Z, y, 0, [1, 2], "a")
+
+
+def test_the_control_field_has_the_latent_fields_norm_at_every_position():
+    sae = build_sae(TopKSAEConfig(d_in=8, n_latents=16, k=3, normalize="none", hook_point="h", timestep=10), seed=0)
+    tokens = np.random.default_rng(0).standard_normal((3, 3, 8)).astype(np.float32)
+    field, control = exemplar_fields(sae, tokens, [0, 3, 5], seed=7)
+    assert field.shape == control.shape == (9, 8)
+    assert torch.allclose(field.norm(dim=1), control.norm(dim=1), atol=1e-5)
+    assert torch.equal(field, exemplar_field(sae, tokens, [0, 3, 5]))
+    cos = torch.nn.functional.cosine_similarity(field, control, dim=1)
+    assert float(cos[field.norm(dim=1) > 0].abs().max()) < 0.99  # other directions, not the latents'
+    again = exemplar_fields(sae, tokens, [0, 3, 5], seed=7)[1]
+    assert torch.equal(control, again) and not torch.equal(control, exemplar_fields(sae, tokens, [0, 3, 5], 8)[1])
 
 
 def test_a_field_steers_only_where_it_is_nonzero_and_must_match_the_positions(unet):

@@ -149,3 +149,14 @@ def test_gap_score_is_the_worst_headline_gap_as_a_fraction_of_its_target():
     assert np.isclose(gap_score({**at_target, "gap.sparse_probe.k16": -0.05}, "shape"), -1.0)
     # only what the report has counts (no masks: no detectors)
     assert gap_score({"gap.sparse_probe.k16": 0.025}, "shape") == 0.5 and gap_score({}, "shape") is None
+
+
+def test_controls_scored_side_by_side_equal_the_serial_scores(monkeypatch):
+    feats, y, obj, dirs = planted(n=240, seed=2)
+    sae = sae_with(np.concatenate([dirs] * (L // N_CLASSES)))
+    monkeypatch.setenv("REVELIO_FIT_WORKERS", "1")
+    serial = report(sae, feats, y, obj).metrics()
+    monkeypatch.setenv("REVELIO_FIT_WORKERS", "3")
+    threaded = report(sae, feats, y, obj).metrics()
+    assert threaded.keys() == serial.keys()
+    assert all(threaded[k] == serial[k] or (np.isnan(threaded[k]) and np.isnan(serial[k])) for k in serial)
