@@ -76,3 +76,15 @@ def test_explanations_benchmark_on_a_planted_store(tmp_path, capsys):
         (p, m, k) for p in ("max", "top2") for m in (0, 2) for k in ("sae", "random", "channels")}
     assert (tmp_path / "out" / "pooling_precision.png").is_file()
     assert "targets (contrastive attribution)" in out and "latents per class" in out
+
+
+def test_bench_fits_times_both_ways_and_finds_the_same_results(capsys, monkeypatch):
+    monkeypatch.setenv("REVELIO_FIT_WORKERS", "2")  # the script measures against its own default and restores this
+    assert _load("bench_fits").main(["--quick", "--rounds", "1"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(res["pieces"]) == {"precision", "controls"}
+    for piece in res["pieces"].values():
+        assert piece["identical"] is True and piece["serial_s"] > 0 and piece["threaded_s"] > 0
+    import os
+
+    assert os.environ["REVELIO_FIT_WORKERS"] == "2"
