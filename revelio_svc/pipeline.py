@@ -44,7 +44,7 @@ from .inference.steering_eval import (
     EXEMPLAR_PREFIX,
     PIPELINE_BUDGET,
     PREFIX,
-    steering_eval_for_sae,
+    JudgedSteering,
 )
 from .registry import Registration, register_set
 from .registry.faithfulness import faithfulness_for_classifier
@@ -62,8 +62,8 @@ from .stages.sweep import sweep_identity
 from .stages.train_probe import check_probe_labels, probe_identity
 from .tracking import (
     DESCRIPTIONS,
-    closing_run,
     RUN_NAME_TAG,
+    closing_run,
     distributed_params,
     end_status,
     log_params_once,
@@ -296,11 +296,16 @@ def _steering(cfg: Config, sae_dir: Path, store_uri: str) -> dict[str, float]:
     pixels of those shapes; sampling a latent model on the CPU would not be small), and never a reason to fail."""
     if cfg.data.source != "shapes" or cfg.backbone.kind != "unet2d":
         return {}
+    try:
+        judged = JudgedSteering.open(cfg.backbone, sae_dir, store_uri)
+    except Exception as e:  # noqa: BLE001 - e.g. a backbone that cannot be loaded here
+        print(f"note: no steering metrics ({type(e).__name__}: {e})")
+        return {}
     out: dict[str, float] = {}
     for budget, prefix in ((PIPELINE_BUDGET, PREFIX), (EXEMPLAR_BUDGET, EXEMPLAR_PREFIX)):
         try:
-            out.update(steering_eval_for_sae(cfg.backbone, sae_dir, store_uri, **budget).metrics(prefix))
-        except Exception as e:  # noqa: BLE001 - e.g. a backbone that cannot sample here
+            out.update(judged.run(**budget).metrics(prefix))
+        except Exception as e:  # noqa: BLE001 - e.g. a backbone that cannot sample here, a pooled SAE
             print(f"note: no {prefix.rstrip('.')} metrics ({type(e).__name__}: {e})")
     return out
 

@@ -694,9 +694,9 @@ class DemoService:
         if clf.concept not in dl.labels:
             raise InputError(f"the dataset sample has no labels for {clf.concept!r}: no class to steer toward")
         dl_names, lab = dl.labels[clf.concept]
-        c = list(dl_names).index(label) if label in dl_names else -1
-        if c < 0:
+        if label not in dl_names:
             raise InputError(f"no image of class {label!r} in the dataset sample")
+        c = list(dl_names).index(label)
         js = class_specific_latents(dl.Z.toarray(), lab, len(dl_names), per_class=m)[c]
         try:
             row = exemplar_row(dl.Z, lab, c, js, label, "images in the dataset sample")

@@ -262,9 +262,11 @@ def train_latents(sae, store, concept: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def steering_eval_for_store(adapter, sae, store, concept: str, judge_fn: Callable[[np.ndarray], np.ndarray],
-                            class_names: Sequence[str], **kw) -> SteeringEval:
-    """Choose each class's most specific latent on the store's train rows and `measure_steering` with it."""
-    Z, y = train_latents(sae, store, concept)
+                            class_names: Sequence[str], *, train: tuple[np.ndarray, np.ndarray] | None = None,
+                            **kw) -> SteeringEval:
+    """Choose each class's most specific latent on the store's train rows and `measure_steering` with it
+    (`train`: `train_latents` of this SAE and store, when already computed)."""
+    Z, y = train if train is not None else train_latents(sae, store, concept)
     chosen = class_specific_latents(Z, y, len(class_names))
     latents = {c: js[0] for c, js in enumerate(chosen)}
     scales = {j: float(Z[:, j].max()) for j in latents.values()}
@@ -322,7 +324,8 @@ def exemplar_steering(adapter, sae, store, concept: str, judge_fn: Callable[[np.
                       strengths: Sequence[float] = DEFAULT_STRENGTHS, seeds: Sequence[int] = tuple(range(8)),
                       steps: int = 20, sampler: str = "ddim", t_min: int = 0, t_max: int = 999,
                       min_conf: float = MIN_CONF, random_seed: int = 0,
-                      progress: Callable[[str], None] | None = None) -> SteeringEval:
+                      progress: Callable[[str], None] | None = None,
+                      train: tuple[np.ndarray, np.ndarray] | None = None) -> SteeringEval:
     """Steering with a class's `per_class` most specific latents placed where an exemplar has them.
 
     Per class c: the latents of `class_specific_latents` (train rows), the train image of c on which they fire
@@ -331,15 +334,16 @@ def exemplar_steering(adapter, sae, store, concept: str, judge_fn: Callable[[np.
     control places random directions of the same norms by the same codes, and is then rescaled at every position
     to the latent field's norm there (latents firing together have correlated directions; random ones do not, so
     their sum would be shorter). Flip rates as `measure_steering`; `ClassSteering.latent` is the first latent,
-    `scale` 1. Token SAEs only; every class needs train rows on which its latents fire."""
+    `scale` 1. Token SAEs only; every class needs train rows on which its latents fire. `train`: as in
+    `steering_eval_for_store`."""
+    from ..interpret.toplatents import read_rows
     from ..sae.data import feature_set_for
-    from .steering import SteeringSpec, steer
 
     c = sae.config
     if c.input != "tokens":
         raise ValueError("exemplar steering places latents over positions: the SAE must read tokens")
     t0 = time.perf_counter()
-    Z, y = train_latents(sae, store, concept)
+    Z, y = train if train is not None else train_latents(sae, store, concept)
     chosen = class_specific_latents(Z, y, len(class_names), per_class=per_class)
     fset = feature_set_for(store, c.hook_point, c.timestep, c.input, c.pooling or "mean")
     train_rows = np.flatnonzero(~np.asarray(store.is_test(), bool))
@@ -349,7 +353,7 @@ def exemplar_steering(adapter, sae, store, concept: str, judge_fn: Callable[[np.
     out = []
     for k, js in enumerate(chosen):
         row = exemplar_row(Z, y, k, js, class_names[k], "train rows in the store")
-        tokens = _store_row(fset, int(train_rows[row]))
+        tokens = read_rows(fset, train_rows[[row]])[0]
         field, control = exemplar_fields(sae, tokens, js, (random_seed * len(class_names) + k) * len(js))
         spec = SteeringSpec(int(js[0]), "add", rel, t_min, t_max)
         res, ctl = (steer(adapter, sae, c.hook_point, spec, seeds, steps=steps, sampler=sampler, cache=cache,
@@ -360,16 +364,6 @@ def exemplar_steering(adapter, sae, store, concept: str, judge_fn: Callable[[np.
             progress(f"exemplar steering {class_names[k]}: {len(js)} latents flip {stats[0].flip_rate:.2f}, "
                      f"random {stats[1].flip_rate:.2f} ({time.perf_counter() - t0:.0f} s)")
     return SteeringEval(out, rel, seeds, int(steps), time.perf_counter() - t0, min_conf)
-
-
-def _store_row(fset, row: int) -> np.ndarray:
-    """Row `row` (store order) of a feature set, reading shards until it is found."""
-    start = 0
-    for _, a in fset.iter_shards():
-        if row < start + len(a):
-            return np.asarray(a[row - start], np.float32)
-        start += len(a)
-    raise IndexError(f"row {row} is past the {start} rows of {fset.key}")
 
 
 def check_judged_store(store, concept: str) -> None:
@@ -391,21 +385,44 @@ def judge_fn_of(judge) -> Callable[[np.ndarray], np.ndarray]:
     return lambda images: judge_probs(judge, images)
 
 
+@dataclass
+class JudgedSteering:
+    """A saved SAE with its feature store, backbone and the shape judge, loaded once for several steering
+    measurements (`run`); the train rows' latents every measurement chooses its latents from are encoded once."""
+
+    adapter: Any
+    sae: Any
+    store: Any
+    concept: str
+    judge_fn: Callable[[np.ndarray], np.ndarray]
+    _train: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def open(cls, backbone_cfg, sae_dir, store_uri: str, concept: str = "shape", judge=None) -> JudgedSteering:
+        """Only the procedural shapes have a judge: `concept` must be "shape" (default judge: the shipped one)."""
+        from ..backbones import load_backbone
+        from ..features.store import open_store
+        from ..interpret.judge import load_judge
+        from ..sae import read_sae
+
+        store = open_store(store_uri)
+        check_judged_store(store, concept)
+        return cls(load_backbone(backbone_cfg), read_sae(sae_dir), store, concept,
+                   judge_fn_of(judge if judge is not None else load_judge()))
+
+    def run(self, exemplar: int = 0, **kw) -> SteeringEval:
+        """`steering_eval_for_store`, or with `exemplar` > 0 `exemplar_steering` with that many latents per class."""
+        from ..interpret.judge import CLASSES
+
+        if self._train is None:
+            self._train = train_latents(self.sae, self.store, self.concept)
+        args = (self.adapter, self.sae, self.store, self.concept, self.judge_fn, CLASSES)
+        if exemplar > 0:
+            return exemplar_steering(*args, per_class=int(exemplar), train=self._train, **kw)
+        return steering_eval_for_store(*args, train=self._train, **kw)
+
+
 def steering_eval_for_sae(backbone_cfg, sae_dir, store_uri: str, concept: str = "shape", judge=None,
                           exemplar: int = 0, **kw) -> SteeringEval:
-    """`steering_eval_for_store` for a saved SAE, its feature store and backbone, judged by the shape judge
-    (default: the shipped one); with `exemplar` > 0, `exemplar_steering` with that many latents per class
-    instead. Only the procedural shapes have a judge: `concept` must be "shape"."""
-    from ..backbones import load_backbone
-    from ..features.store import open_store
-    from ..interpret.judge import CLASSES, load_judge
-    from ..sae import read_sae
-
-    store = open_store(store_uri)
-    check_judged_store(store, concept)
-    sae = read_sae(sae_dir)
-    adapter = load_backbone(backbone_cfg)
-    judge_fn = judge_fn_of(judge if judge is not None else load_judge())
-    if exemplar > 0:
-        return exemplar_steering(adapter, sae, store, concept, judge_fn, CLASSES, per_class=int(exemplar), **kw)
-    return steering_eval_for_store(adapter, sae, store, concept, judge_fn, CLASSES, **kw)
+    """`JudgedSteering.run` for a saved SAE, its feature store and backbone, judged by the shape judge."""
+    return JudgedSteering.open(backbone_cfg, sae_dir, store_uri, concept, judge).run(exemplar, **kw)

@@ -31,7 +31,13 @@ from ..probe.diffc import train_diffc
 from ..probe.fewshot import FewShotResult, run_few_shot
 from ..probe.linear import fit_linear_probe, fit_warnings
 from ..probe.metrics import chance_accuracy, classification_metrics, confusion_figure
-from ..probe.sparse import fit_sparse_probe, smallest_within, sparsity_curve, sparsity_figure, validation_split
+from ..probe.sparse import (
+    fit_sparse_probe,
+    smallest_within,
+    sparsity_curve,
+    sparsity_figure,
+    validation_split,
+)
 from ..sae import SparseAutoencoder, image_latents, read_sae
 from ..sae.io import sae_identity
 from ..sae.trainer import sae_output_dir
@@ -259,13 +265,11 @@ def _run_protocol(cfg: Config, store: FeatureStore, main: ProbeInputs, meta: dic
     index = store.index()
     inputs = {"model": main.X, **(control_inputs(cfg, store, main, is_test, progress) if pc.controls else {})}
 
-    def protocol(name: str) -> FewShotResult:
-        if name == "model":
-            return run_few_shot(probe_fitter(cfg, n_classes, meta, n_train), main.X, labels, is_test, shots,
-                                pc.seeds, n_classes, deterministic, keep=[("all", 0)], index=index)
-        fit = probe_fitter(cfg, n_classes, {**meta, "input": name, "sae": None}, n_train)
-        return run_few_shot(fit, inputs[name], labels, is_test, list(pc.shots), pc.seeds, n_classes,
-                            deterministic, index=index)
+    def protocol(name: str) -> FewShotResult:  # the model keeps its all-shots probe; controls keep nothing
+        model = name == "model"
+        fit = probe_fitter(cfg, n_classes, meta if model else {**meta, "input": name, "sae": None}, n_train)
+        return run_few_shot(fit, inputs[name], labels, is_test, shots if model else list(pc.shots), pc.seeds,
+                            n_classes, deterministic, keep=[("all", 0)] if model else (), index=index)
 
     # linear probes (one scikit-learn fit each) run side by side; Diff-C heads seed torch's global generator,
     # so they train one after another
