@@ -135,6 +135,11 @@ class PretrainConfig:
     # learning rate late in training gave sharper samples: model card)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     min_lr: float = 0.0
+    # how the noise-prediction error of each timestep counts: "uniform" (plain ε-MSE) or "min_snr", which
+    # scales a timestep by min(SNR, snr_gamma) / SNR (Hang et al. 2023): low-noise steps, whose ε-error
+    # dominates the plain loss, stop crowding out the high-noise steps where a sample's shape is decided
+    loss_weighting: Literal["uniform", "min_snr"] = "uniform"
+    snr_gamma: float = 5.0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.99  # 0 = no EMA
@@ -160,6 +165,9 @@ class PretrainConfig:
         _check(self.lr_schedule in ("constant", "cosine"), "pretrain.lr_schedule",
                f"must be constant or cosine, got {self.lr_schedule!r}")
         _check(0 <= self.min_lr <= self.lr, "pretrain.min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr}")
+        _check(self.loss_weighting in ("uniform", "min_snr"), "pretrain.loss_weighting",
+               f"must be uniform or min_snr, got {self.loss_weighting!r}")
+        _check(self.snr_gamma > 0, "pretrain.snr_gamma", f"must be > 0, got {self.snr_gamma}")
         _check(0 <= self.ema_decay < 1, "pretrain.ema_decay", "must be in [0, 1)")
         _check(self.checkpoint_every > 0, "pretrain.checkpoint_every", "must be > 0")
 

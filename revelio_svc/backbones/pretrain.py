@@ -160,7 +160,8 @@ def pretrain(cfg: Config, on_metrics: MetricsCallback | None = None, progress: b
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for g in opt.param_groups:
             g["lr"] = lr_at(pc, step)
-        loss = F.mse_loss(model(xt, t).sample, noise)
+        per_image = F.mse_loss(model(xt, t).sample, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_image * loss_weights(pc, alphas[t])).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if pc.grad_clip > 0:
@@ -211,6 +212,14 @@ def lr_at(pc, step: int) -> float:
     return pc.min_lr + 0.5 * (pc.lr - pc.min_lr) * (1.0 + math.cos(math.pi * frac))
 
 
+def loss_weights(pc, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Per-image weights of the ε-MSE at noise levels `alpha_bar` (ᾱ_t): ones, or min(SNR, γ) / SNR."""
+    if pc.loss_weighting == "uniform":
+        return torch.ones_like(alpha_bar)
+    snr = alpha_bar / (1 - alpha_bar)
+    return snr.clamp(max=pc.snr_gamma) / snr
+
+
 def _load_init(model, ref: str) -> None:
     """Copy the weights of an existing backbone (same architecture) into `model`."""
     path = resolve_local(ref)
@@ -228,5 +237,6 @@ def _arch(pc) -> str:
                        "a": pc.attention_mid_block, "b": pc.batch_size, "lr": pc.lr, "seed": pc.seed,
                        "w": pc.warmup_steps, "ema": pc.ema_decay, "init": pc.init_from,
                        # only a non-default schedule enters: checkpoints of earlier constant-lr runs still resume
-                       **({"sched": [pc.lr_schedule, pc.min_lr, pc.steps]} if pc.lr_schedule != "constant" else {})},
+                       **({"sched": [pc.lr_schedule, pc.min_lr, pc.steps]} if pc.lr_schedule != "constant" else {}),
+                       **({"weighting": [pc.loss_weighting, pc.snr_gamma]} if pc.loss_weighting != "uniform" else {})},
                       sort_keys=True)

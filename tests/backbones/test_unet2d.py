@@ -12,7 +12,7 @@ from revelio_svc.backbones import (
     noise_seed,
     seeded_noise,
 )
-from revelio_svc.backbones.pretrain import lr_at, pretrain
+from revelio_svc.backbones.pretrain import loss_weights, lr_at, pretrain
 from revelio_svc.config import BackboneConfig, load_config
 
 
@@ -106,6 +106,32 @@ def test_lr_schedule_config_errors_name_the_field():
         load_config(None, ["pretrain.lr_schedule=step"])
     with pytest.raises(ValueError, match="pretrain.min_lr"):
         load_config(None, ["pretrain.lr=0.001", "pretrain.min_lr=0.01"])
+
+
+def test_min_snr_weighting_caps_the_low_noise_steps():
+    uniform = load_config(None, []).pretrain
+    snr = load_config(None, ["pretrain.loss_weighting=min_snr", "pretrain.snr_gamma=5"]).pretrain
+    alpha_bar = torch.tensor([0.999, 5 / 6, 0.5, 0.01])  # SNR 999, 5, 1, ~0.01
+    assert torch.equal(loss_weights(uniform, alpha_bar), torch.ones(4))
+    w = loss_weights(snr, alpha_bar)
+    assert w[0] == pytest.approx(5 / 999, rel=1e-4)  # a nearly clean image counts γ/SNR
+    assert w[1:].tolist() == pytest.approx([1.0, 1.0, 1.0])  # at SNR ≤ γ the plain ε-error stands
+    with pytest.raises(ValueError, match="pretrain.loss_weighting"):
+        load_config(None, ["pretrain.loss_weighting=p2"])
+    with pytest.raises(ValueError, match="pretrain.snr_gamma"):
+        load_config(None, ["pretrain.snr_gamma=0"])
+
+
+def test_min_snr_run_trains_otherwise_and_is_another_run_for_a_checkpoint(tmp_path):
+    plain = pretrain(_tiny_pretrain(tmp_path, 2, tmp_path / "w")).backbone_dir
+    with pytest.raises(RuntimeError, match="different pretrain config"):
+        pretrain(load_config(None, [*_overrides(tmp_path / "w", 4), "pretrain.loss_weighting=min_snr"]))
+    # γ far below every sampled SNR: each image weighs γ/SNR, so the batch's gradient points elsewhere
+    snr = pretrain(load_config(None, [*_overrides(tmp_path / "s", 2), "pretrain.loss_weighting=min_snr",
+                                      "pretrain.snr_gamma=0.001"])).backbone_dir
+    wa = load_file(plain / "diffusion_pytorch_model.safetensors")
+    wb = load_file(snr / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.allclose(wa[k], wb[k]) for k in wa)  # same data and noise, other gradients
 
 
 def test_cosine_run_resumes_and_other_schedules_are_not_taken_for_it(tmp_path, monkeypatch):
