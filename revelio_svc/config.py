@@ -248,6 +248,9 @@ class ProbeConfig:
     dropout: float = 0.1
     batch_size: int = 64
     controls: bool = True
+    # beside the probe: what a linear probe reads of the concept from the raw features at its hook point, with
+    # the pooling and C chosen by cross-validation on the train rows (probe/select.py), scored on the test rows
+    raw_probe: bool = True
     store: str = ""  # "" = the store `extract` writes for this config
     sae: str = ""  # SAE directory or registry URI for input=sae; "" = the SAE `train-sae` writes for this config
 

@@ -28,6 +28,7 @@ from ..probe.controls import (
     random_relu_expansion,
 )
 from ..probe.diffc import train_diffc
+from ..probe.select import raw_inputs_available, raw_probe
 from ..probe.fewshot import FewShotResult, run_few_shot
 from ..probe.linear import fit_linear_probe, fit_warnings
 from ..probe.metrics import chance_accuracy, classification_metrics, confusion_figure
@@ -353,6 +354,25 @@ def probe_identity(cfg: Config, store_hash: str, sae_id: str | None) -> str:
     return digest({"probe": options, "store": store_hash, "sae": sae_id})
 
 
+def _raw_probe(store: FeatureStore, main: ProbeInputs, concept: str, report: Path) -> tuple[dict, list[Artifact]]:
+    """`raw_probe.*` metrics and `raw_probe.csv` (every candidate's cross-validated accuracy): what the raw
+    features at the probe's hook point say of the concept; nothing when the store holds none there."""
+    if not raw_inputs_available(store, main.hook_point, main.timestep):
+        return {}, []
+    try:
+        rp = raw_probe(store, main.hook_point, main.timestep, concept)
+    except ValueError as e:  # too few rows to cross-validate: the probe itself still stands
+        print(f"note: no raw_probe.* figures: {e}", file=sys.stderr)
+        return {}, []
+    report.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(rp.choice.table, columns=["inputs", "C", "cv_accuracy"])
+    table["chosen"] = (table["inputs"] == rp.choice.inputs) & (table["C"] == rp.choice.C)
+    table.to_csv(report / "raw_probe.csv", index=False)
+    print(f"raw features at {main.hook_point} t={main.timestep}: a linear probe reads {concept} at "
+          f"{rp.test_accuracy:.3f} on the test rows ({rp.choice.inputs}, C={rp.choice.C:g}, chosen on the train rows)")
+    return rp.metrics(), [Artifact(report / "raw_probe.csv", "probe_report")]
+
+
 def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
     """Train, evaluate and save the probe of `cfg.probe`, with the few-shot protocol and the controls.
 
@@ -380,6 +400,7 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
         sparsity["sparsity.latents_per_class"] = float(m)
         cfg = replace(cfg, **{"probe.latents_per_class": m})
     results = _run_protocol(cfg, store, main, meta, labels, progress)
+    raw, raw_files = _raw_probe(store, main, pc.concept, out / "report") if pc.raw_probe else ({}, [])
     probe = results["model"].models[("all", 0)]
     if pc.kind == "linear":  # how many latents an explanation can draw on, whichever way the probe was made sparse
         sparsity["sparsity.latents_used_per_class"] = float(np.mean((np.abs(probe.coef) > 0).sum(1)))
@@ -396,6 +417,7 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
         metrics["shots_losing_to_controls"] = int((model_rows["loses_to"] != "").sum())
     table = _write_report(out / "report", results, metrics, cm, class_names, title)
     metrics.update(sparsity)
+    metrics.update(raw)
     evaluation = Evaluation(str(store.config.get("dataset", {}).get("fingerprint", store.config_hash)),
                             tuple(int(i) for i in store.index()[is_test]),
                             tuple(bool(c) for c in results["model"].predictions[("all", 0)] == labels[is_test]))
@@ -405,7 +427,7 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
             **({"sae_path": main.sae_ref["path"]} if main.sae_ref else {})}
     artifacts = tuple(Artifact(p, "probe") for p in (*files.values(), out / EVALUATION_FILE)) + tuple(
         Artifact(out / "report" / n, "probe_report")
-        for n in ("results.csv", "fewshot_runs.csv", "metrics.json", "confusion.png")) + tuple(extra)
+        for n in ("results.csv", "fewshot_runs.csv", "metrics.json", "confusion.png")) + tuple(extra) + tuple(raw_files)
     return ProbeResult(identity=identity, metrics=flat_metrics(metrics), artifacts=artifacts, tags=tags,
                        probe_dir=out, report_dir=out / "report", store_uri=store.uri, concept=pc.concept,
                        class_names=tuple(class_names), table=table, confusion=cm, fewshot=metrics["fewshot"])

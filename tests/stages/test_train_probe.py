@@ -14,6 +14,7 @@ from revelio_svc.contracts import Evaluation
 from revelio_svc.features.store import open_store
 from revelio_svc.inference import ProbeWithSAE, load_probe_with_sae
 from revelio_svc.probe import linear, read_probe
+from revelio_svc.probe.controls import pool_tokens
 from revelio_svc.probe.diffc import DiffCProbe
 from revelio_svc.probe.metrics import accuracy
 from revelio_svc.sae import TopKSAEConfig, build_sae
@@ -56,6 +57,16 @@ def test_linear_probe_stage_logs_probe_controls_and_report(extracted, mlflow_db)
     assert "control.random_init.all.accuracy_mean" in logged.metrics
     assert "fewshot.1.accuracy_std" in logged.metrics
     assert logged.tags["probe_dir"] == str(out.probe_dir)
+    # beside it, the raw features' own probe: every candidate reported, one chosen, its test accuracy logged
+    raw = pd.read_csv(out.report_dir / "raw_probe.csv")
+    assert set(raw.inputs) == {"mean", "top8"} and raw.chosen.sum() == 1  # the sets this store holds
+    best = raw[raw.chosen].iloc[0]
+    assert best.cv_accuracy == raw.cv_accuracy.max()
+    Xc = {"mean": X, "top8": pool_tokens(store.feature_set("up_blocks.1", 10, "tokens").load(), "top8")}
+    y = store.labels("colour")
+    refit = linear.fit_linear_probe(Xc[best.inputs][~is_test], y[~is_test], C=best.C, max_iter=2000)
+    assert logged.metrics["raw_probe.accuracy"] == pytest.approx(accuracy(y[is_test], refit.predict(Xc[best.inputs][is_test])))
+    assert logged.metrics["raw_probe.C"] == best.C and "raw_probe.csv" in report
     # the per-image results the registry compares champions on: one per test row
     ev = Evaluation.read(out.probe_dir / "evaluation.json")
     assert ev.index == tuple(store.index()[is_test]) and ev.accuracy == pytest.approx(out.metrics["accuracy"])
