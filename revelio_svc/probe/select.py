@@ -73,16 +73,23 @@ def raw_inputs_available(store, hook_point: str, timestep: int) -> bool:
     return any(store.has(hook_point, timestep, p) for p in ("mean", "max", "tokens"))
 
 
-def raw_inputs(store, hook_point: str, timestep: int) -> dict[str, np.ndarray]:
+def raw_inputs(store, hook_point: str, timestep: int,
+               known: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The image vectors a raw-feature probe may read at one hook point: the stored mean and max pooling,
-    both side by side, and the mean of each channel's 8 strongest positions when token maps are stored."""
+    both side by side, and the mean of each channel's 8 strongest positions when token maps are stored.
+
+    `known`: some of them already pooled by the caller (pooling name → matrix, every row in store order), so the
+    token maps are not read and pooled a second time."""
     from .controls import pool_tokens
 
-    out = {p: store.feature_set(hook_point, timestep, p).load() for p in ("mean", "max")
-           if store.has(hook_point, timestep, p)}
+    known = known or {}
+    out = {p: known[p] if p in known else store.feature_set(hook_point, timestep, p).load()
+           for p in ("mean", "max") if p in known or store.has(hook_point, timestep, p)}
     if "mean" in out and "max" in out:
         out["mean+max"] = np.hstack([out["mean"], out["max"]])
-    if store.has(hook_point, timestep, "tokens"):
+    if "top8" in known:
+        out["top8"] = known["top8"]
+    elif store.has(hook_point, timestep, "tokens"):
         out["top8"] = pool_tokens(store.feature_set(hook_point, timestep, "tokens").load(), "top8")
     return out
 
@@ -101,12 +108,14 @@ class RawProbe:
                 f"{prefix}C": self.choice.C}
 
 
-def raw_probe(store, hook_point: str, timestep: int, concept: str, folds: int = 5, **kw) -> RawProbe:
+def raw_probe(store, hook_point: str, timestep: int, concept: str, folds: int = 5,
+              known: Mapping[str, np.ndarray] | None = None, **kw) -> RawProbe:
     """What a linear probe reads of `concept` from the raw features at one hook point: inputs and C chosen
     by `choose_probe` on the store's train rows, then fitted on all of them and scored on its test rows.
 
-    `folds` shrinks to the rarest class's train rows on a small store (at least 2, else ValueError)."""
-    inputs = raw_inputs(store, hook_point, timestep)
+    `folds` shrinks to the rarest class's train rows on a small store (at least 2, else ValueError); `known` as
+    in `raw_inputs`."""
+    inputs = raw_inputs(store, hook_point, timestep, known)
     if not inputs:
         raise ValueError(f"the store holds no pooled or token features at {hook_point} t={timestep}")
     y, test = store.labels(concept), store.is_test()

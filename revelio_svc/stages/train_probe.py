@@ -255,16 +255,15 @@ def check_probe_labels(cfg: Config, store: FeatureStore) -> None:
                           f"of {concept!r} ({found}); a probe needs at least two classes to tell apart{folder}")
 
 
-def _run_protocol(cfg: Config, store: FeatureStore, main: ProbeInputs, meta: dict[str, Any], labels: np.ndarray,
-                  progress: bool) -> dict[str, FewShotResult]:
-    """The model's few-shot runs (keeping the all-shots probe) and those of every control."""
+def _run_protocol(cfg: Config, store: FeatureStore, meta: dict[str, Any], labels: np.ndarray,
+                  inputs: dict[str, Any]) -> dict[str, FewShotResult]:
+    """The few-shot runs of `inputs`: the model's ("model", keeping the all-shots probe) and every control's."""
     pc = cfg.probe
     n_classes, is_test = len(meta["class_names"]), store.is_test()
     shots = list(pc.shots) + ([] if "all" in pc.shots else ["all"])  # the saved probe is always the k=all one
     deterministic = pc.kind == "linear"
     n_train = int((~np.asarray(is_test, bool)).sum())
     index = store.index()
-    inputs = {"model": main.X, **(control_inputs(cfg, store, main, is_test, progress) if pc.controls else {})}
 
     def protocol(name: str) -> FewShotResult:  # the model keeps its all-shots probe; controls keep nothing
         model = name == "model"
@@ -354,13 +353,16 @@ def probe_identity(cfg: Config, store_hash: str, sae_id: str | None) -> str:
     return digest({"probe": options, "store": store_hash, "sae": sae_id})
 
 
-def _raw_probe(store: FeatureStore, main: ProbeInputs, concept: str, report: Path) -> tuple[dict, list[Artifact]]:
+def _raw_probe(store: FeatureStore, main: ProbeInputs, concept: str, report: Path,
+               inputs: dict[str, Any]) -> tuple[dict, list[Artifact]]:
     """`raw_probe.*` metrics and `raw_probe.csv` (every candidate's cross-validated accuracy): what the raw
-    features at the probe's hook point say of the concept; nothing when the store holds none there."""
+    features at the probe's hook point say of the concept; nothing when the store holds none there. The
+    `raw_features` control, when it ran, is those features already pooled the probe's way: reused."""
     if not raw_inputs_available(store, main.hook_point, main.timestep):
         return {}, []
+    known = {main.pooling: inputs["raw_features"]} if "raw_features" in inputs else None
     try:
-        rp = raw_probe(store, main.hook_point, main.timestep, concept)
+        rp = raw_probe(store, main.hook_point, main.timestep, concept, known=known)
     except ValueError as e:  # too few rows to cross-validate: the probe itself still stands
         print(f"note: no raw_probe.* figures: {e}", file=sys.stderr)
         return {}, []
@@ -399,8 +401,9 @@ def train_probe_stage(cfg: Config, progress: bool = False) -> ProbeResult:
     if pc.kind == "linear":
         sparsity["sparsity.latents_per_class"] = float(m)
         cfg = replace(cfg, **{"probe.latents_per_class": m})
-    results = _run_protocol(cfg, store, main, meta, labels, progress)
-    raw, raw_files = _raw_probe(store, main, pc.concept, out / "report") if pc.raw_probe else ({}, [])
+    inputs = {"model": main.X, **(control_inputs(cfg, store, main, is_test, progress) if pc.controls else {})}
+    results = _run_protocol(cfg, store, meta, labels, inputs)
+    raw, raw_files = _raw_probe(store, main, pc.concept, out / "report", inputs) if pc.raw_probe else ({}, [])
     probe = results["model"].models[("all", 0)]
     if pc.kind == "linear":  # how many latents an explanation can draw on, whichever way the probe was made sparse
         sparsity["sparsity.latents_used_per_class"] = float(np.mean((np.abs(probe.coef) > 0).sum(1)))

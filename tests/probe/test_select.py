@@ -63,3 +63,26 @@ def test_raw_probe_reads_the_planted_hook_point_and_never_hands_a_test_row_to_th
         assert set(cand) == {"mean", "top8"} and all(v.shape[0] == 180 for v in cand.values())
         np.testing.assert_array_equal(y, store.labels("shape")[~test])
     assert set(planted.metrics()) == {"raw_probe.accuracy", "raw_probe.cv_accuracy", "raw_probe.C"}
+
+
+def test_raw_inputs_take_what_the_caller_already_pooled_instead_of_reading_the_tokens_again(tmp_path, monkeypatch):
+    from revelio_svc.features.store import open_store
+    from revelio_svc.probe import select
+    from revelio_svc.probe.controls import pool_tokens
+
+    from .conftest import write_planted_store
+
+    store = open_store(write_planted_store(tmp_path / "s", n=120, tokens_hw=(2, 2)))
+    top8 = pool_tokens(store.feature_set("up_blocks.1", 10, "tokens").load(), "top8")
+    fresh = select.raw_inputs(store, "up_blocks.1", 10)
+    read = type(store).feature_set
+
+    def no_tokens(self, h, t, pooling):
+        assert pooling != "tokens", "the token maps were read again"
+        return read(self, h, t, pooling)
+
+    monkeypatch.setattr(type(store), "feature_set", no_tokens)
+    reused = select.raw_inputs(store, "up_blocks.1", 10, known={"top8": top8})
+    assert list(reused) == list(fresh) == ["mean", "top8"]
+    for k in fresh:
+        np.testing.assert_array_equal(reused[k], fresh[k])
